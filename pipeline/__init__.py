@@ -1,0 +1,1 @@
+"""Competition ensembling and test-time-augmentation pipeline for image classification."""
