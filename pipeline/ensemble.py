@@ -1,0 +1,264 @@
+"""Reductions over probabilities, weighted merging of ensemble members, and Caruana selection.
+
+:func:`reduce_probs` is the one function that owns every reduction (TTA views and ensemble
+members alike). It works on probabilities, not logits, so it serves fresh softmax outputs and
+prediction files saved to disk in the same way.
+
+Weights, wherever they appear, are validated by one helper: they must be finite, non-negative,
+not all zero, one per member, and are normalised to sum to one.
+
+>>> p = torch.tensor([[[0.8, 0.2]], [[0.4, 0.6]]])  # [members=2, N=1, K=2]
+>>> reduce_probs(p, dim=0)
+tensor([[0.6000, 0.4000]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.metrics import log_loss
+
+__all__ = [
+    "REDUCTIONS",
+    "WEIGHT_KINDS",
+    "caruana_select",
+    "merge_members",
+    "reduce_probs",
+    "resolve_weights",
+]
+
+REDUCTIONS = ("prob_mean", "logit_mean", "geo_mean", "max")
+"""Accepted ``method`` values (``tta.reduce``, ``ensemble.method``)."""
+
+WEIGHT_KINDS = ("equal", "given", "caruana")
+"""Accepted ``ensemble.weights`` values; ``fitted`` is accepted as another name for ``caruana``."""
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+WeightsLike = Tensor | np.ndarray | Sequence[float]
+
+
+def _to_space(method: str, probs: Tensor, eps: float) -> Tensor:
+    """Map probabilities into the space where ``method`` takes its weighted arithmetic mean."""
+    if method == "geo_mean":
+        return probs.clamp_min(eps).log()
+    if method == "logit_mean":
+        clamped = probs.clamp(eps, 1.0 - eps)
+        return clamped.log() - (-clamped).log1p()
+    return probs
+
+
+def _from_space(method: str, values: Tensor) -> Tensor:
+    if method == "geo_mean":
+        return values.exp()
+    if method == "logit_mean":
+        return values.sigmoid()
+    return values
+
+
+def _check_weights(weights: WeightsLike, n: int, what: str) -> np.ndarray:
+    """Validate ``weights`` (one per member) and return them as float64 summing to one."""
+    values = np.asarray(
+        weights.detach().cpu().numpy() if isinstance(weights, Tensor) else weights, dtype=np.float64
+    ).reshape(-1)
+    if len(values) != n:
+        raise ValueError(f"{what}: expected {n} weights (one per member), got {len(values)}")
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"{what}: weights must be finite and non-negative; got {values.tolist()}")
+    if values.sum() == 0:
+        raise ValueError(f"{what}: weights are all zero; at least one member needs a positive weight")
+    return values / values.sum()
+
+
+def reduce_probs(
+    probs: Tensor,
+    dim: int,
+    method: str = "prob_mean",
+    weights: WeightsLike | None = None,
+    eps: float = 1e-7,
+) -> Tensor:
+    """Reduce class probabilities over ``dim`` (views or members); the class axis is the last one.
+
+    * ``prob_mean``: weighted arithmetic mean.
+    * ``geo_mean``: ``exp`` of the weighted mean of ``log(max(p, eps))``.
+    * ``logit_mean``: ``sigmoid`` of the weighted mean of ``log(p / (1 - p))``, p clamped to
+      ``[eps, 1 - eps]``.
+    * ``max``: elementwise maximum. The size of a weight cannot mean anything for a maximum, so
+      weights only select: members with weight zero are left out, all others count the same.
+
+    Every result is renormalised so each row sums to one.
+
+    Args:
+        probs: Probabilities ``[..., K]``; each slice along ``dim`` is one view or member.
+        dim: Axis to reduce; must not be the class axis.
+        method: One of :data:`REDUCTIONS`.
+        weights: One non-negative weight per entry along ``dim``; normalised to sum to one.
+        eps: Floor for the logs; 1e-7 keeps ``1 - eps`` below one even in float32.
+
+    Returns:
+        ``probs`` without ``dim``, in ``probs``' float dtype (at least float32).
+
+    Raises:
+        ValueError: Unknown method, ``dim`` is the class axis, or bad weights.
+    """
+    if method not in REDUCTIONS:
+        raise ValueError(f"Unknown reduction {method!r}; accepted: {list(REDUCTIONS)}")
+    if not -probs.ndim <= dim < probs.ndim - 1 or dim == -1:
+        raise ValueError(
+            f"reduce_probs: dim {dim} must be a non-class axis of shape {tuple(probs.shape)} "
+            "(the last axis holds the classes)"
+        )
+    dim %= probs.ndim
+    n = probs.shape[dim]
+    w_np = np.full(n, 1.0 / n) if weights is None else _check_weights(weights, n, f"weights for dim {dim}")
+    # float64 so that summing many logs or logits near the eps floor loses nothing.
+    work = probs.to(torch.float64)
+    shape = [1] * probs.ndim
+    shape[dim] = n
+    w = torch.as_tensor(w_np, dtype=torch.float64, device=probs.device).view(shape)
+    if method == "max":
+        out = work.masked_fill(w == 0, -torch.inf).amax(dim)
+    else:
+        out = _from_space(method, (_to_space(method, work, eps) * w).sum(dim))
+    out = out / out.sum(-1, keepdim=True)
+    return out.to(torch.promote_types(probs.dtype, torch.float32))
+
+
+def _stack_members(member_probs: Sequence[Tensor | np.ndarray]) -> Tensor:
+    if len(member_probs) == 0:
+        raise ValueError("No ensemble members given")
+    tensors = [torch.as_tensor(p) for p in member_probs]
+    for i, t in enumerate(tensors):
+        if t.shape != tensors[0].shape:
+            raise ValueError(
+                f"Member {i} has predictions of shape {tuple(t.shape)}, member 0 {tuple(tensors[0].shape)}; "
+                "all members must predict the same rows and classes"
+            )
+    return torch.stack(tensors)
+
+
+def merge_members(
+    member_probs: Sequence[Tensor | np.ndarray],
+    weights: WeightsLike | None = None,
+    method: str = "prob_mean",
+) -> Tensor:
+    """Merge the ``[N, K]`` probabilities of several members into one ``[N, K]``.
+
+    Args:
+        member_probs: One array or tensor per member, all the same shape.
+        weights: One weight per member (see :func:`reduce_probs`); None means equal.
+        method: One of :data:`REDUCTIONS`.
+
+    Returns:
+        Merged probabilities ``[N, K]``.
+    """
+    return reduce_probs(_stack_members(member_probs), dim=0, method=method, weights=weights)
+
+
+def _score(stack: Tensor, counts: np.ndarray, labels: np.ndarray, method: str, metric: MetricFn) -> float:
+    # Only selected members enter the reduction: cost grows with the selection, not the library.
+    idx = np.flatnonzero(counts)
+    merged = reduce_probs(stack[torch.as_tensor(idx)], dim=0, method=method, weights=counts[idx])
+    return float(metric(labels, merged.cpu().numpy()))
+
+
+def caruana_select(
+    member_probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    n_rounds: int = 50,
+    metric: MetricFn | None = None,
+    method: str = "prob_mean",
+    init_best: int = 1,
+    greater_is_better: bool | None = None,
+) -> np.ndarray:
+    """Caruana et al. (2004) greedy forward ensemble selection with replacement.
+
+    Starts from the ``init_best`` best single members, then each round adds the member (repeats
+    allowed) whose addition gives the best score of the merged prediction; ties go to the lowest
+    index. As in AutoGluon, the selection is cut back to the earliest round with the best score,
+    so a round that only made things worse leaves no trace. Fit on OOF/holdout predictions only.
+
+    Args:
+        member_probs: One ``[N, K]`` probability array per member.
+        labels: ``[N]`` integer labels.
+        n_rounds: Greedy additions after the ``init_best`` starting members.
+        metric: ``metric(labels, probs) -> float``; default Kaggle multiclass log loss.
+        method: Reduction used to merge the selection, one of :data:`REDUCTIONS`.
+        init_best: Number of best single members to start from (0 to ``len(member_probs)``).
+        greater_is_better: Direction of ``metric``; None reads ``metric.greater_is_better``
+            (as on :class:`pipeline.metrics.Metric`) and otherwise assumes lower is better.
+
+    Returns:
+        ``[M]`` float64 weights: selection counts over total selections (zero for unused members).
+
+    >>> good, bad = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.3, 0.7], [0.6, 0.4]])
+    >>> caruana_select([bad, good], np.array([0, 1]), n_rounds=5).tolist()
+    [0.0, 1.0]
+    """
+    stack = _stack_members(member_probs).to(torch.float64)
+    n_members = len(stack)
+    if not 0 <= init_best <= n_members or n_rounds < 0 or init_best + n_rounds == 0:
+        raise ValueError(
+            f"caruana_select needs 0 <= init_best <= {n_members} members and at least one selection; "
+            f"got init_best={init_best}, n_rounds={n_rounds}"
+        )
+    metric = metric or log_loss
+    if greater_is_better is None:
+        greater_is_better = bool(getattr(metric, "greater_is_better", False))
+    sign = -1.0 if greater_is_better else 1.0
+
+    def loss(counts: np.ndarray) -> float:
+        return sign * _score(stack, counts, labels, method, metric)
+
+    eye = np.eye(n_members)
+    singles = [loss(eye[m]) for m in range(n_members)]
+    counts = eye[np.argsort(singles, kind="stable")[:init_best]].sum(axis=0)
+    best_counts = counts.copy()
+    best_loss = loss(counts) if init_best else np.inf
+    for _ in range(n_rounds):
+        trials = [loss(counts + eye[m]) for m in range(n_members)]
+        counts = counts + eye[int(np.argmin(trials))]  # argmin returns the first, lowest index, minimum
+        if min(trials) < best_loss:
+            best_counts, best_loss = counts.copy(), min(trials)
+    return best_counts / best_counts.sum()
+
+
+def resolve_weights(
+    kind: str,
+    n_members: int,
+    given: Sequence[float] | None = None,
+    fitted: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn ``ensemble.weights`` into one normalised weight per member.
+
+    Args:
+        kind: ``equal``, ``given`` (``ensemble.given_weights``) or ``caruana``/``fitted`` (the
+            output of :func:`caruana_select`).
+        n_members: Number of members being merged.
+        given: The configured weights, for ``given``.
+        fitted: The fitted weights, for ``caruana``.
+
+    Returns:
+        ``[n_members]`` float64 weights summing to one.
+
+    Raises:
+        ValueError: Unknown kind, missing weights, or weights of the wrong length or sign.
+    """
+    if n_members < 1:
+        raise ValueError(f"resolve_weights needs at least one member; got {n_members}")
+    if kind == "equal":
+        return np.full(n_members, 1.0 / n_members)
+    if kind == "given":
+        if given is None:
+            raise ValueError("ensemble.weights=given needs ensemble.given_weights (one number per member)")
+        return _check_weights(given, n_members, f"ensemble.given_weights for {n_members} members")
+    if kind in ("caruana", "fitted"):
+        if fitted is None:
+            raise ValueError(
+                "ensemble.weights=caruana needs fitted weights: run caruana_select on OOF/holdout predictions"
+            )
+        return _check_weights(fitted, n_members, f"fitted ensemble weights for {n_members} members")
+    raise ValueError(f"Unknown ensemble.weights {kind!r}; accepted: {list(WEIGHT_KINDS)} (or 'fitted')")

@@ -1,0 +1,94 @@
+"""Experiment loggers: Weights & Biases (offline by default), CSV, or none.
+
+W&B runs live inside the member (or predict) folder. Online mode is opt-in; when the service cannot be
+reached, ``init`` gives up within ``init_timeout`` seconds and the run falls back to offline mode with
+a warning, so a sweep on a machine without network never hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LoggerSpec", "init_wandb", "create_lightning_logger"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoggerSpec:
+    """The ``logger`` config group."""
+
+    kind: str = "wandb"  # wandb | csv | none
+    project: str = "pipeline"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 25.0
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def init_wandb(
+    spec: LoggerSpec, run_dir: Path, name: str, group: str, job_type: str, config: dict[str, Any]
+) -> Any:
+    """Start one W&B run whose files live under ``run_dir/wandb``.
+
+    Args:
+        spec: logger settings.
+        run_dir: member or predict folder.
+        name: run name (the member name).
+        group: the sweep (``<experiment>/<sweep_name>``).
+        job_type: ``train`` or ``predict``.
+        config: plain-dict config to log.
+
+    Returns:
+        The ``wandb`` run. The caller must call ``run.finish()`` in a ``finally`` block.
+    """
+    import wandb
+
+    if spec.mode not in ("offline", "online", "disabled"):
+        raise ValueError(f"logger.mode='{spec.mode}' is not one of: offline, online, disabled.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mode = spec.mode
+    if mode == "online" and not _has_api_key():
+        log.warning("logger.mode=online but no W&B API key is configured (WANDB_API_KEY); logging offline.")
+        mode = "offline"
+    kwargs = dict(
+        project=spec.project, entity=spec.entity, name=name, group=group, job_type=job_type,
+        dir=str(run_dir), config=config, tags=list(spec.tags), reinit="finish_previous",
+    )
+    if mode == "online":
+        start = time.monotonic()
+        try:
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=spec.init_timeout), **kwargs)
+        except Exception as err:  # wandb raises several error types for an unreachable service
+            log.warning(
+                "W&B online init failed after %.0f s (%s); falling back to offline mode. "
+                "Upload later with `wandb sync %s`.", time.monotonic() - start, err, run_dir / "wandb",
+            )
+    return wandb.init(mode=mode, **kwargs)
+
+
+def create_lightning_logger(spec: LoggerSpec, run_dir: Path, wandb_run: Any | None) -> Any:
+    """The Lightning logger for ``spec.kind`` (``False`` for none)."""
+    if spec.kind == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        return WandbLogger(experiment=wandb_run, save_dir=str(run_dir))
+    if spec.kind == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv_logs", version="")
+    if spec.kind == "none":
+        return False
+    raise ValueError(f"logger.kind='{spec.kind}' is not one of: wandb, csv, none.")

@@ -1,0 +1,53 @@
+"""Shared fixtures: a small real slice of the demo competition and real composed Hydra configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from pipeline.config import CONF_DIR, register
+from pipeline.demo import prepare_demo
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+try:
+    register()
+except ImportError:  # pragma: no cover - while a sibling module is being written
+    pass
+
+
+@pytest.fixture(scope="session")
+def demo_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 training and 60 test images of the real demo competition (Fashion-MNIST)."""
+    return prepare_demo(tmp_path_factory.mktemp("comp") / "fmnist", n_train=600, n_test=60)
+
+
+def compose_train(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/train.yaml`` exactly as the CLI does (without the hydra node)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides or [])
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path, demo_slice: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Factory of tiny CPU training configs writing into ``tmp_path``."""
+
+    def make(*overrides: str, member: str = "member") -> DictConfig:
+        cfg = compose_train([
+            "trainer=cpu", "logger=none", "model=resnet10t", f"data.root={demo_slice}",
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "data.num_workers=0",
+            "data.batch_size=32", f"paths.root={tmp_path}", *overrides,
+        ])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "sweep" / member)
+        return cfg
+
+    yield make
+    GlobalHydra.instance().clear()
