@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 __all__ = ["LoggerSpec", "init_wandb", "create_lightning_logger"]
 
@@ -28,7 +30,7 @@ class LoggerSpec:
     entity: str | None = None
     mode: str = "offline"  # offline | online | disabled
     tags: list[str] = field(default_factory=list)
-    init_timeout: float = 25.0
+    init_timeout: float = 10.0
 
 
 def _has_api_key() -> bool:
@@ -36,6 +38,17 @@ def _has_api_key() -> bool:
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _reachable(base_url: str, timeout: float) -> str | None:
+    """None if a TCP connection to the W&B host opens within ``timeout``, else the reason."""
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{parsed.hostname}:{port} unreachable ({err})"
 
 
 def init_wandb(
@@ -69,13 +82,19 @@ def init_wandb(
     )
     if mode == "online":
         start = time.monotonic()
-        try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=spec.init_timeout), **kwargs)
-        except Exception as err:  # wandb raises several error types for an unreachable service
-            log.warning(
-                "W&B online init failed after %.0f s (%s); falling back to offline mode. "
-                "Upload later with `wandb sync %s`.", time.monotonic() - start, err, run_dir / "wandb",
-            )
+        # A cheap socket probe first: wandb's own retries can take minutes without network.
+        problem = _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), min(5.0, spec.init_timeout))
+        if problem is None:
+            try:
+                return wandb.init(mode="online", settings=wandb.Settings(init_timeout=spec.init_timeout), **kwargs)
+            except Exception as err:  # wandb raises several error types for an unreachable service
+                problem = str(err).splitlines()[0]
+                wandb.teardown()  # the half-started service would block the offline run
+        log.warning(
+            "W&B online init failed after %.0f s (%s); falling back to offline mode. Upload later with `wandb sync %s`.",
+            time.monotonic() - start, problem, run_dir / "wandb",
+        )
+        mode = "offline"
     return wandb.init(mode=mode, **kwargs)
 
 

@@ -182,9 +182,10 @@ def infer_format(
         label_as: Overrides the inferred label encoding (from config).
 
     Returns:
-        A probabilities format if the non-id columns are exactly the classes (any order, see
-        :func:`_match_class_columns` for column-safe names), else a label format if there is one
-        non-id column.
+        A probabilities format if the non-id columns are exactly the classes, in any order; else a
+        label format if there is one non-id column. A column names a class if it equals the class
+        name, or else if both reduce to the same ``safe_name(...).casefold()`` key (``"sugar_beet"``
+        for ``"Sugar beet"``); a key shared by several classes matches none of them.
 
     Raises:
         ValueError: The columns fit neither form; the message names the file and the columns.
@@ -246,9 +247,10 @@ def format_from_config(
         same_kind = kind is None or kind == inferred.kind
         if same_kind and (label_column is None or label_column == inferred.label_column):
             return inferred
+        id_column = id_column or inferred.id_column
     if kind is None or id_column is None or (kind == "label" and label_column is None):
         raise ValueError(
-            "without a sample submission, config must set kind (one of "
+            "to build the submission format from config, set kind (one of "
             f"{KINDS}), id_column, and label_column for kind 'label'; got kind={kind!r}, "
             f"id_column={id_column!r}, label_column={label_column!r}"
         )

@@ -156,13 +156,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.time()
     member_dir = Path(cfg.paths.output_dir)
     spec = to_dataclass(DataSpec, cfg.data)
-    digest = _member_hash(cfg)
-    done = _existing(member_dir, digest, bool(cfg.get("overwrite", False)))
-    if done is not None:
-        return done
     pl.seed_everything(int(cfg.seed), workers=True)
     table, folds = _prepare_data(spec, member_dir.parent)
     module = _build_module(cfg, spec, len(table.classes))
+    digest = _member_hash(cfg)  # after normalisation is resolved, so a saved config.yaml hashes the same
+    done = _existing(member_dir, digest, bool(cfg.get("overwrite", False)))
+    if done is not None:
+        return done
     manifest = _manifest(cfg, spec, table.classes, module, digest)
     train_dl, val_dl, val_table = _loaders(cfg, spec, table, folds)
 

@@ -356,7 +356,7 @@ def merge_views(probs: Tensor, n_views: int, method: str = "prob_mean") -> Tenso
         raise ValueError(
             f"merge_views expects [B * V, K] probabilities with V = {n_views}; got shape {tuple(probs.shape)}"
         )
-    return reduce_probs(probs.view(-1, n_views, probs.shape[1]), dim=1, method=method)
+    return reduce_probs(probs.reshape(-1, n_views, probs.shape[1]), dim=1, method=method)
 
 
 def predict_with_tta(

@@ -64,7 +64,9 @@ def test_log_loss_zero_probability_follows_kaggle_not_sklearn() -> None:
 def test_log_loss_matches_sklearn_without_extremes(data: tuple[np.ndarray, np.ndarray]) -> None:
     labels, probs = data
     labels, probs = labels[1:], probs[1:]
-    assert log_loss(labels, probs) == pytest.approx(skm.log_loss(labels, probs, labels=list(range(N_CLASSES))))
+    assert log_loss(labels, probs) == pytest.approx(
+        skm.log_loss(labels, probs, labels=list(range(N_CLASSES)))
+    )
 
 
 def test_macro_f1_matches_sklearn(data: tuple[np.ndarray, np.ndarray]) -> None:

@@ -30,7 +30,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # Extra fields per policy for the registry-wide tests; a newly registered policy needs no entry.
 POLICY_KWARGS: dict[str, dict[str, Any]] = {
-    "multiscale": {"scales": (28, 36), "squares": 3, "crops": ("tl", "center", "full"), "flips": ("none", "vertical")},
+    "multiscale": {
+        "scales": (28, 36),
+        "squares": 3,
+        "crops": ("tl", "center", "full"),
+        "flips": ("none", "vertical"),
+    },
 }
 
 
@@ -147,7 +152,11 @@ def test_views_of_each_image_merge_back_to_it(name: str, chunk_size: int | None)
 
 def test_multiscale_view_count() -> None:
     policy = create_policy(
-        "multiscale", 24, scales=[28, 32, 40], squares=3, crops=["tl", "tr", "bl", "br", "center", "full"],
+        "multiscale",
+        24,
+        scales=[28, 32, 40],
+        squares=3,
+        crops=["tl", "tr", "bl", "br", "center", "full"],
         flips=["none", "horizontal"],
     )
     assert views_per_image(policy) == 3 * 3 * 6 * 2
@@ -243,8 +252,10 @@ def conf_dir(tmp_path: Path) -> Path:
     """A parent config holding copies of our groups plus a tiny ``data`` node."""
     for group in ("tta", "ensemble"):
         shutil.copytree(CONF / group, tmp_path / group)
-    root = "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\ndata:\n  image_size: 32\n  crop_size: 28\n"
-    (tmp_path / "config.yaml").write_text(root)
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\n"
+        "data:\n  image_size: 32\n  crop_size: 28\n"
+    )
     register_configs()
     return tmp_path
 
@@ -260,7 +271,7 @@ def test_tta_yaml_composes_into_a_policy(conf_dir: Path, name: str) -> None:
     tta = OmegaConf.to_container(cfg.tta, resolve=True)
     assert isinstance(tta, dict)
     assert tta["crop_size"] == 28
-    policy = create_policy(**{k: v for k, v in tta.items() if k not in ("reduce", "chunk_size")})
+    policy = create_policy(**{str(k): v for k, v in tta.items() if k not in ("reduce", "chunk_size")})
     assert policy.name == name
     assert views_per_image(policy) == EXPECTED_VIEWS[name]
     assert make_views(torch.zeros(2, 3, 32, 32), policy).shape == (2 * EXPECTED_VIEWS[name], 3, 28, 28)

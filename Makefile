@@ -1,0 +1,55 @@
+# Two commands do everything on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PYTHONUNBUFFERED := 1
+# timm/HF must never reach the network at run time.
+export HF_HUB_OFFLINE := 1
+export WANDB_SILENT := true
+
+.PHONY: demo test install install-dev demo-data train predict report lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo-data: install
+	$(BIN)/pipeline-demo-data
+
+train: demo-data
+	$(BIN)/pipeline-train -m experiment=demo
+
+predict: install
+	$(BIN)/pipeline-predict experiment=demo
+
+report: install
+	$(BIN)/pipeline-report experiment=demo
+
+## The main job on the bundled demo competition: data → sweep of members → 10-crop ensemble → submission → report.
+demo: train predict report
+
+## The test suite (slow end-to-end tests included).
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/mypy pipeline
+
+bench: install-dev
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf outputs/* data/ multirun/
+	touch outputs/.gitkeep

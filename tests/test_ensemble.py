@@ -1,0 +1,243 @@
+"""Tests for pipeline.ensemble: reduction arithmetic, weights, Caruana selection, Hydra configs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from pipeline.ensemble import REDUCTIONS, caruana_select, merge_members, reduce_probs, resolve_weights
+from pipeline.metrics import get_metric, log_loss
+from pipeline.schemas import register_configs
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+P1 = np.array([0.7, 0.2, 0.1])
+P2 = np.array([0.1, 0.6, 0.3])
+
+
+def _pair() -> torch.Tensor:
+    """Two members, one row, three classes: ``[2, 1, 3]``."""
+    return torch.tensor(np.stack([P1, P2])[:, None, :])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p / (1 - p))
+
+
+def _expected(method: str, w: tuple[float, float]) -> np.ndarray:
+    """The reductions written out by hand for two members with normalised weights ``w``."""
+    a, b = w
+    if method == "prob_mean":
+        out = a * P1 + b * P2
+    elif method == "geo_mean":
+        out = P1**a * P2**b
+    elif method == "logit_mean":
+        out = 1 / (1 + np.exp(-(a * _logit(P1) + b * _logit(P2))))
+    else:
+        out = np.maximum(P1, P2)
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("method", REDUCTIONS)
+def test_each_reduction_equal_weights(method: str) -> None:
+    got = reduce_probs(_pair(), dim=0, method=method)
+    np.testing.assert_allclose(got[0].numpy(), _expected(method, (0.5, 0.5)), rtol=1e-12)
+
+
+def test_reductions_hand_values() -> None:
+    # Independent of _expected: numbers worked out on paper.
+    np.testing.assert_allclose(reduce_probs(_pair(), 0)[0].numpy(), [0.4, 0.4, 0.2])
+    np.testing.assert_allclose(reduce_probs(_pair(), 0, "max")[0].numpy(), [0.7 / 1.6, 0.6 / 1.6, 0.3 / 1.6])
+    np.testing.assert_allclose(reduce_probs(_pair(), 0, weights=[3, 1])[0].numpy(), [0.55, 0.3, 0.15])
+    geo = np.sqrt([0.07, 0.12, 0.03])
+    np.testing.assert_allclose(reduce_probs(_pair(), 0, "geo_mean")[0].numpy(), geo / geo.sum())
+
+
+@pytest.mark.parametrize("method", ["prob_mean", "geo_mean", "logit_mean"])
+def test_weighted_reductions(method: str) -> None:
+    got = reduce_probs(_pair(), dim=0, method=method, weights=torch.tensor([3.0, 1.0]))
+    np.testing.assert_allclose(got[0].numpy(), _expected(method, (0.75, 0.25)), rtol=1e-12)
+
+
+def test_max_weights_only_select_members() -> None:
+    np.testing.assert_allclose(reduce_probs(_pair(), 0, "max", weights=[1, 0])[0].numpy(), P1)
+    torch.testing.assert_close(
+        reduce_probs(_pair(), 0, "max", weights=[5, 1]), reduce_probs(_pair(), 0, "max")
+    )
+
+
+@pytest.mark.parametrize("method", REDUCTIONS)
+def test_rows_sum_to_one_and_finite_with_zeros_and_half_precision(method: str) -> None:
+    probs = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0]], [[0.5, 0.5, 0.0]]], dtype=torch.float16)
+    out = reduce_probs(probs, dim=0, method=method)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.sum(-1), torch.ones(1))
+
+
+def test_reduce_over_a_middle_dim_matches_dim_zero() -> None:
+    probs = torch.rand(4, 6, 5).softmax(-1)  # [N, V, K]
+    for method in REDUCTIONS:
+        torch.testing.assert_close(
+            reduce_probs(probs, dim=1, method=method),
+            reduce_probs(probs.transpose(0, 1), dim=0, method=method),
+        )
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        ([1.0, 2.0, 3.0], "expected 2 weights .*got 3"),
+        ([1.0, -1.0], "non-negative"),
+        ([0.0, 0.0], "all zero"),
+        ([float("nan"), 1.0], "finite"),
+    ],
+)
+def test_bad_weights_raise(weights: list[float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        reduce_probs(_pair(), dim=0, weights=weights)
+
+
+def test_bad_method_and_dim_raise() -> None:
+    with pytest.raises(ValueError, match="median.*prob_mean.*logit_mean.*geo_mean.*max"):
+        reduce_probs(_pair(), dim=0, method="median")
+    for dim in (-1, 2, 3):
+        with pytest.raises(ValueError, match="class"):
+            reduce_probs(_pair(), dim=dim)
+
+
+def test_merge_members_accepts_arrays_and_tensors() -> None:
+    got = merge_members([P1[None], torch.tensor(P2[None])], weights=[1, 3])
+    np.testing.assert_allclose(got[0].numpy(), 0.25 * P1 + 0.75 * P2)
+    with pytest.raises(ValueError, match=r"Member 1 .*\(2, 3\).*\(1, 3\)"):
+        merge_members([P1[None], np.stack([P1, P2])])
+
+
+# ---------------------------------------------------------------------------------------------
+# Caruana selection.
+
+N_CLASSES = 4
+
+
+def _confident(labels: np.ndarray, p_true: float = 0.91) -> np.ndarray:
+    probs = np.full((len(labels), N_CLASSES), (1 - p_true) / (N_CLASSES - 1))
+    probs[np.arange(len(labels)), labels] = p_true
+    return probs
+
+
+def _complementary_case() -> tuple[list[np.ndarray], np.ndarray]:
+    """Members A, B (each good on one half, unsure on the other), uniform U and random-label R."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, N_CLASSES, size=200)
+    uniform = np.full((200, N_CLASSES), 1 / N_CLASSES)
+    first = np.arange(200) < 100
+    a = np.where(first[:, None], _confident(labels), uniform)
+    b = np.where(first[:, None], uniform, _confident(labels))
+    random_labels = _confident(rng.integers(0, N_CLASSES, size=200))
+    return [a, uniform, b, random_labels], labels
+
+
+def test_caruana_ignores_useless_members_and_mixes_complementary_ones() -> None:
+    members, labels = _complementary_case()
+    weights = caruana_select(members, labels, n_rounds=20)
+    assert weights[1] == 0.0 and weights[3] == 0.0
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[0] == pytest.approx(0.5, abs=0.1) and weights[2] == pytest.approx(0.5, abs=0.1)
+    blended = log_loss(labels, merge_members(members, weights).numpy())
+    assert blended < min(log_loss(labels, m) for m in members)
+
+
+def test_caruana_selects_a_clearly_best_member() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, N_CLASSES, size=100)
+    noise = [_confident(rng.integers(0, N_CLASSES, size=100), p_true=0.5) for _ in range(2)]
+    members = [noise[0], _confident(labels), noise[1]]
+    np.testing.assert_array_equal(caruana_select(members, labels), [0.0, 1.0, 0.0])
+    # Accuracy must be maximised: its direction comes from the registered Metric or the flag.
+    accuracy = get_metric("accuracy")
+    np.testing.assert_array_equal(caruana_select(members, labels, metric=accuracy), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(
+        caruana_select(members, labels, metric=accuracy.fn, greater_is_better=True), [0.0, 1.0, 0.0]
+    )
+
+
+def test_caruana_ties_go_to_the_lowest_index() -> None:
+    members, labels = _complementary_case()
+    np.testing.assert_array_equal(caruana_select([members[0], members[0]], labels), [1.0, 0.0])
+
+
+def test_caruana_init_best_and_bad_arguments() -> None:
+    members, labels = _complementary_case()
+    weights = caruana_select(members, labels, n_rounds=0, init_best=2)
+    np.testing.assert_array_equal(weights, [0.5, 0.0, 0.5, 0.0])  # A and B are the two best singles
+    with pytest.raises(ValueError, match="init_best"):
+        caruana_select(members, labels, init_best=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_weights.
+
+
+def test_resolve_weights_kinds() -> None:
+    np.testing.assert_allclose(resolve_weights("equal", 4), [0.25] * 4)
+    np.testing.assert_allclose(resolve_weights("given", 2, given=[3, 1]), [0.75, 0.25])
+    fitted = np.array([0.2, 0.0, 0.8])
+    np.testing.assert_allclose(resolve_weights("caruana", 3, fitted=fitted), fitted)
+    np.testing.assert_allclose(resolve_weights("fitted", 3, fitted=fitted), fitted)
+
+
+@pytest.mark.parametrize(
+    ("kind", "given", "match"),
+    [
+        ("given", [1.0, 2.0], r"ensemble\.given_weights for 3 members: expected 3 .*got 2"),
+        ("given", None, r"ensemble\.given_weights"),
+        ("caruana", None, "caruana_select"),
+        ("blend", None, "equal.*given.*caruana"),
+    ],
+)
+def test_resolve_weights_errors(kind: str, given: list[float] | None, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        resolve_weights(kind, 3, given=given)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hydra configs.
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path) -> Path:
+    """A parent config holding copies of our groups plus a tiny ``data`` node."""
+    for group in ("tta", "ensemble"):
+        shutil.copytree(CONF / group, tmp_path / group)
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\n"
+        "data:\n  image_size: 32\n  crop_size: 28\n"
+    )
+    register_configs()
+    return tmp_path
+
+
+def test_ensemble_yamls_compose_into_weights(conf_dir: Path) -> None:
+    assert sorted(p.stem for p in (CONF / "ensemble").glob("*.yaml")) == ["caruana", "mean", "weighted"]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        mean = compose(config_name="config").ensemble
+        weighted = compose(
+            config_name="config", overrides=["ensemble=weighted", "ensemble.given_weights=[2,1,1]"]
+        )
+        caruana = compose(config_name="config", overrides=["ensemble=caruana"]).ensemble
+    assert (mean.method, mean.weights) == ("prob_mean", "equal")
+    given = list(weighted.ensemble.given_weights)
+    np.testing.assert_allclose(resolve_weights(weighted.ensemble.weights, 3, given=given), [0.5, 0.25, 0.25])
+    assert (caruana.weights, caruana.caruana_rounds) == ("caruana", 50)
+
+
+def test_ensemble_key_typo_fails_at_composition(conf_dir: Path) -> None:
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="methd"):
+            compose(config_name="config", overrides=["ensemble.methd=max"])

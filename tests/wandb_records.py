@@ -1,0 +1,64 @@
+"""Read what a W&B offline run recorded, straight from its ``run-<id>.wandb`` transaction log.
+
+wandb ≥ 0.19 no longer ships a Python reader; the file is a LevelDB-style log (7-byte file header,
+32 KiB blocks, records split into FULL/FIRST/MIDDLE/LAST chunks) of ``wandb_internal_pb2.Record``s.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32768
+HEADER = 7
+
+
+def records(path: Path) -> list[Any]:
+    """Every protobuf record in a ``.wandb`` file."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    out, buf, pos = [], b"", HEADER
+    while pos + HEADER <= len(data):
+        left = BLOCK - (pos % BLOCK)
+        if left < HEADER:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+    return out
+
+
+def logged(run_dir: Path) -> dict[str, Any]:
+    """History keys, summary values, config keys, group and job type of one offline run folder."""
+    (log_file,) = run_dir.glob("run-*.wandb")
+    history: set[str] = set()
+    summary: dict[str, Any] = {}
+    config: set[str] = set()
+    group = job_type = ""
+    for rec in records(log_file):
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            history.update(item.key or "/".join(item.nested_key) for item in rec.history.item)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "config":
+            config.update(item.key or "/".join(item.nested_key) for item in rec.config.update)
+        elif kind == "run":
+            group, job_type = rec.run.run_group, rec.run.job_type
+            config.update(item.key for item in rec.run.config.update)
+    return {"history": history, "summary": summary, "config": config, "group": group, "job_type": job_type}
