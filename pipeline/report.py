@@ -340,7 +340,7 @@ def _gain(row: pd.Series, base: pd.Series, greater_is_better: bool) -> dict[str,
     ratio = sec / base_sec if by_time else row["forward_passes_per_image"] / base["forward_passes_per_image"]
     return {
         "row": row["row"], "diff": float(row["diff_vs_best_single"]), "ci_low": float(row["ci_low"]),
-        "ci_high": float(row["ci_high"]), "cost_ratio": float(ratio),
+        "ci_high": float(row["ci_high"]), "members": int(row["members"]), "cost_ratio": float(ratio),
         "cost_by": "seconds" if by_time else "forward_passes",
         "verdict": _verdict(row["diff_vs_best_single"], row["ci_low"], row["ci_high"], greater_is_better),
     }
@@ -412,7 +412,7 @@ def _paragraph(summary: dict[str, Any]) -> str:
     parts = [f"Baseline: the best single model without TTA, {base['row']} ({m} {base['score']:.4f}; "
              f"{direction} is better)."]
     if ens:
-        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']})", ens, m))
+        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']}, {ens['members']} members)", ens, m))
     else:
         parts.append("There is only one model, so ensembling was not measured.")
     if tta:
@@ -511,6 +511,10 @@ def plot_score_vs_cost(df: pd.DataFrame, metric: str, path: Path) -> Path:
     for kind, group in df.groupby("kind", sort=False):
         marker, color = styles.get(str(kind), ("o", "grey"))
         ax.scatter(x[group.index], group[metric], marker=marker, color=color, label=str(kind), s=40, zorder=3)
+    base = df["row"] == df.attrs.get("baseline")
+    if base.any():
+        ax.scatter(x[base], df.loc[base, metric], s=160, facecolors="none", edgecolors="black",
+                   label="baseline")
     for i, r in df.iterrows():
         ax.annotate(("★ " if r["best"] else "") + r["row"], (x[i], r[metric]), xytext=(4, 3),
                     textcoords="offset points", fontsize=7)
@@ -626,7 +630,9 @@ def _final_probs(pr: PredictRun) -> tuple[np.ndarray, str]:
     weights = pr.weights(key)
     probs = merge_members([pr.oof[(m, key)] for m in pr.models], list(weights.values()), pr.method)
     kind = pr.info["ensemble"].get("weights", "equal")
-    return probs.numpy(), f"final ensemble ({kind} weights / {pr.policy_names[key]})"
+    # Submitted Caruana weights were fitted on these very rows: say so rather than hide it.
+    note = ", weights fitted on these rows" if kind in ("caruana", "fitted") else ""
+    return probs.numpy(), f"final ensemble ({kind} weights / {pr.policy_names[key]}{note})"
 
 
 def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int = 1000, seed: int = 0,

@@ -98,7 +98,8 @@ def make_predict_dir(
             stem = f"{safe_name(model)}__{keys[name]}.csv"
             write_predictions(out / "oof" / stem, ids, probs, CLASSES, labels.tolist())
             write_predictions(out / "test" / stem, ["t0", "t1"], probs[:2], CLASSES)
-    ens = {"method": "prob_mean", "weights": "equal", "given_weights": None, "caruana_rounds": 20, **(ensemble or {})}
+    ens = {"method": "prob_mean", "weights": "equal", "given_weights": None, "caruana_rounds": 20,
+           **(ensemble or {})}
     given = ens["given_weights"] or [1.0] * len(oof)
     weights = {k: dict(zip(oof, np.asarray(given) / np.sum(given))) for k in keys.values()}
     write_predictions(out / "ensemble_test.csv", ["t0", "t1"], np.full((2, 4), 0.25), CLASSES)
@@ -137,7 +138,8 @@ def three_models(rng: np.random.Generator, labels: np.ndarray) -> dict[str, dict
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three models × (none, ten_crop), 400 rows, with images; the report already built once."""
     labels = _labels()
-    out = make_predict_dir(tmp_path_factory.mktemp("report"), three_models(np.random.default_rng(1), labels), labels)
+    oof = three_models(np.random.default_rng(1), labels)
+    out = make_predict_dir(tmp_path_factory.mktemp("report"), oof, labels)
     build_report(out, n_boot=N_BOOT)
     return out
 
@@ -154,8 +156,8 @@ def test_single_rows_match_pipeline_metrics(folder: Path, report: pd.DataFrame) 
     singles = report[report["kind"] == "single"]
     assert len(singles) == 3 * 2
     for _, row in singles.iterrows():
-        _, probs, labels = read_predictions(folder / "oof" / f"{safe_name(row['model'])}__{row['policy_key']}.csv",
-                                            CLASSES)
+        file = folder / "oof" / f"{safe_name(row['model'])}__{row['policy_key']}.csv"
+        _, probs, labels = read_predictions(file, CLASSES)
         assert labels is not None
         for name, value in score_all(labels, probs).items():
             assert row[name] == pytest.approx(value, rel=1e-12), (row["row"], name)
@@ -170,7 +172,9 @@ def test_equal_ensemble_row_is_the_merged_models(folder: Path, report: pd.DataFr
     merged = merge_members([p for _, p, _ in probs], method="prob_mean").numpy()
     row = report[(report["kind"] == "ensemble-equal") & (report["policy"] == "ten_crop")].iloc[0]
     assert row["row"] == "ensemble-equal / ten_crop"
-    assert row["accuracy"] == pytest.approx(get_metric("accuracy")(probs[0][2], merged))
+    labels = probs[0][2]
+    assert labels is not None
+    assert row["accuracy"] == pytest.approx(get_metric("accuracy")(labels, merged))
     assert row["forward_passes_per_image"] == 3 * 10  # views × members, summed over the models
     assert row["sec_per_1000_images"] == pytest.approx(10 * sum(SPEED.values()))
 
@@ -216,8 +220,8 @@ def test_bootstrap_interval_brackets_a_known_difference(tmp_path: Path) -> None:
     assert set(df["kind"]) == {"single"}  # one model: no ensemble rows
     assert tta["diff_vs_best_single"] == pytest.approx(fixed.mean() - right.mean())
     assert 0 < tta["ci_low"] < 0.1 < tta["ci_high"]
-    direct = paired_bootstrap(labels, oof["resnet10t-s0"]["ten_crop"], oof["resnet10t-s0"]["none"], "accuracy",
-                              n_boot=2000, seed=0)
+    model = oof["resnet10t-s0"]
+    direct = paired_bootstrap(labels, model["ten_crop"], model["none"], "accuracy", n_boot=2000, seed=0)
     assert (tta["ci_low"], tta["ci_high"]) == pytest.approx((direct.low, direct.high))
     assert summary["tta_gain"]["verdict"] == "helped"
     assert "TTA helped" in summary["paragraph"] and "only one model" in summary["paragraph"]
@@ -348,7 +352,7 @@ def _wandb_records(path: Path) -> Iterator[Any]:
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
         buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # FULL or LAST fragment
-            record = pb.Record()
+            record = pb.Record()  # type: ignore[attr-defined]
             record.ParseFromString(buf)
             buf = b""
             yield record
@@ -368,6 +372,8 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
     write_json(out / "predict.json", {**info, "wandb_run_id": run_id, "wandb_dir": str(out)})
 
     build_report(out, n_boot=50, wandb_spec=LoggerSpec(mode="offline"))
+    wandb.teardown()  # finish() can return before the service has flushed the run file; teardown waits
+
 
     runs = sorted(glob.glob(str(out / "wandb" / f"offline-run-*-{run_id}")))
     assert len(runs) == 2  # the predict run, then the report's resumption of the same id
