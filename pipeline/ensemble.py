@@ -130,7 +130,8 @@ def reduce_probs(
 def _stack_members(member_probs: Sequence[Tensor | np.ndarray]) -> Tensor:
     if len(member_probs) == 0:
         raise ValueError("No ensemble members given")
-    tensors = [torch.as_tensor(p) for p in member_probs]
+    # Copy numpy input: arrays read from files can be read-only, which torch does not support.
+    tensors = [p if isinstance(p, Tensor) else torch.tensor(np.asarray(p)) for p in member_probs]
     for i, t in enumerate(tensors):
         if t.shape != tensors[0].shape:
             raise ValueError(

@@ -135,7 +135,10 @@ def _expand(spec: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[s
     for item in items:
         text = str(item)
         looked.append(text)
-        matches = [Path(p) for p in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
+        if glob.has_magic(text):  # a glob names folders; files it also matches (folds.csv…) are not members
+            matches = [Path(p) for p in sorted(glob.glob(text)) if Path(p).is_dir()]
+        else:
+            matches = [Path(text)]
         for path in matches:
             if (path / MANIFEST).is_file() or not path.is_dir():
                 folders.append(path)
