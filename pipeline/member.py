@@ -193,6 +193,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise MemberError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":  # exported members: tensors only, nothing to unpickle
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

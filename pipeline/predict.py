@@ -458,6 +458,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         if run is not None:
             _log_wandb(run, summary)
+            # The report stage logs its table and plots into this same run.
+            summary.update(wandb_run_id=run.id, wandb_dir=str(out_dir), wandb_project=logger.project,
+                           wandb_mode=run.settings.mode)
+            write_json(out_dir / "predict.json", summary)
     finally:
         if run is not None:
             run.finish()

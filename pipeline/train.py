@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from pipeline.augment import resolve_normalization, transform_to_dict
 from pipeline.config import CONF_DIR, config_hash, register, to_container, to_dataclass
 from pipeline.data import DataSpec, ImageDataset, ImageTable, load_or_create_folds, read_train_table, split_indices, verify_images
+from pipeline.export import export_member
 from pipeline.finetune import BackboneFreeze
 from pipeline.loggers import LoggerSpec, create_lightning_logger, init_wandb
 from pipeline.member import MANIFEST, MemberManifest, member_status, read_manifest, write_manifest
@@ -224,7 +225,13 @@ def _finish(
     if run is not None:
         run.summary.update({"best/val_acc": acc, "best/val_log_loss": log_loss})
     manifest.status = "completed"
-    write_manifest(member_dir, manifest)
+    write_manifest(member_dir, manifest)  # export reads the manifest; the status is final only if export works
+    try:
+        export_member(member_dir)
+    except Exception:
+        manifest.status = "failed"
+        write_manifest(member_dir, manifest)
+        raise
     log.info("Member %s completed: val_acc=%.4f val_log_loss=%.4f → %s", manifest.name, acc, log_loss, member_dir)
     return metrics  # type: ignore[return-value]
 

@@ -406,7 +406,11 @@ def _register_or_skip() -> None:
         pytest.skip(f"config registration unavailable: {err}")
 
 
-def test_report_config_composes_with_the_demo_experiment() -> None:
+GROUP_OVERRIDES = ["experiment=demo", "ensemble=caruana", "tta=five_crop"]
+
+
+@pytest.mark.parametrize("overrides", [["experiment=demo"], GROUP_OVERRIDES])
+def test_report_config_reads_the_folder_predict_writes(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -416,10 +420,11 @@ def test_report_config_composes_with_the_demo_experiment() -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="report", overrides=["experiment=demo", "paths.root=/comp"])
+            cfg = compose(config_name="report", overrides=[*overrides, "paths.root=/comp"])
+            predict = compose(config_name="predict", overrides=[*overrides, "paths.root=/comp"])
     finally:
         GlobalHydra.instance().clear()
-    assert cfg.predict_dir == "/comp/outputs/demo/demo/predict"
+    assert cfg.predict_dir == predict.predict_dir and "demo/demo/predict" in cfg.predict_dir
     assert cfg.metric is None and cfg.n_boot == 1000 and cfg.seed == 0 and cfg.wandb is True
     assert cfg.logger.mode == "offline"
 
