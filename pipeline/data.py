@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,12 +26,16 @@ from torch.utils.data import Dataset
 
 from pipeline.utils import atomic_path
 
+if TYPE_CHECKING:  # pipeline.cache imports this module
+    from pipeline.cache import ImageCache
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataSpec",
     "ImageTable",
     "DataError",
     "load_rgb",
+    "load_image",
     "read_train_table",
     "read_test_table",
     "verify_images",
@@ -81,6 +85,8 @@ class DataSpec:
     num_workers: int = 2
     check_images: bool = True
     skip_bad_images: bool = False
+    cache_dir: str | None = None  # set: decode + resize once into a memmap here (pipeline.cache)
+    cache_size: int | None = None  # side of the cached images; None: image_size
 
     @property
     def root_path(self) -> Path:
@@ -131,6 +137,14 @@ def load_rgb(path: str | Path) -> np.ndarray:
             return np.array(img.convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"Cannot decode image {path}: {err}") from err
+
+
+def load_image(path: str | Path, in_chans: int = 3) -> np.ndarray:
+    """:func:`load_rgb`, then ``H×W×1`` luminance when ``in_chans`` is 1 (what the datasets feed models)."""
+    image = load_rgb(path)
+    if in_chans == 1:
+        return np.array(Image.fromarray(image).convert("L"))[..., None]
+    return image
 
 
 def verify_images(table: ImageTable, skip_bad: bool) -> ImageTable:
@@ -335,21 +349,28 @@ class ImageDataset(Dataset):
     """Decode, transform and return ``{"image", "target", "index"}`` for one row of a table.
 
     ``index`` is the row's position in the table, carried through the batch so predictions made in
-    any order (workers, DDP ranks) can be put back in table order.
+    any order (workers, DDP ranks) can be put back in table order. With a ``cache``
+    (:mod:`pipeline.cache`), images are read pre-resized from it instead of being decoded.
     """
 
-    def __init__(self, table: ImageTable, transform: Callable[..., Any] | None, in_chans: int = 3) -> None:
+    def __init__(self, table: ImageTable, transform: Callable[..., Any] | None, in_chans: int = 3,
+                 cache: ImageCache | None = None) -> None:
         self.table = table
         self.transform = transform
         self.in_chans = in_chans
+        self.cache = cache
+        self.cache_rows = None if cache is None else cache.rows(table.paths)
+        if cache is not None and cache.in_chans != in_chans:
+            raise ValueError(f"The image cache {cache.array_path} holds {cache.in_chans}-channel images, not {in_chans}")
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image = load_rgb(self.table.paths[i])
-        if self.in_chans == 1:
-            image = np.array(Image.fromarray(image).convert("L"))[..., None]
+        if self.cache is None or self.cache_rows is None:
+            image = load_image(self.table.paths[i], self.in_chans)
+        else:
+            image = self.cache.read(int(self.cache_rows[i]))
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1))

@@ -76,7 +76,7 @@ def init_wandb(
     if mode == "online" and not _has_api_key():
         log.warning("logger.mode=online but no W&B API key is configured (WANDB_API_KEY); logging offline.")
         mode = "offline"
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         project=spec.project, entity=spec.entity, name=name, group=group, job_type=job_type,
         dir=str(run_dir), config=config, tags=list(spec.tags), reinit="finish_previous",
     )
@@ -95,7 +95,7 @@ def init_wandb(
             time.monotonic() - start, problem, run_dir / "wandb",
         )
         mode = "offline"
-    return wandb.init(mode=mode, **kwargs)
+    return wandb.init(mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
 def create_lightning_logger(spec: LoggerSpec, run_dir: Path, wandb_run: Any | None) -> Any:

@@ -96,6 +96,7 @@ class EnsembleOptions:
     weights: str = "equal"
     given_weights: list[float] | None = None
     caruana_rounds: int = 50
+    fit_metric: str = "log_loss"
 
 
 @dataclass
@@ -237,7 +238,10 @@ def _stream(jobs: list[_Job], table: ImageTable, policies: dict[str, TTAPolicy],
             )
     needed = np.unique(np.concatenate([j.rows for j in jobs])) if all(j.rows is not None for j in jobs) else None
     sub = table if needed is None else table.subset(needed)
-    ds = ImageDataset(sub, transform, first.manifest.in_chans)
+    from pipeline.cache import cache_for_member  # the member's pre-resized image cache, if it was trained with one
+
+    cache = cache_for_member(first.path, table, first.manifest.in_chans, opts.num_workers)
+    ds = ImageDataset(sub, transform, first.manifest.in_chans, cache)
     loader = DataLoader(ds, batch_size=opts.batch_size, num_workers=opts.num_workers, shuffle=False,
                         pin_memory=opts.torch_device().type == "cuda")
     device = opts.torch_device()
@@ -309,7 +313,7 @@ def fit_weights(oofs: dict[str, pd.DataFrame], opts: EnsembleOptions, metric: st
             raise ValueError(f"Models {names} have OOF predictions on different rows; Caruana weights need the same rows.")
         probs = [f.filter(like=PROB_PREFIX).to_numpy() for f in oofs.values()]
         fitted = caruana_select(probs, oofs[names[0]]["label"].to_numpy(), n_rounds=opts.caruana_rounds,
-                                metric=get_metric(metric), method=opts.method)
+                                metric=get_metric(opts.fit_metric or metric), method=opts.method)
     return resolve_weights(opts.weights, len(names), opts.given_weights, fitted)
 
 
@@ -336,7 +340,7 @@ def _submission_format(spec: DataSpec, opts: SubmissionOptions, classes: Sequenc
     if opts.kind is None:
         if sample is None:
             raise ValueError("No data.sample_submission to infer the format from: set submission.kind (label|probabilities).")
-        return infer_format(sample, classes, id_column=opts.id_column, label_as=opts.label_as)
+        return infer_format(sample, classes, id_column=opts.id_column, label_as=opts.label_as)  # type: ignore[arg-type]
     return format_from_config(opts.kind, opts.id_column or spec.id_col, opts.label_column, opts.label_as,
                               classes, sample_csv=sample)
 
@@ -355,7 +359,9 @@ def _validation_rows(members: Sequence[Member], train: ImageTable) -> dict[str, 
     return rows
 
 
-def _solution_score(spec: DataSpec, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], metric: str) -> dict[str, Any] | None:
+def _solution_score(
+    spec: DataSpec, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], metric: str
+) -> dict[str, Any] | None:
     """Leaderboard score against the competition's solution file, when one is available (the demo)."""
     if not spec.solution or not (spec.root_path / spec.solution).is_file():
         return None
@@ -402,7 +408,8 @@ def predict(
             name = f"{safe_name(g)}__{key}"
             oof = model_oof({m.name: val_files[(m.name, key)] for m in ms}, classes, train.ids)
             oof_path = out_dir / "oof" / f"{name}.csv"
-            write_predictions(oof_path, oof["id"].tolist(), oof.filter(like=PROB_PREFIX).to_numpy(), classes, oof["label"].tolist())
+            oof_probs = oof.filter(like=PROB_PREFIX).to_numpy()
+            write_predictions(oof_path, oof["id"].tolist(), oof_probs, classes, oof["label"].tolist())
             merge_files([test_files[(m.name, key)] for m in ms], out_dir / "test" / f"{name}.csv", classes, None, ens.method)
             oofs[g] = oof
             timing = [read_json(test_files[(m.name, key)].with_suffix(".json")) for m in ms]

@@ -41,7 +41,7 @@ class PredictionWriter:
         header = ["id"] + (["label"] if with_labels else []) + [PROB_PREFIX + c for c in self.classes]
         csv.writer(self._fh).writerow(header)
 
-    def write(self, ids: Sequence[str], probs: np.ndarray, labels: Sequence[int] | None = None) -> None:
+    def write(self, ids: Sequence[str], probs: np.ndarray, labels: Sequence[int] | np.ndarray | None = None) -> None:
         """Append one chunk of rows."""
         probs = np.asarray(probs, dtype=np.float64)
         if probs.shape != (len(ids), len(self.classes)):
@@ -77,7 +77,11 @@ class PredictionWriter:
 
 
 def write_predictions(
-    path: str | Path, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], labels: Sequence[int] | None = None
+    path: str | Path,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    labels: Sequence[int] | np.ndarray | None = None,
 ) -> Path:
     """Write a whole prediction file at once (atomically)."""
     with PredictionWriter(path, classes, with_labels=labels is not None) as writer:

@@ -2,7 +2,8 @@
 
 The report is rebuilt from the files ``pipeline-predict`` left in ``<sweep>/predict/`` alone
 (``predict.json`` and the model-level OOF predictions in ``oof/``), so it can be regenerated at any
-time and gives the same bytes each time. Every row is scored on the same OOF rows:
+time and writes the same ``report.md``/``.csv``/``.json`` bytes each time. Every row is scored on
+the same OOF rows:
 
 - every single model under every TTA policy;
 - the ensemble with equal weights under every policy;
@@ -250,6 +251,7 @@ def _candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[_Row]:
         return rows
     ens = pr.info["ensemble"]
     rounds = int(ens.get("caruana_rounds", 50))
+    fit_metric = get_metric(ens.get("fit_metric") or metric.name)  # the weights are fitted as predict fits them
     for key in pr.policies:
         probs = [pr.oof[(m, key)] for m in models]
         merged = merge_members(probs, method=pr.method).numpy()
@@ -257,9 +259,9 @@ def _candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[_Row]:
         rows.append(_Row("ensemble-equal", "ensemble-equal", key, merged, equal))
     for key in pr.policies:
         probs = [pr.oof[(m, key)] for m in models]
-        crossed = cross_fit_predict(probs, pr.labels, metric, CROSS_FIT_PARTS, seed, rounds, pr.method)
+        crossed = cross_fit_predict(probs, pr.labels, fit_metric, CROSS_FIT_PARTS, seed, rounds, pr.method)
         # The weights a deployment would use (fitted on all rows) decide which models cost inference.
-        full = caruana_select(probs, pr.labels, rounds, metric=metric, method=pr.method)
+        full = caruana_select(probs, pr.labels, rounds, metric=fit_metric, method=pr.method)
         deployed = dict(zip(models, full.tolist()))
         rows.append(_Row("ensemble-fitted", "ensemble-fitted", key, crossed, deployed))
     if ens.get("weights") == "given":
@@ -386,7 +388,7 @@ def _summary(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, seed
         "best_row": str(df.loc[df["best"], "row"].iloc[0]),
         "fitted_ensemble": {"scoring": "cross-fitted", "parts": CROSS_FIT_PARTS, "seed": seed,
                             "caruana_rounds": int(pr.info["ensemble"].get("caruana_rounds", 50)),
-                            "method": pr.method},
+                            "method": pr.method, "fit_metric": pr.info["ensemble"].get("fit_metric") or metric.name},
         "leaderboard": pr.info.get("leaderboard"),
     }
 
@@ -476,7 +478,8 @@ def _markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> st
         f"views when `none` was not predicted): `{summary['baseline']['row']}`. Δ is each row minus the "
         f"baseline, with a 95% paired bootstrap interval ({summary['n_boot']} resamples, "
         f"seed {summary['seed']}).", "",
-        f"**Fitted ensemble:** Caruana weights ({fit['caruana_rounds']} rounds, {fit['method']}), scored "
+        f"**Fitted ensemble:** Caruana weights ({fit['caruana_rounds']} rounds, {fit['method']}, fitted for "
+        f"{fit['fit_metric']}), scored "
         f"cross-fitted: the OOF rows are split into {fit['parts']} stratified parts (seed {fit['seed']}); "
         f"each part is predicted with weights fitted on the other {fit['parts'] - 1} and {m} is computed on "
         "the concatenation. Its cost counts the models kept by the weights fitted on all rows.", "",
@@ -506,8 +509,8 @@ def plot_score_vs_cost(df: pd.DataFrame, metric: str, path: Path) -> Path:
     x = df["sec_per_1000_images"] if timed else df["forward_passes_per_image"].astype(float)
     fig = Figure(figsize=(8, 5.5))
     ax = fig.add_subplot()
-    styles = {"single": ("o", "tab:blue"), "ensemble-equal": ("s", "tab:orange"),
-              "ensemble-fitted": ("D", "tab:green"), "ensemble-given": ("^", "tab:purple")}
+    marks = [("o", "tab:blue"), ("s", "tab:orange"), ("D", "tab:green"), ("^", "tab:purple")]
+    styles = dict(zip(KINDS, marks))
     for kind, group in df.groupby("kind", sort=False):
         marker, color = styles.get(str(kind), ("o", "grey"))
         ax.scatter(x[group.index], group[metric], marker=marker, color=color, label=str(kind), s=40, zorder=3)
@@ -552,19 +555,21 @@ def plot_confusion(
     return _save(fig, path)
 
 
-def _image_paths(pr: PredictRun, ids: Sequence[str]) -> dict[str, Path] | None:
-    """Training image of each id, found through a member folder's ``config.yaml`` (None if not found)."""
+def _image_paths(pr: PredictRun, ids: Sequence[str]) -> tuple[dict[str, Path] | None, str]:
+    """Training image of each id, found through a member folder's ``config.yaml``; else None and why."""
+    why = "predict.json lists no member folders"
     for folder in pr.info["members"].values():
         try:
             cfg = OmegaConf.load(Path(folder) / "config.yaml")
             table = read_train_table(to_dataclass(DataSpec, cfg.data))
         except (OSError, ValueError, TypeError, KeyError, OmegaConfBaseException) as err:
-            log.debug("No images through %s: %s", folder, err)
+            why = f"{folder}: {err}"
             continue
         paths = dict(zip(table.ids, table.paths))
         if all(i in paths for i in ids):
-            return {i: paths[i] for i in ids}
-    return None
+            return {i: paths[i] for i in ids}, ""
+        why = f"{folder}/config.yaml: its training table lacks some OOF ids"
+    return None, why
 
 
 def plot_most_wrong(pr: PredictRun, probs: np.ndarray, path: Path, n: int = MOST_WRONG) -> Path | None:
@@ -575,11 +580,11 @@ def plot_most_wrong(pr: PredictRun, probs: np.ndarray, path: Path, n: int = MOST
     pred, conf = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(pred != pr.labels)
     wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:n]
-    paths = _image_paths(pr, [pr.ids[i] for i in wrong]) if len(wrong) else None
+    paths, why = _image_paths(pr, [pr.ids[i] for i in wrong]) if len(wrong) else (None, "")
     if paths is None:
         if len(wrong):
-            log.warning("Training images not found through the member folders' config.yaml; "
-                        "skipping %s.", path.name)
+            log.warning("Skipping %s: training images not found through the member folders (%s).",
+                        path.name, why)
         path.unlink(missing_ok=True)
         return None
     cols = min(4, len(wrong))

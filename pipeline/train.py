@@ -66,8 +66,12 @@ def _loaders(cfg: DictConfig, spec: DataSpec, table: ImageTable, folds: Any) -> 
     train_tf, eval_tf = instantiate(cfg.aug.train), instantiate(cfg.aug.eval)
     val_table = table.subset(val_idx)
     common = dict(batch_size=spec.batch_size, num_workers=spec.num_workers, persistent_workers=spec.num_workers > 0)
-    train_dl = DataLoader(ImageDataset(table.subset(train_idx), train_tf, spec.in_chans), shuffle=True, drop_last=True, **common)
-    val_dl = DataLoader(ImageDataset(val_table, eval_tf, spec.in_chans), shuffle=False, **common)
+    from pipeline.cache import cache_for_spec  # the pre-resized image cache (data.cache_dir), or None
+
+    cache = cache_for_spec(table, spec)  # built once on the whole table; both splits read their rows from it
+    train_ds = ImageDataset(table.subset(train_idx), train_tf, spec.in_chans, cache)
+    train_dl = DataLoader(train_ds, shuffle=True, drop_last=True, **common)
+    val_dl = DataLoader(ImageDataset(val_table, eval_tf, spec.in_chans, cache), shuffle=False, **common)
     return train_dl, val_dl, val_table
 
 

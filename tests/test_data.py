@@ -50,7 +50,9 @@ def test_path_column_and_custom_columns(tmp_path: Path, demo_slice: Path) -> Non
     df["file"] = "train/" + df["image_id"] + ".png"
     df.to_csv(tmp_path / "labels.csv", index=False)
     shutil.copytree(demo_slice / "train", tmp_path / "train")
-    table = read_train_table(spec(tmp_path, train_csv="labels.csv", id_col="image_id", label_col="target", path_col="file", train_dir=""))
+    table = read_train_table(
+        spec(tmp_path, train_csv="labels.csv", id_col="image_id", label_col="target", path_col="file", train_dir="")
+    )
     assert len(table) == 30 and table.paths[0].is_file()
 
 

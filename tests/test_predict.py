@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import DictConfig
 
 from pipeline.data import DataError, DataSpec
 from pipeline.ensemble import merge_members
@@ -75,7 +73,7 @@ def test_ensemble_equals_mean_of_members_saved_predictions(predicted: tuple[dict
     key = summary["submission_policy"]
     classes = summary["classes"]
     member_probs = []
-    for name, folder in summary["members"].items():
+    for folder in summary["members"].values():
         (path,) = Path(folder, "predictions").glob(f"test-*-{key}-*.csv")
         ids, probs, _ = read_predictions(path, classes)
         member_probs.append(probs)
@@ -113,7 +111,9 @@ def test_ten_crop_member_prediction_matches_manual_torchvision(predicted: tuple[
         np.testing.assert_allclose(cached[pos[table.ids[row]]], expect, atol=1e-5)
 
 
-def test_rerun_uses_cache_and_gives_identical_submission(predicted: tuple[dict, Path], sweep: Path, demo_slice: Path, tmp_path: Path) -> None:
+def test_rerun_uses_cache_and_gives_identical_submission(
+    predicted: tuple[dict, Path], sweep: Path, demo_slice: Path, tmp_path: Path
+) -> None:
     summary, out = predicted
     caches = sorted(Path(summary["members"]["lenet5-s0-holdout"], "predictions").glob("*.csv"))
     stamps = [p.stat().st_mtime_ns for p in caches]
@@ -186,8 +186,9 @@ def test_members_with_different_classes_are_refused(sweep: Path, tmp_path: Path)
     m = read_manifest(cp / "lenet5-s0-holdout")
     m.classes = list(reversed(m.classes))
     write_manifest(cp / "lenet5-s0-holdout", m)
-    with pytest.raises(MemberError, match=r"different class lists.*lenet5-s0-holdout.*resnet10t-s0-holdout|different class lists.*resnet10t.*lenet5"):
+    with pytest.raises(MemberError, match=r"different class lists") as err:
         find_members(cp)
+    assert "lenet5-s0-holdout" in str(err.value) and "resnet10t-s0-holdout" in str(err.value)
 
 
 def test_pickled_object_checkpoint_is_refused(tmp_path: Path) -> None:
