@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from pipeline.augment import normalize_batch
@@ -81,6 +82,7 @@ class ClassifierModule(pl.LightningModule):
         self.center = create_policy("none", crop_size=crop_size)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_log_loss = MeanMetric()  # mean per-sample NLL over the epoch (multiclass log loss)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for already normalised, already cropped images."""
@@ -108,10 +110,10 @@ class ClassifierModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.eval_logits(batch["image"])
         target = batch["target"]
-        log_loss = F.cross_entropy(logits, target)
+        self.val_log_loss(F.cross_entropy(logits.float(), target, reduction="none"))
         self.val_acc(logits, target)
         n = len(logits)
-        self.log("val/log_loss", log_loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/log_loss", self.val_log_loss, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
