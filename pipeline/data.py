@@ -132,9 +132,9 @@ def load_rgb(path: str | Path) -> np.ndarray:
                 scale = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
                 gray = np.clip(arr.astype(np.float64) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 return np.repeat(gray[..., None], 3, axis=2)
-            if img.mode == "P":
-                img = img.convert("RGBA")
-            return np.array(img.convert("RGB"), dtype=np.uint8)
+            # Palette images go through RGBA so a transparent palette entry is handled like RGBA.
+            rgba: Image.Image = img.convert("RGBA") if img.mode == "P" else img
+            return np.array(rgba.convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"Cannot decode image {path}: {err}") from err
 

@@ -148,3 +148,21 @@ def test_wandb_online_without_network_falls_back_fast(tmp_path: Path, monkeypatc
         listener.close()
     assert time.monotonic() - start < 30
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_fine_tune_from_local_weights_with_frozen_backbone(train_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    """Save a timm model's weights, fine-tune from the file with the backbone frozen: backbone kept, head trained."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet10t", num_classes=7, in_chans=1)
+    save_file(source.state_dict(), str(tmp_path / "resnet10t.safetensors"))
+    cfg = train_cfg(f"model.weights={tmp_path / 'resnet10t.safetensors'}", "model.freeze_backbone_epochs=1",
+                    "trainer.limit_train_batches=3")
+    train(cfg)
+    trained = load_state_dict(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
+    src = source.state_dict()
+    backbone = [k for k in src if not k.startswith("fc.")]
+    for key in backbone:
+        torch.testing.assert_close(trained[key], src[key], msg=key)
+    assert trained["fc.weight"].shape == (10, 512)  # head adapted to the demo's 10 classes, then trained
