@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,21 @@ try:
     register()
 except ImportError:  # pragma: no cover - while a sibling module is being written
     pass
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path) -> Path:
+    """A parent config holding copies of the ``tta`` and ``ensemble`` groups plus a tiny ``data`` node."""
+    from pipeline.schemas import register_configs
+
+    for group in ("tta", "ensemble"):
+        shutil.copytree(CONF_DIR / group, tmp_path / group)
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\n"
+        "data:\n  image_size: 32\n  crop_size: 28\n"
+    )
+    register_configs()
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from hydra.errors import ConfigCompositionException
 
 from pipeline.ensemble import REDUCTIONS, caruana_select, merge_members, reduce_probs, resolve_weights
 from pipeline.metrics import get_metric, log_loss
-from pipeline.schemas import register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -208,19 +206,6 @@ def test_resolve_weights_errors(kind: str, given: list[float] | None, match: str
 
 # ---------------------------------------------------------------------------------------------
 # Hydra configs.
-
-
-@pytest.fixture
-def conf_dir(tmp_path: Path) -> Path:
-    """A parent config holding copies of our groups plus a tiny ``data`` node."""
-    for group in ("tta", "ensemble"):
-        shutil.copytree(CONF / group, tmp_path / group)
-    (tmp_path / "config.yaml").write_text(
-        "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\n"
-        "data:\n  image_size: 32\n  crop_size: 28\n"
-    )
-    register_configs()
-    return tmp_path
 
 
 def test_ensemble_yamls_compose_into_weights(conf_dir: Path) -> None:

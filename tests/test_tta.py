@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from pipeline.schemas import register_configs
 from pipeline.tta import (
     TTAPolicy,
     create_policy,
@@ -245,19 +243,6 @@ def test_predict_with_tta_none_policy_is_softmax_of_centre_crop() -> None:
 # Hydra configs.
 
 EXPECTED_VIEWS = {"none": 1, "hflip": 2, "five_crop": 5, "ten_crop": 10, "multiscale": 48}
-
-
-@pytest.fixture
-def conf_dir(tmp_path: Path) -> Path:
-    """A parent config holding copies of our groups plus a tiny ``data`` node."""
-    for group in ("tta", "ensemble"):
-        shutil.copytree(CONF / group, tmp_path / group)
-    (tmp_path / "config.yaml").write_text(
-        "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\n"
-        "data:\n  image_size: 32\n  crop_size: 28\n"
-    )
-    register_configs()
-    return tmp_path
 
 
 def test_every_tta_yaml_has_an_expectation() -> None:
