@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.data import DataSpec, ImageTable, load_image
 from pipeline.utils import atomic_path, read_json, write_json
 
-__all__ = ["ImageCache", "open_cache", "cache_for_spec", "cache_for_member", "resize_square", "content_key"]
+__all__ = ["ImageCache", "open_cache", "cache_for_spec", "cache_for_member", "resize_square"]
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,6 @@ def _keys(paths: Sequence[str], size: int, in_chans: int) -> tuple[str, str]:
         st = os.stat(p)
         digest.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
     return table, digest.hexdigest()[:16]
-
-
-def content_key(paths: Sequence[str | Path], size: int, in_chans: int) -> str:
-    """Key of the cache for these files at this size: changes when any file's size or mtime does."""
-    return _keys([os.path.abspath(p) for p in paths], size, in_chans)[1]
 
 
 @dataclass

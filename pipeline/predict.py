@@ -74,11 +74,11 @@ class PredictOptions:
 
     device: str = "auto"
     precision: str = "32"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
-    batch_size: int = 128
+    batch_size: int = 256
     num_workers: int = 2
-    chunk_size: int | None = None
+    chunk_size: int | None = 512
     member_chunk_size: dict[str, int] = field(default_factory=dict)
     view_reduce: str = "prob_mean"
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline against what users would otherwise write; ``python -m benchmarks.run_all``."""
