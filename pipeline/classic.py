@@ -88,6 +88,9 @@ class ClassicNet(nn.Module):
 
     layer_prefixes: ClassVar[tuple[str, ...]] = ()
     fc: nn.Module
+    features: nn.Module
+    global_pool: nn.Module
+    pre_logits: nn.Module
 
     def __init__(self, num_classes: int, in_chans: int, num_features: int, head_hidden_size: int) -> None:
         super().__init__()
@@ -97,13 +100,16 @@ class ClassicNet(nn.Module):
         self.head_hidden_size = head_hidden_size
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
-        raise NotImplementedError
+        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Return the last feature maps ``[B, num_features, h, w]``."""
+        return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """Pool the maps, run the fully connected ``pre_logits`` stack, then the classifier (unless ``pre_logits``)."""
+        x = self.pre_logits(torch.flatten(self.global_pool(x), 1))
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits for a batch ``[B, in_chans, H, W]``."""
@@ -216,22 +222,9 @@ class LeNet5(ClassicNet):
         self.global_pool = nn.AdaptiveAvgPool2d(5)
         self.pre_logits = nn.Sequential(OrderedDict(
             fc1=nn.Linear(16 * 5 * 5, 120), act1=act_layer(), fc2=nn.Linear(120, 84), act2=act_layer(),
+            drop=nn.Dropout(drop_rate),
         ))  # fmt: skip
-        self.head_drop = nn.Dropout(drop_rate)
         self.fc = self._make_classifier(num_classes)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the S4 feature maps ``[B, 16, h, w]``."""
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Map S4 feature maps to logits, or to the 84-d F6 features if ``pre_logits``."""
-        x = self.pre_logits(torch.flatten(self.global_pool(x), 1))
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
 
 
 class AlexNet(ClassicNet):
@@ -276,18 +269,6 @@ class AlexNet(ClassicNet):
             drop7=nn.Dropout(drop_rate), fc7=nn.Linear(4096, 4096), act7=nn.ReLU(inplace=True),
         ))  # fmt: skip
         self.fc = self._make_classifier(num_classes)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the pooled conv5 maps ``[B, 256, h, w]``."""
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Map conv5 maps to logits, or to the 4096-d fc7 features if ``pre_logits``."""
-        x = self.pre_logits(torch.flatten(self.global_pool(x), 1))
-        return x if pre_logits else self.fc(x)
 
 
 def _mlpconv(in_chans: int, spec: Sequence[tuple[int, int, int]]) -> nn.Sequential:
@@ -334,10 +315,6 @@ class NetworkInNetwork(ClassicNet):
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         return nn.Conv2d(self.num_features, num_classes, 1) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the last block's 192-channel maps."""
-        return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global-average-pool the class maps into logits (or the features if ``pre_logits``)."""
