@@ -34,14 +34,12 @@ from torch.utils.data import DataLoader
 from benchmarks.bench_train import _reset_workers
 from benchmarks.common import (
     Elapsed,
-    bench_args,
+    cli,
     compose_train,
     interleaved,
     log_progress,
     paired_ratio,
     profile_top,
-    quiet,
-    save_result,
     target,
     timing_table,
 )
@@ -178,9 +176,7 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     """CLI: ``python -m benchmarks.bench_cache [--large]``."""
-    quiet()
-    args = bench_args(__doc__.splitlines()[0])
-    save_result(NAME, run(args.large, args.repeats, args.workdir), args.json)
+    cli(NAME, run, __doc__ or NAME)
 
 
 if __name__ == "__main__":

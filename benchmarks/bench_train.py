@@ -34,15 +34,13 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
 from benchmarks.common import (
-    bench_args,
+    cli,
     compose_train,
     interleaved,
     log_progress,
     make_competition,
     paired_ratio,
     profile_top,
-    quiet,
-    save_result,
     target,
     timing_table,
 )
@@ -175,9 +173,7 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     """CLI: ``python -m benchmarks.bench_train [--large]``."""
-    quiet()
-    args = bench_args(__doc__.splitlines()[0])
-    save_result(NAME, run(args.large, args.repeats, args.workdir), args.json)
+    cli(NAME, run, __doc__ or NAME)
 
 
 if __name__ == "__main__":

@@ -33,14 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from benchmarks.common import (
-    bench_args,
+    cli,
     interleaved,
     log_progress,
     make_competition,
     paired_ratio,
     profile_top,
-    quiet,
-    save_result,
     target,
     timing_table,
     wins,
@@ -216,9 +214,7 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     """CLI: ``python -m benchmarks.bench_tta [--large]``."""
-    quiet()
-    args = bench_args(__doc__.splitlines()[0])
-    save_result(NAME, run(args.large, args.repeats, args.workdir), args.json)
+    cli(NAME, run, __doc__ or NAME)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,13 @@ def profile_top(fn: Callable[[], Any], n: int = 14, sort: str = "tottime") -> st
     return "\n".join(lines[max(0, start - 1):])
 
 
+def cli(name: str, run: Callable[[bool, int, Path], dict[str, Any]], doc: str) -> None:
+    """The ``main`` of a benchmark module: parse the common flags, run it, save its result JSON."""
+    quiet()
+    args = bench_args(doc.splitlines()[0])
+    save_result(name, run(args.large, args.repeats, args.workdir), args.json)
+
+
 def save_result(name: str, result: dict[str, Any], path: Path | None = None) -> Path:
     """Write a benchmark's result JSON (machine facts added) and return its path."""
     result = {"name": name, "machine": machine_info(), **result}
