@@ -29,15 +29,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.augment import normalize_batch, transform_from_dict
+from pipeline.cache import cache_for_member
+from pipeline.config import CONF_DIR, register, to_container, to_dataclass
 from pipeline.data import DataSpec, ImageDataset, ImageTable, read_test_table, read_train_table
 from pipeline.ensemble import caruana_select, merge_members, resolve_weights
+from pipeline.loggers import LoggerSpec, init_wandb
 from pipeline.member import Member, MemberError, file_hash, find_members, load_state_dict
 from pipeline.metrics import get_metric
 from pipeline.models import create_model
@@ -148,8 +153,8 @@ class _Job:
     seconds: dict[str, float]
 
 
-def _cache_path(member: Member, split: str, key: str, reduce: str) -> Path:
-    return member.path / "predictions" / f"{split}-{key}-{reduce}-{file_hash(member.checkpoint)}.csv"
+def _cache_path(member: Member, split: str, key: str, reduce: str, ckpt_hash: str) -> Path:
+    return member.path / "predictions" / f"{split}-{key}-{reduce}-{ckpt_hash}.csv"
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -196,8 +201,9 @@ def predict_members(
     jobs: list[_Job] = []
     for member in members:
         todo = {}
+        ckpt_hash = file_hash(member.checkpoint)  # hashing a large checkpoint once, not once per policy
         for key in policies:
-            path = _cache_path(member, split, key, opts.view_reduce)
+            path = _cache_path(member, split, key, opts.view_reduce, ckpt_hash)
             out[(member.name, key)] = path
             if not path.is_file():
                 todo[key] = PredictionWriter(path, member.manifest.classes, with_labels=table.labels is not None)
@@ -228,9 +234,10 @@ def predict_members(
 def _stream(jobs: list[_Job], table: ImageTable, policies: dict[str, TTAPolicy], opts: PredictOptions) -> None:
     """The one pass over the data: decode once, feed every job."""
     first = jobs[0].member
-    transform = transform_from_dict(read_json(first.path / "eval_transform.json"))
+    eval_tf = read_json(first.path / "eval_transform.json")
+    transform = transform_from_dict(eval_tf)
     for job in jobs[1:]:
-        if read_json(job.member.path / "eval_transform.json") != read_json(first.path / "eval_transform.json") or \
+        if read_json(job.member.path / "eval_transform.json") != eval_tf or \
                 job.member.manifest.in_chans != first.manifest.in_chans:
             raise MemberError(
                 f"Members {first.name} and {job.member.name} need different eval transforms or input channels; "
@@ -238,8 +245,6 @@ def _stream(jobs: list[_Job], table: ImageTable, policies: dict[str, TTAPolicy],
             )
     needed = np.unique(np.concatenate([j.rows for j in jobs])) if all(j.rows is not None for j in jobs) else None
     sub = table if needed is None else table.subset(needed)
-    from pipeline.cache import cache_for_member  # the member's pre-resized image cache, if it was trained with one
-
     cache = cache_for_member(first.path, table, first.manifest.in_chans, opts.num_workers)
     ds = ImageDataset(sub, transform, first.manifest.in_chans, cache)
     loader = DataLoader(ds, batch_size=opts.batch_size, num_workers=opts.num_workers, shuffle=False,
@@ -432,12 +437,6 @@ def predict(
 
 
 # --------------------------------------------------------------------------- CLI
-
-import hydra  # noqa: E402  (the CLI layer starts here)
-from omegaconf import DictConfig  # noqa: E402
-
-from pipeline.config import CONF_DIR, register, to_container, to_dataclass  # noqa: E402
-from pipeline.loggers import LoggerSpec, init_wandb  # noqa: E402
 
 
 def _policy_from_cfg(node: Any, crop_size: int) -> TTAPolicy:

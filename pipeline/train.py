@@ -34,6 +34,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from pipeline.augment import resolve_normalization, transform_to_dict
+from pipeline.cache import cache_for_spec
 from pipeline.config import CONF_DIR, config_hash, register, to_container, to_dataclass
 from pipeline.data import DataSpec, ImageDataset, ImageTable, load_or_create_folds, read_train_table, split_indices, verify_images
 from pipeline.export import export_member
@@ -113,8 +114,6 @@ def _loaders(cfg: DictConfig, spec: DataSpec, table: ImageTable, folds: Any) -> 
     common: dict[str, Any] = dict(
         batch_size=spec.batch_size, num_workers=spec.num_workers, persistent_workers=spec.num_workers > 0
     )
-    from pipeline.cache import cache_for_spec  # the pre-resized image cache (data.cache_dir), or None
-
     cache = cache_for_spec(table, spec)  # built once on the whole table; both splits read their rows from it
     train_ds = ImageDataset(table.subset(train_idx), train_tf, spec.in_chans, cache)
     init = _augmentation_worker_init if spec.num_workers > 0 else None
