@@ -2,7 +2,7 @@
 
 A synthetic competition of 1024×1024 JPEGs (smooth gradients plus noise, quality 90, about 0.5 MB
 each, like photos) is trained at 128→112 px with MobileNetV3-Small-0.5. The loaders come from
-``pipeline.train._loaders`` with and without ``data.cache_dir``:
+``pipeline.train.fit._loaders`` with and without ``data.cache_dir``:
 
 * **train epoch**: the second epoch of a two-epoch Lightning ``fit`` (training + validation, no
   progress bar, CSV logger): an epoch "after the first", with the Trainer and loader workers up;
@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
@@ -43,12 +42,15 @@ from benchmarks.common import (
     target,
     timing_table,
 )
-from pipeline.cache import cache_for_spec
-from pipeline.config import to_dataclass
-from pipeline.data import DataSpec, load_or_create_folds, read_train_table
-from pipeline.loggers import LoggerSpec, create_lightning_logger
-from pipeline.module import ClassifierModule
-from pipeline.train import _build_module, _loaders
+from pipeline.cli.train import train_spec
+from pipeline.core.tracking import LoggerSpec
+from pipeline.data.cache import cache_for_spec
+from pipeline.data.folds import load_or_create_folds
+from pipeline.data.tables import read_train_table
+from pipeline.train.fit import _build_module, _loaders
+from pipeline.train.loggers import create_lightning_logger
+from pipeline.train.module import ClassifierModule
+from pipeline.train.spec import TrainSpec
 
 __all__ = ["run", "main", "make_large_jpegs"]
 
@@ -86,14 +88,15 @@ class _EpochClock(Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def _second_epoch(cfg: DictConfig, template: ClassifierModule, loaders: tuple[DataLoader, DataLoader, Any],
+def _second_epoch(spec: TrainSpec, template: ClassifierModule, loaders: tuple[DataLoader, DataLoader, Any],
                   out: Path) -> Callable[[], Elapsed]:
     """``fit`` for two epochs; the second epoch's time (workers and Trainer already up, as in real training)."""
 
     def go() -> Elapsed:
         clock = _EpochClock()
-        trainer = instantiate(cfg.trainer, callbacks=[clock], default_root_dir=str(out), enable_checkpointing=False,
-                              max_epochs=2, logger=create_lightning_logger(LoggerSpec(kind="csv"), out, None))
+        assert spec.trainer is not None
+        trainer = spec.trainer(callbacks=[clock], default_root_dir=str(out), enable_checkpointing=False,
+                               max_epochs=2, logger=create_lightning_logger(LoggerSpec(kind="csv"), out, None))
         trainer.fit(copy.deepcopy(template), loaders[0], loaders[1])
         return Elapsed(clock.seconds[1])
 
@@ -133,21 +136,22 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     """Time epochs with and without the cache, and the cache build."""
     plain_cfg, cached_cfg, p = _setup(large, workdir)
     out = workdir / "cache-bench"
-    spec, cached_spec = to_dataclass(DataSpec, plain_cfg.data), to_dataclass(DataSpec, cached_cfg.data)
+    plain_spec, cached_train = train_spec(plain_cfg), train_spec(cached_cfg)
+    spec, cached_spec = plain_spec.data, cached_train.data
     table = read_train_table(spec)
     folds = load_or_create_folds(out / "folds.csv", table, spec)
-    template = _build_module(plain_cfg, spec, len(table.classes))
-    with open_dict(cached_cfg):  # _build_module resolved the model's mean/std into plain_cfg.aug
-        cached_cfg.aug.mean, cached_cfg.aug.std = plain_cfg.aug.mean, plain_cfg.aug.std
+    template = _build_module(plain_spec, len(table.classes))
     shutil.rmtree(cached_spec.cache_dir or "", ignore_errors=True)
-    plain, cached = _loaders(plain_cfg, spec, table, folds), _loaders(cached_cfg, cached_spec, table, folds)
+    mean, std = template.mean, template.std
+    plain = _loaders(plain_spec, table, folds, mean, std)
+    cached = _loaders(cached_train, table, folds, mean, std)
 
     def build() -> None:
         shutil.rmtree(cached_spec.cache_dir or "", ignore_errors=True)
         cache_for_spec(table, cached_spec)
 
-    runs = {"train epoch, decode JPEGs": _second_epoch(plain_cfg, template, plain, out / "fit"),
-            "train epoch, cache": _second_epoch(cached_cfg, template, cached, out / "fit"),
+    runs = {"train epoch, decode JPEGs": _second_epoch(plain_spec, template, plain, out / "fit"),
+            "train epoch, cache": _second_epoch(cached_train, template, cached, out / "fit"),
             "loader epoch, decode JPEGs": _loader_epoch(plain), "loader epoch, cache": _loader_epoch(cached),
             "cache build": build}
     log_progress(NAME, f"{len(runs)} contenders × {repeats} repeats, {len(table)} JPEGs of {p['source_px']} px")

@@ -1,9 +1,9 @@
 """Benchmark 2: ensemble inference, 3 members × 10 crops — decode once vs a loop over members.
 
-Three real member folders (LeNet-5, seeds 0–2, made by ``pipeline.train.train`` in a few steps) predict
+Three real member folders (LeNet-5, seeds 0–2, made by ``pipeline.train.fit.train_member`` in a few steps) predict
 the same test images with the ``ten_crop`` policy:
 
-* **ours**: ``pipeline.predict.predict_members`` with all three members: each batch is decoded once
+* **ours**: ``pipeline.predict.runner.predict_members`` with all three members: each batch is decoded once
   and fed to every member (it also writes each member's prediction CSV, as predict does).
 * **loop**: what a user without it writes — the same call once per member, so the images are read
   and decoded three times.
@@ -33,12 +33,14 @@ from benchmarks.common import (
     train_member,
     wins,
 )
-from pipeline.augment import normalize_batch, transform_from_dict
-from pipeline.data import ImageDataset, ImageTable
-from pipeline.member import Member, find_members
-from pipeline.predict import PredictOptions, load_member_model, predict_members
-from pipeline.tta import TTAPolicy, create_policy, make_views
-from pipeline.utils import read_json
+from pipeline.core.io import read_json
+from pipeline.data.augment import normalize_batch, transform_from_dict
+from pipeline.data.dataset import ImageDataset
+from pipeline.data.tables import ImageTable
+from pipeline.member.folder import Member, find_members
+from pipeline.predict.runner import load_member_model, predict_members
+from pipeline.predict.spec import PredictOptions
+from pipeline.predict.tta import TTAPolicy, create_policy, make_views
 
 __all__ = ["run", "main", "ensemble_members"]
 

@@ -1,6 +1,6 @@
 """Benchmark 4: peak memory of the whole predict stage at 5,000 and at 50,000 test images.
 
-Each size runs ``pipeline.predict.predict`` (validation OOF rows, test predictions with the
+Each size runs ``pipeline.submission.stage.submit`` (validation OOF rows, test predictions with the
 ``ten_crop`` policy, ensemble, submission) for one real LeNet-5 member in a fresh subprocess, with
 predict's defaults (batch 256, 2 loader workers). Reported per size:
 
@@ -39,9 +39,11 @@ def child(n_test: int, workdir: Path, threads: int) -> dict[str, Any]:
     import torch
 
     from benchmarks.bench_ensemble import ensemble_members
-    from pipeline.data import DataSpec
-    from pipeline.predict import EnsembleOptions, PredictOptions, SubmissionOptions, predict
-    from pipeline.tta import create_policy
+    from pipeline.data.spec import DataSpec
+    from pipeline.predict.spec import EnsembleSpec, PredictOptions
+    from pipeline.predict.tta import create_policy
+    from pipeline.submission.spec import SubmissionOptions
+    from pipeline.submission.stage import submit as predict
 
     torch.set_num_threads(threads)
     (member,) = ensemble_members(workdir, seeds=(0,))
@@ -54,7 +56,7 @@ def child(n_test: int, workdir: Path, threads: int) -> dict[str, Any]:
     rss_before = psutil.Process().memory_info().rss
     start = time.perf_counter()
     summary = predict([str(member.path)], spec, [], create_policy("ten_crop", 28), out,
-                      PredictOptions(device="cpu"), EnsembleOptions(), SubmissionOptions(), "accuracy")
+                      PredictOptions(device="cpu"), EnsembleSpec(), SubmissionOptions(), "accuracy")
     seconds = time.perf_counter() - start
     shutil.rmtree(member.path / "predictions", ignore_errors=True)
     return {

@@ -36,12 +36,14 @@ from benchmarks.common import (
     timing_table,
     train_member,
 )
-from pipeline.augment import normalize_batch, transform_from_dict
-from pipeline.data import ImageDataset, ImageTable
-from pipeline.member import Member, find_members
-from pipeline.predict import PredictOptions, _autocast, load_member_model
-from pipeline.tta import create_policy, predict_with_tta
-from pipeline.utils import read_json
+from pipeline.core.io import read_json
+from pipeline.data.augment import normalize_batch, transform_from_dict
+from pipeline.data.dataset import ImageDataset
+from pipeline.data.tables import ImageTable
+from pipeline.member.folder import Member, find_members
+from pipeline.predict.runner import _autocast, load_member_model
+from pipeline.predict.spec import PredictOptions
+from pipeline.predict.tta import create_policy, predict_with_tta
 
 __all__ = ["run", "main", "OPTIONS"]
 

@@ -1,12 +1,12 @@
 """Benchmark 3: one training epoch — our Lightning training vs a plain PyTorch loop.
 
 Both contenders get the same model (a copy of one initialised ``ClassifierModule``), the same
-DataLoaders (built by ``pipeline.train._loaders``: same data, augmentation, batch size and workers),
+DataLoaders (built by ``pipeline.train.fit._loaders``: same data, augmentation, batch size and workers),
 the same optimizer and scheduler (``ClassifierModule.configure_optimizers``), and both run one
 training epoch, one validation pass and save ``best`` and ``last`` checkpoints:
 
 * **lightning, progress bar**: the real ``ClassifierModule`` under a ``Trainer`` instantiated from
-  ``conf/trainer`` with ``pipeline.train._callbacks`` (checkpointing, ``RichProgressBar``) and the CSV
+  ``conf/trainer`` with ``pipeline.train.fit._callbacks`` (checkpointing, ``RichProgressBar``) and the CSV
   logger, as ``train.py`` does. Rich is told it writes to an interactive terminal (output sent to
   ``/dev/null``), so the bar renders as it would for a user.
 * **lightning, no bar**: the same with ``trainer.enable_progress_bar=false``.
@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
 from benchmarks.common import (
@@ -44,11 +44,14 @@ from benchmarks.common import (
     target,
     timing_table,
 )
-from pipeline.config import to_dataclass
-from pipeline.data import DataSpec, load_or_create_folds, read_train_table
-from pipeline.loggers import LoggerSpec, create_lightning_logger
-from pipeline.module import ClassifierModule
-from pipeline.train import _build_module, _callbacks, _loaders
+from pipeline.cli.train import train_spec
+from pipeline.core.tracking import LoggerSpec
+from pipeline.data.folds import load_or_create_folds
+from pipeline.data.tables import read_train_table
+from pipeline.train.fit import _build_module, _callbacks, _loaders
+from pipeline.train.loggers import create_lightning_logger
+from pipeline.train.module import ClassifierModule
+from pipeline.train.spec import TrainSpec
 
 __all__ = ["run", "main"]
 
@@ -64,16 +67,17 @@ def _reset_workers(*loaders: DataLoader) -> None:
         loader._iterator = None  # type: ignore[attr-defined]
 
 
-def lightning_epoch(cfg: DictConfig, template: ClassifierModule, loaders: tuple[DataLoader, DataLoader], out: Path,
+def lightning_epoch(spec: TrainSpec, template: ClassifierModule, loaders: tuple[DataLoader, DataLoader], out: Path,
                     progress_bar: bool) -> Callable[[], None]:
-    """One ``fit`` epoch as ``pipeline.train.train`` runs it."""
+    """One ``fit`` epoch as ``pipeline.train.fit.train_member`` runs it."""
+    assert spec.trainer is not None
+    spec = replace(spec, member_dir=out, trainer=functools.partial(spec.trainer, enable_progress_bar=progress_bar))
 
     def go() -> None:
         module = copy.deepcopy(template)
-        with open_dict(cfg):
-            cfg.trainer.enable_progress_bar = progress_bar
-        trainer = instantiate(cfg.trainer, callbacks=_callbacks(cfg, out), default_root_dir=str(out),
-                              logger=create_lightning_logger(LoggerSpec(kind="csv"), out, None))
+        assert spec.trainer is not None
+        trainer = spec.trainer(callbacks=_callbacks(spec), default_root_dir=str(out),
+                               logger=create_lightning_logger(LoggerSpec(kind="csv"), out, None))
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             trainer.fit(module, *loaders, weights_only=True)
 
@@ -129,18 +133,18 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     cfg = compose_train([f"model={p['model']}", f"aug={p['aug']}", f"data.root={comp}", "logger=csv",
                          "trainer.max_epochs=1", f"data.batch_size={p['batch_size']}", f"data.num_workers={p['workers']}",
                          f"paths.root={out}"])
-    spec = to_dataclass(DataSpec, cfg.data)
-    table = read_train_table(spec)
-    folds = load_or_create_folds(out / "folds.csv", table, spec)
+    spec = train_spec(cfg)
+    table = read_train_table(spec.data)
+    folds = load_or_create_folds(out / "folds.csv", table, spec.data)
     torch.manual_seed(0)
-    template = _build_module(cfg, spec, len(table.classes))
-    train_dl, val_dl, _ = _loaders(cfg, spec, table, folds)
+    template = _build_module(spec, len(table.classes))
+    train_dl, val_dl, _ = _loaders(spec, table, folds, template.mean, template.std)
     loaders = (train_dl, val_dl)
     n_train, n_val = len(train_dl) * p["batch_size"], len(val_dl.dataset)  # type: ignore[arg-type]
     os.environ.update(TTY_COMPATIBLE="1", TTY_INTERACTIVE="1")  # rich renders its live bar, as in a terminal
     runs = {
-        "lightning_bar": lightning_epoch(cfg, template, loaders, out / "pl-bar", True),
-        "lightning_no_bar": lightning_epoch(cfg, template, loaders, out / "pl", False),
+        "lightning_bar": lightning_epoch(spec, template, loaders, out / "pl-bar", True),
+        "lightning_no_bar": lightning_epoch(spec, template, loaders, out / "pl", False),
         "plain_loop": plain_epoch(template, loaders, out / "plain"),
     }
     log_progress(NAME, f"3 contenders × {repeats} repeats, one epoch of {n_train:,} images")

@@ -43,10 +43,11 @@ from benchmarks.common import (
     timing_table,
     wins,
 )
-from pipeline.augment import normalize_batch, resolve_normalization
-from pipeline.data import ImageDataset, ImageTable
-from pipeline.models import create_model, model_data_config
-from pipeline.tta import create_policy, make_views, predict_with_tta
+from pipeline.data.augment import normalize_batch, resolve_normalization
+from pipeline.data.dataset import ImageDataset
+from pipeline.data.tables import ImageTable
+from pipeline.models.factory import create_model, model_data_config
+from pipeline.predict.tta import create_policy, make_views, predict_with_tta
 
 __all__ = ["run", "main", "TenCropDataset", "PlainDataset"]
 

@@ -244,7 +244,7 @@ def _fashion_images(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` Fashion-MNIST images of the bundled demo subset, resized to ``size`` (tiled past 12,000)."""
     import cv2
 
-    from pipeline.demo import SUBSET_FILE
+    from pipeline.data.demo import SUBSET_FILE
 
     data = np.load(SUBSET_FILE)
     images = np.concatenate([data["train_images"], data["test_images"]])
@@ -263,7 +263,7 @@ def make_competition(root: Path, n_train: int, n_test: int, size: int = 32) -> P
     import pandas as pd
     from PIL import Image
 
-    from pipeline.demo import CLASSES
+    from pipeline.data.demo import CLASSES
 
     done = root / "solution.csv"
     if done.is_file():
@@ -287,7 +287,8 @@ def compose_train(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from pipeline.config import CONF_DIR, register
+    from pipeline.cli import CONF_DIR
+    from pipeline.cli.config import register
 
     register()
     GlobalHydra.instance().clear()
@@ -298,10 +299,11 @@ def compose_train(overrides: list[str]) -> Any:
 
 
 def train_member(sweep: Path, comp: Path, model: str, *overrides: str) -> Path:
-    """A real member folder made by ``pipeline.train.train`` (a few steps; reused when completed)."""
+    """A real member folder made by ``pipeline.train.fit.train_member`` (a few steps; reused when completed)."""
     from omegaconf import open_dict
 
-    from pipeline.train import train
+    from pipeline.cli.train import train_spec
+    from pipeline.train.fit import train_member as fit
 
     cfg = compose_train([
         "trainer=cpu", "logger=none", f"model={model}", f"data.root={comp}", "trainer.max_epochs=1",
@@ -310,7 +312,7 @@ def train_member(sweep: Path, comp: Path, model: str, *overrides: str) -> Path:
     ])
     with open_dict(cfg):
         cfg.paths.output_dir = str(sweep / cfg.member_name)
-    train(cfg)
+    fit(train_spec(cfg))
     return Path(cfg.paths.output_dir)
 
 

@@ -12,29 +12,25 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from pipeline.config import CONF_DIR, register
-from pipeline.demo import prepare_demo
+from pipeline.cli import CONF_DIR
+from pipeline.cli.config import register
+from pipeline.data.demo import prepare_demo
 
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-try:
-    register()
-except ImportError:  # pragma: no cover - while a sibling module is being written
-    pass
+register()
 
 
 @pytest.fixture
 def conf_dir(tmp_path: Path) -> Path:
     """A parent config holding copies of the ``tta`` and ``ensemble`` groups plus a tiny ``data`` node."""
-    from pipeline.schemas import register_configs
-
     for group in ("tta", "ensemble"):
         shutil.copytree(CONF_DIR / group, tmp_path / group)
     (tmp_path / "config.yaml").write_text(
         "defaults:\n  - tta: ten_crop\n  - ensemble: mean\n  - _self_\n"
         "data:\n  image_size: 32\n  crop_size: 28\n"
     )
-    register_configs()
+    register()
     return tmp_path
 
 

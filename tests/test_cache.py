@@ -16,13 +16,18 @@ from albumentations.pytorch import ToTensorV2
 from omegaconf import DictConfig
 from PIL import Image
 
-import pipeline.data
-from pipeline.cache import ImageCache, cache_for_member, open_cache
-from pipeline.data import DataError, DataSpec, ImageDataset, ImageTable, load_rgb, read_train_table
-from pipeline.member import find_members
-from pipeline.predict import PredictOptions, predict_members
-from pipeline.train import train
-from pipeline.tta import create_policy
+import pipeline.data.dataset
+from pipeline.core.errors import DataError
+from pipeline.data.cache import ImageCache, open_cache
+from pipeline.data.dataset import ImageDataset
+from pipeline.data.decode import load_rgb
+from pipeline.data.spec import DataSpec
+from pipeline.data.tables import ImageTable, read_train_table
+from pipeline.member.folder import find_members
+from pipeline.predict.runner import _member_cache, predict_members
+from pipeline.predict.spec import PredictOptions
+from pipeline.predict.tta import create_policy
+from tests.helpers import train
 
 
 def _write_images(folder: Path, shapes: list[tuple[int, int]], seed: int = 0) -> ImageTable:
@@ -114,7 +119,7 @@ def test_training_and_prediction_read_the_cache(
         raise AssertionError("a dataset decoded an image although it is cached")
 
     # The datasets must read the cache: decoding inside them fails (the cache builder has its own reference).
-    monkeypatch.setattr(pipeline.data, "load_image", no_decoding)
+    monkeypatch.setattr(pipeline.data.dataset, "load_image", no_decoding)
     cache_dir = tmp_path / "image_cache"
     cfg = train_cfg(f"data.cache_dir={cache_dir}", "data.cache_size=32", "trainer.limit_train_batches=3")
     metrics = train(cfg)
@@ -123,9 +128,10 @@ def test_training_and_prediction_read_the_cache(
     (npy,) = cache_dir.glob("*.npy")
     assert np.load(npy, mmap_mode="r").shape == (len(table), 32, 32, 1)
 
-    # Prediction follows the member's cache: its validation rows are read from it, never decoded.
+    # Prediction follows the member's cache, recorded in member.json: its validation rows are read from it.
     (member,), _ = find_members(Path(cfg.paths.output_dir))
-    cache = cache_for_member(member.path, table, in_chans=1)
+    assert member.manifest.data["cache_dir"] == str(cache_dir)
+    cache = _member_cache(member, table, 0)
     assert cache is not None and cache.array_path == npy
     rows = {member.name: np.arange(0, len(table), 5)}
     out = predict_members([member], table, "val-cache", {"none": create_policy("none", 28)},

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-import pipeline.classic
-from pipeline.classic import LENET_C3_TABLE, LeNetC3
-from pipeline.models import MIN_INPUT_SIZE
+import pipeline.models.classic
+from pipeline.models.classic import LENET_C3_TABLE, LeNetC3
+from pipeline.models.factory import MIN_INPUT_SIZE
 
 CLASSICS = ["lenet5", "alexnet", "nin"]
 
@@ -137,8 +137,8 @@ def test_timm_adapts_a_local_file_to_new_head_and_channels(name: str, tmp_path: 
 def test_reimport_is_quiet_and_keeps_models_registered() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        importlib.reload(pipeline.classic)
-        importlib.import_module("pipeline.classic")
+        importlib.reload(pipeline.models.classic)
+        importlib.import_module("pipeline.models.classic")
     assert all(timm.is_model(name) for name in CLASSICS)
     assert type(timm.create_model("lenet5")).__name__ == "LeNet5"
 

@@ -10,7 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, fold_tag
+from pipeline.cli import CONF_DIR
+from pipeline.cli.config import fold_tag
 
 GROUPS = ["data", "model", "aug", "optimizer", "scheduler", "trainer", "logger", "launcher"]
 PREDICT_GROUPS = ["tta", "ensemble"]
@@ -65,5 +66,8 @@ def test_typo_in_schema_backed_group_fails_at_composition(tmp_path: Path) -> Non
         _compose("predict", ["tta.flipp=none", "paths.root=/tmp"])
 
 
-def test_conf_dir_is_the_repository_conf() -> None:
-    assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"
+def test_configs_ship_inside_the_package() -> None:
+    import pipeline
+
+    assert CONF_DIR == Path(pipeline.__file__).resolve().parent / "conf"
+    assert (CONF_DIR / "train.yaml").is_file() and (CONF_DIR / "experiment" / "demo.yaml").is_file()

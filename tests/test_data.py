@@ -10,19 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data import (
-    DataError,
-    DataSpec,
-    ImageDataset,
-    load_or_create_folds,
-    load_rgb,
-    make_folds,
-    read_test_table,
-    read_train_table,
-    split_indices,
-    verify_images,
-)
-from pipeline.demo import CLASSES
+from pipeline.core.errors import DataError
+from pipeline.data.dataset import ImageDataset
+from pipeline.data.decode import load_rgb, verify_images
+from pipeline.data.demo import CLASSES
+from pipeline.data.folds import load_or_create_folds, make_folds, split_indices
+from pipeline.data.spec import DataSpec
+from pipeline.data.tables import read_test_table, read_train_table
 
 
 def spec(root: Path, **kw: object) -> DataSpec:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.member import read_manifest
-from pipeline.predictions import read_predictions
-from pipeline.sweep import RUNTIME
-from pipeline.utils import read_json
+from pipeline.core.io import read_json
+from pipeline.member.manifest import read_manifest
+from pipeline.member.predictions import read_predictions
+from pipeline.train.sweep import RUNTIME
 from tests.test_sweep import TINY, case_configs, failure_message, run_train, summary_rows
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]

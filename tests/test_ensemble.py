@@ -10,10 +10,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from pipeline.ensemble import REDUCTIONS, caruana_select, merge_members, reduce_probs, resolve_weights
-from pipeline.metrics import get_metric, log_loss
+from pipeline.core.metrics import get_metric, log_loss
+from pipeline.core.reduce import REDUCTIONS, merge_members, reduce_probs
+from pipeline.predict.ensemble import caruana_select, resolve_weights
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "pipeline" / "conf"
 
 P1 = np.array([0.7, 0.2, 0.1])
 P2 = np.array([0.1, 0.6, 0.3])

@@ -10,8 +10,10 @@ import pytest
 import timm
 import torch
 
-from pipeline.export import META, WEIGHTS, export_ensemble
-from pipeline.member import find_members, load_state_dict, read_manifest
+from pipeline.member.export import export_ensemble
+from pipeline.member.folder import find_members
+from pipeline.member.manifest import read_manifest
+from pipeline.member.weights import META, WEIGHTS, load_state_dict
 from tests.test_predict import run_predict, sweep  # noqa: F401  (module-scoped fixture of two real members)
 
 

@@ -13,13 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.finetune import (
-    BackboneFreeze,
-    build_param_groups,
-    head_and_backbone_params,
-    set_backbone_frozen,
-)
-from pipeline.models import create_model
+from pipeline.models.factory import create_model
+from pipeline.models.finetune import BackboneFreeze, build_param_groups, head_and_backbone_params, set_backbone_frozen
 
 
 def small_resnet(in_chans: int = 1) -> Any:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.metrics import (
+from pipeline.core.metrics import (
     LOG_LOSS_EPS,
     METRICS,
     Metric,

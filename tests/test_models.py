@@ -15,9 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from pipeline.config import CONF_DIR
-from pipeline.model_schema import ModelConfig, register_model_schema
-from pipeline.models import (
+from pipeline.cli import CONF_DIR
+from pipeline.cli.config import register
+from pipeline.models.factory import (
     WEIGHT_SUFFIXES,
     check_input_size,
     create_model,
@@ -25,6 +25,7 @@ from pipeline.models import (
     model_data_config,
     suggest_model_names,
 )
+from pipeline.models.spec import ModelSpec
 
 CONF_MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Tens of millions of parameters (or inception's depth): seconds each on two busy cores.
@@ -44,9 +45,9 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_cfgs() -> Iterator[dict[str, ModelConfig]]:
+def model_cfgs() -> Iterator[dict[str, ModelSpec]]:
     """Every ``conf/model`` entry, composed through Hydra and validated by the schema."""
-    register_model_schema()
+    register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfgs = {n: OmegaConf.to_object(compose(overrides=[f"+model={n}"]).model) for n in CONF_MODELS}
@@ -72,10 +73,10 @@ def test_conf_has_the_required_entries() -> None:
 
 @pytest.mark.parametrize(("name", "in_chans"), _cases())
 def test_conf_model_trains_at_its_min_size(
-    name: str, in_chans: int, model_cfgs: dict[str, ModelConfig]
+    name: str, in_chans: int, model_cfgs: dict[str, ModelSpec]
 ) -> None:
     cfg = model_cfgs[name]
-    assert isinstance(cfg, ModelConfig) and cfg.weights is None and not cfg.pretrained
+    assert isinstance(cfg, ModelSpec) and cfg.weights is None and not cfg.pretrained
     size = cfg.min_input_size
     assert min_input_size(cfg.name) in (None, size), "conf/model and MIN_INPUT_SIZE disagree"
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def test_conf_model_trains_at_its_min_size(
 
 
 def test_schema_rejects_typos_and_wrong_types(tmp_path: Path) -> None:
-    register_model_schema()
+    register()
     (tmp_path / "model").mkdir()
     header = "defaults: [base_model, _self_]\nname: resnet18\n"
     (tmp_path / "model" / "good.yaml").write_text(header)
@@ -100,8 +101,8 @@ def test_schema_rejects_typos_and_wrong_types(tmp_path: Path) -> None:
     try:
         with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
             good = compose(overrides=["+model=good", "model.head_lr=0.1"]).model
-            assert good.head_lr == 0.1 and good.min_input_size == ModelConfig.min_input_size
-            with pytest.raises(Exception, match="Key 'nmae' not in 'ModelConfig'"):
+            assert good.head_lr == 0.1 and good.min_input_size == ModelSpec.min_input_size
+            with pytest.raises(Exception, match="Key 'nmae' not in 'ModelSpec'"):
                 compose(overrides=["+model=typo"])
             with pytest.raises(Exception, match="head_lr"):
                 compose(overrides=["+model=good", "model.head_lr=fast"])

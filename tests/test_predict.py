@@ -10,14 +10,18 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.data import DataError, DataSpec
-from pipeline.ensemble import merge_members
-from pipeline.member import MemberError, find_members, load_state_dict, read_manifest, write_manifest
-from pipeline.predict import EnsembleOptions, PredictOptions, SubmissionOptions, predict
-from pipeline.predictions import read_predictions
-from pipeline.submission import SubmissionError
-from pipeline.train import train
-from pipeline.tta import create_policy
+from pipeline.core.errors import DataError, MemberError
+from pipeline.core.reduce import merge_members
+from pipeline.data.spec import DataSpec
+from pipeline.member.folder import find_members
+from pipeline.member.manifest import read_manifest, write_manifest
+from pipeline.member.predictions import read_predictions
+from pipeline.member.weights import load_state_dict
+from pipeline.predict.spec import EnsembleSpec, PredictOptions
+from pipeline.predict.tta import create_policy
+from pipeline.submission.spec import SubmissionOptions
+from pipeline.submission.stage import submit as predict
+from tests.helpers import train
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, demo_slice: Path) -> Path:
 def run_predict(sweep: Path, demo: Path, out: Path, **kw: object) -> dict:
     spec = DataSpec(root=str(demo), image_size=32, crop_size=28, in_chans=1, solution="solution.csv")
     opts = PredictOptions(device="cpu", batch_size=16, num_workers=0, chunk_size=kw.pop("chunk_size", None))  # type: ignore[arg-type]
-    ens = kw.pop("ens", EnsembleOptions())
+    ens = kw.pop("ens", EnsembleSpec())
     policies = [create_policy("none", 28), create_policy("hflip", 28)]
     return predict(str(kw.pop("members", sweep)), kw.pop("spec", spec), policies, create_policy("ten_crop", 28), out, opts,  # type: ignore[arg-type]
                    ens, SubmissionOptions(), "accuracy")
@@ -87,10 +91,11 @@ def test_ten_crop_member_prediction_matches_manual_torchvision(predicted: tuple[
     """A member's cached ten-crop test prediction equals 10 torchvision crops through the model, averaged."""
     import torchvision.transforms.functional as TF
 
-    from pipeline.augment import normalize_batch, transform_from_dict
-    from pipeline.data import ImageDataset, read_test_table
-    from pipeline.models import create_model
-    from pipeline.utils import read_json
+    from pipeline.core.io import read_json
+    from pipeline.data.augment import normalize_batch, transform_from_dict
+    from pipeline.data.dataset import ImageDataset
+    from pipeline.data.tables import read_test_table
+    from pipeline.models.factory import create_model
 
     summary, _ = predicted
     folder = Path(summary["members"]["resnet10t-s0-holdout"])
@@ -136,7 +141,7 @@ def test_oof_files_and_timings(predicted: tuple[dict, Path]) -> None:
 
 
 def test_caruana_weights_fitted_on_oof(sweep: Path, demo_slice: Path, tmp_path: Path) -> None:
-    summary = run_predict(sweep, demo_slice, tmp_path / "p", ens=EnsembleOptions(weights="caruana", caruana_rounds=10))
+    summary = run_predict(sweep, demo_slice, tmp_path / "p", ens=EnsembleSpec(weights="caruana", caruana_rounds=10))
     w = summary["weights"][summary["submission_policy"]]
     assert sum(w.values()) == pytest.approx(1.0) and set(w) == {"resnet10t-s0", "lenet5-s0"}
 
@@ -234,7 +239,7 @@ def test_crop_larger_than_image(sweep: Path, demo_slice: Path, tmp_path: Path) -
         create_and_run = create_policy("ten_crop", 40)
         spec = DataSpec(root=str(demo_slice), in_chans=1)
         predict(str(sweep), spec, [], create_and_run, tmp_path / "o", PredictOptions(device="cpu", num_workers=0),
-                EnsembleOptions(), SubmissionOptions())
+                EnsembleSpec(), SubmissionOptions())
 
 
 def test_sample_submission_ids_must_match_test_images(sweep: Path, demo_slice: Path, tmp_path: Path) -> None:
@@ -242,6 +247,6 @@ def test_sample_submission_ids_must_match_test_images(sweep: Path, demo_slice: P
     sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
     sample.loc[0, "id"] = "ghost"
     sample.to_csv(comp / "sample_submission.csv", index=False)
-    with pytest.raises(SubmissionError, match="ghost"):
+    with pytest.raises(DataError, match="ghost"):
         run_predict(sweep, comp, tmp_path / "o")
     assert not (tmp_path / "o" / "submission.csv").exists()

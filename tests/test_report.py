@@ -1,7 +1,7 @@
 """Tests for pipeline.report on synthetic predict folders whose answers are known.
 
 The folders are written in exactly the format ``pipeline-predict`` leaves behind (``predict.json``,
-``oof/<model>__<policy>.csv`` and friends, member folders with ``config.yaml`` and ``folds.csv``), so
+``oof/<model>__<policy>.csv`` and friends, member folders with ``member.json`` and ``folds.csv``), so
 the report is tested without training or running a single network.
 """
 
@@ -24,12 +24,16 @@ import pytest
 from PIL import Image
 from sklearn.model_selection import StratifiedKFold
 
-from pipeline.ensemble import caruana_select, merge_members
-from pipeline.loggers import LoggerSpec
-from pipeline.metrics import get_metric, paired_bootstrap, score_all
-from pipeline.predictions import read_predictions, write_predictions
-from pipeline.report import CROSS_FIT_PARTS, build_report, compute_report, cross_fit_predict, render_table
-from pipeline.utils import read_json, safe_name, write_json
+from pipeline.core.io import read_json, safe_name, write_json
+from pipeline.core.metrics import get_metric, paired_bootstrap, score_all
+from pipeline.core.reduce import merge_members
+from pipeline.core.tracking import LoggerSpec
+from pipeline.member.manifest import MemberManifest, write_manifest
+from pipeline.member.predictions import read_predictions, write_predictions
+from pipeline.predict.ensemble import caruana_select
+from pipeline.report.build import build_report, compute_report
+from pipeline.report.score import CROSS_FIT_PARTS, cross_fit_predict
+from pipeline.report.text import render_table
 
 CLASSES = ["cat", "dog", "fox", "owl"]
 N_ROWS = 400
@@ -69,10 +73,13 @@ def _write_competition(root: Path, ids: list[str], labels: np.ndarray) -> None:
 def _write_member(folder: Path, comp: Path, ids: list[str], labels: np.ndarray) -> None:
     folder.mkdir(parents=True)
     pd.DataFrame({"id": ids, "label": labels, "fold": 0}).to_csv(folder / "folds.csv", index=False)
-    (folder / "config.yaml").write_text(
-        f"data:\n  root: {comp}\n  layout: csv\n  train_csv: train.csv\n  train_dir: train\n  ext: .png\n"
-        f"  classes: {CLASSES}\n  image_size: 12\n  crop_size: 10\n"
-    )
+    data = {"root": str(comp), "layout": "csv", "train_csv": "train.csv", "train_dir": "train", "ext": ".png",
+            "classes": CLASSES, "image_size": 12, "crop_size": 10}
+    write_manifest(folder, MemberManifest(
+        name=folder.name, model_name="resnet10t", num_classes=len(CLASSES), in_chans=3, classes=CLASSES, image_size=12,
+        crop_size=10, mean=[0.5] * 3, std=[0.5] * 3, n_folds=0, fold=0, seed=0, split_seed=0, config_hash="x",
+        status="completed", data=data,
+    ))
 
 
 def make_predict_dir(
@@ -327,7 +334,7 @@ def test_missing_images_skip_only_that_plot(tmp_path: Path, caplog: pytest.LogCa
     labels = _labels()
     out = make_predict_dir(tmp_path, three_models(np.random.default_rng(5), labels), labels, images=False)
     (out / "most_wrong.png").write_bytes(b"stale")
-    with caplog.at_level(logging.WARNING, logger="pipeline.report"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.report.plots"):
         build_report(out, n_boot=50)
     assert "most_wrong.png" in caplog.text
     assert not (out / "most_wrong.png").exists()
@@ -398,7 +405,7 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
 
 
 def _register_or_skip() -> None:
-    from pipeline.config import register
+    from pipeline.cli.config import register
 
     try:
         register()
@@ -414,7 +421,7 @@ def test_report_config_reads_the_folder_predict_writes(overrides: list[str]) -> 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from pipeline.config import CONF_DIR
+    from pipeline.cli import CONF_DIR
 
     _register_or_skip()
     GlobalHydra.instance().clear()
@@ -433,7 +440,7 @@ def test_cli_prints_the_table(folder: Path, tmp_path: Path) -> None:
     _register_or_skip()
     copy = shutil.copytree(folder, tmp_path / "predict")  # leave the shared folder's report untouched
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.report", f"predict_dir={copy}", "n_boot=50", "wandb=false"],
+        [sys.executable, "-m", "pipeline.cli.report", f"predict_dir={copy}", "n_boot=50", "wandb=false"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_SILENT": "true"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -14,8 +14,9 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from pipeline.member import read_manifest
-from pipeline.train import _resume_checkpoint, train
+from pipeline.member.manifest import read_manifest
+from pipeline.train.fit import _resume_checkpoint
+from tests.helpers import train
 from tests.test_sweep import PIPELINE_TRAIN, TINY, failure_message, run_train
 
 

@@ -11,17 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.submission import (
-    SubmissionError,
-    SubmissionFormat,
-    build_submission,
-    check_sample_ids,
-    format_from_config,
-    infer_format,
-    read_csv_as_text,
-    validate_submission,
-    write_submission,
-)
+from pipeline.core.errors import DataError
+from pipeline.core.io import read_csv_as_text
+from pipeline.data.tables import check_sample_ids
+from pipeline.submission.build import build_submission, validate_submission, write_submission
+from pipeline.submission.format import SubmissionError, SubmissionFormat, format_from_config, infer_format
 
 CLASSES = ["cat", "dog", "bird"]
 IDS = ["a", "b", "c", "d"]
@@ -236,10 +230,10 @@ def test_formatting_that_breaks_row_sums_is_caught_after_writing(tmp_path: Path)
 def test_check_sample_ids_mismatch(tmp_path: Path) -> None:
     check_sample_ids(["b", "a"], ["a", "b"], tmp_path / "sample.csv")  # order does not matter
     with pytest.raises(
-        SubmissionError,
+        DataError,
         match=r"sample\.csv: the 3 sample .* 3 test images: 1 ids only in the sample, e.g. \['x'\]; "
         r"1 ids only in the test folder, e.g. \['c'\]",
     ):
         check_sample_ids(["a", "b", "x"], ["a", "b", "c"], tmp_path / "sample.csv")
-    with pytest.raises(SubmissionError, match="strip the extension"):
+    with pytest.raises(DataError, match="strip the extension"):
         check_sample_ids(["a", "b"], ["a.jpg", "b.jpg"], tmp_path / "sample.csv")

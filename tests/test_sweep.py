@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.member import MANIFEST, MemberManifest, read_manifest, write_manifest
-from pipeline.predictions import read_predictions
-from pipeline.sweep import RUNTIME, SUMMARY_CSV, SUMMARY_JSON, scan_sweep, write_summary
-from pipeline.utils import read_json
+from pipeline.core.io import read_json
+from pipeline.member.manifest import MANIFEST, MemberManifest, read_manifest, write_manifest
+from pipeline.member.predictions import read_predictions
+from pipeline.train.sweep import RUNTIME, SUMMARY_CSV, SUMMARY_JSON, scan_sweep, write_summary
 from tests.wandb_records import logged
 
 PIPELINE_TRAIN = str(Path(sys.executable).with_name("pipeline-train"))

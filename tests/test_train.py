@@ -14,13 +14,15 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from pipeline.data import DataError
-from pipeline.loggers import LoggerSpec, init_wandb
-from pipeline.member import find_members, load_state_dict, read_manifest
-from pipeline.module import ClassifierModule
-from pipeline.predictions import read_predictions
-from pipeline.train import train
-from pipeline.utils import read_json
+from pipeline.core.errors import DataError
+from pipeline.core.io import read_json
+from pipeline.core.tracking import LoggerSpec, init_wandb
+from pipeline.member.folder import find_members
+from pipeline.member.manifest import read_manifest
+from pipeline.member.predictions import read_predictions
+from pipeline.member.weights import load_state_dict
+from pipeline.train.module import ClassifierModule
+from tests.helpers import train
 from tests.wandb_records import logged
 
 
@@ -66,8 +68,10 @@ def test_checkpoint_reloads_weights_only_and_reproduces_val_predictions(trained:
     module.eval()
     ids, saved, labels = read_predictions(trained / "val_predictions.csv", m.classes)
     assert len(ids) == 120 and labels is not None  # 20% holdout of 600
-    from pipeline.augment import transform_from_dict
-    from pipeline.data import DataSpec, ImageDataset, read_train_table
+    from pipeline.data.augment import transform_from_dict
+    from pipeline.data.dataset import ImageDataset
+    from pipeline.data.spec import DataSpec
+    from pipeline.data.tables import read_train_table
 
     cfg_root = json.loads(json.dumps(read_json(trained / "member.json")))
     assert cfg_root["classes"] == m.classes

@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from pipeline.tta import (
+from pipeline.predict.tta import (
     TTAPolicy,
     create_policy,
     list_policies,
@@ -24,7 +24,7 @@ from pipeline.tta import (
     views_per_image,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "pipeline" / "conf"
 
 # Extra fields per policy for the registry-wide tests; a newly registered policy needs no entry.
 POLICY_KWARGS: dict[str, dict[str, Any]] = {

@@ -1,0 +1,82 @@
+"""``pipeline-predict``: the composed config → policies and options → :func:`pipeline.submission.stage.submit`.
+
+Runs inside one W&B run (``job_type=predict``), which the report later logs into as well.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.cli import CONF_DIR
+from pipeline.cli.config import register, to_container, to_dataclass
+from pipeline.core.io import write_json
+from pipeline.core.tracking import LoggerSpec, init_wandb
+from pipeline.data.spec import DataSpec
+from pipeline.predict.spec import EnsembleSpec, PredictOptions, TTASpec
+from pipeline.submission.spec import SubmissionOptions
+
+__all__ = ["run", "main"]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
+    from pipeline.predict.tta import create_policy
+    from pipeline.submission.stage import submit
+
+    spec = to_dataclass(DataSpec, cfg.data)
+    tta = to_dataclass(TTASpec, cfg.tta)
+    submit_policy = create_policy(tta.name, crop_size=int(tta.crop_size or spec.crop_size), **tta.policy_fields())
+    extra = [create_policy(name, crop_size=spec.crop_size) for name in cfg.policies if name != submit_policy.name]
+    opts = to_dataclass(PredictOptions, cfg)
+    opts.view_reduce = tta.reduce
+    opts.chunk_size = tta.chunk_size or opts.chunk_size
+    out_dir = Path(cfg.predict_dir)
+    logger = to_dataclass(LoggerSpec, cfg.logger)
+    run = None
+    try:
+        if logger.kind == "wandb":
+            run = init_wandb(logger, out_dir, "predict", f"{cfg.experiment_name}/{cfg.sweep_name}", "predict", to_container(cfg))
+        summary = submit(
+            to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
+            to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), cfg.metric,
+        )
+        if run is not None:
+            _log_wandb(run, summary)
+            # The report stage logs its table and plots into this same run.
+            summary.update(wandb_run_id=run.id, wandb_dir=str(out_dir), wandb_project=logger.project,
+                           wandb_mode=run.settings.mode)
+            write_json(out_dir / "predict.json", summary)
+    finally:
+        if run is not None:
+            run.finish()
+    lb = summary["leaderboard"]
+    print(f"Submission written: {summary['submission']}")
+    if lb:
+        print(f"Demo leaderboard ({lb['metric']}, {lb['rows']} test images): {lb['score']:.4f}")
+    return summary
+
+
+def _log_wandb(run: Any, summary: dict[str, Any]) -> None:
+    import wandb
+
+    run.config.update({"members": list(summary["members"]), "policy": summary["submission_policy"],
+                       "weights": summary["weights"][summary["submission_policy"]]}, allow_val_change=True)
+    if summary["leaderboard"]:
+        run.summary["leaderboard/" + summary["leaderboard"]["metric"]] = summary["leaderboard"]["score"]
+    artifact = wandb.Artifact("submission", type="submission")
+    artifact.add_file(summary["submission"])
+    run.log_artifact(artifact)
+
+
+def main() -> None:
+    """Hydra entry point of ``pipeline-predict`` (the console script is :func:`pipeline.cli.entry.predict`)."""
+    register()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")(run)()
+
+
+if __name__ == "__main__":
+    main()

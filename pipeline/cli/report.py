@@ -1,0 +1,38 @@
+"""``pipeline-report``: rebuild the report from a predict folder's saved predictions (no model runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.cli import CONF_DIR
+from pipeline.cli.config import register, to_dataclass
+from pipeline.core.tracking import LoggerSpec
+
+__all__ = ["run", "main"]
+
+
+def run(cfg: DictConfig) -> Any:
+    """Config → :func:`~pipeline.report.build.build_report`; prints the table."""
+    from pipeline.report.build import build_report
+    from pipeline.report.text import render_table
+
+    logger = to_dataclass(LoggerSpec, cfg.logger) if "logger" in cfg else LoggerSpec(mode="offline")
+    spec = logger if cfg.wandb and logger.kind == "wandb" else None
+    df = build_report(Path(cfg.predict_dir), cfg.metric, int(cfg.n_boot), int(cfg.seed), wandb_spec=spec)
+    print(render_table(df))
+    print(f"\nReport written: {Path(cfg.predict_dir) / 'report.md'}")
+    return df
+
+
+def main() -> None:
+    """Hydra entry point of ``pipeline-report`` (the console script is :func:`pipeline.cli.entry.report`)."""
+    register()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")(run)()
+
+
+if __name__ == "__main__":
+    main()

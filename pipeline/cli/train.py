@@ -1,0 +1,152 @@
+"""``pipeline-train``: the composed config → a :class:`~pipeline.train.spec.TrainSpec` → one trained member.
+
+A sweep (``pipeline-train -m ...``) calls the task once per member, wherever the launcher runs it. Torch,
+Lightning and timm are imported only once the arguments are parsed, so ``--help`` and ``--cfg`` are quick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict, read_write
+
+from pipeline.cli import CONF_DIR
+from pipeline.cli.config import register, to_container, to_dataclass
+from pipeline.cli.sweep import continue_sweep_on_failure
+from pipeline.core.tracking import LoggerSpec
+from pipeline.data.spec import DataSpec
+from pipeline.models.spec import ModelSpec
+from pipeline.train.spec import TrainSpec
+
+__all__ = ["train_spec", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def train_spec(cfg: DictConfig) -> TrainSpec:
+    """The member ``cfg`` describes, as typed objects: instantiated optimizer, scheduler, trainer and augmentation."""
+
+    def transforms(mean: list[float], std: list[float]) -> tuple[Any, Any]:
+        node = copy.deepcopy(cfg)  # the aug pipelines interpolate ${aug.mean}/${aug.std}; cfg itself stays as composed
+        with open_dict(node):
+            node.aug.mean, node.aug.std = mean, std
+        log.info("Instantiating train/eval augmentation <%s>", node.aug.train.get("_target_"))
+        return instantiate(node.aug.train), instantiate(node.aug.eval)
+
+    scheduler = cfg.get("scheduler")
+    return TrainSpec(
+        member_dir=Path(cfg.paths.output_dir), data=to_dataclass(DataSpec, cfg.data), model=to_dataclass(ModelSpec, cfg.model),
+        transforms=transforms, optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler and "_target_" in scheduler else None,
+        trainer=instantiate(cfg.trainer, _partial_=True), logger=to_dataclass(LoggerSpec, cfg.logger),
+        seed=int(cfg.seed), label_smoothing=float(cfg.label_smoothing), monitor=str(cfg.monitor),
+        monitor_mode=str(cfg.monitor_mode), early_stopping_patience=cfg.early_stopping_patience,
+        overwrite=bool(cfg.get("overwrite", False)), aug_mean=to_container(cfg.aug.get("mean")),
+        aug_std=to_container(cfg.aug.get("std")), name=str(cfg.member_name),
+        sweep=f"{cfg.experiment_name}/{cfg.sweep_name}", config=to_container(cfg), relaunch=relaunch_as_this_member,
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train the member; a failure is recorded in its folder (``error.txt``, status ``failed``).
+
+    A single run then fails; in a sweep the other members go on and
+    :class:`pipeline.cli.sweep.SweepSummary` reports the failure and exits non-zero at the end.
+    """
+    from pipeline.member.manifest import mark_failed
+    from pipeline.train.fit import MemberConflict, train_member
+
+    try:
+        return train_member(train_spec(cfg))
+    except MemberConflict:
+        raise  # the folder belongs to another member: record nothing in it
+    except Exception as err:
+        mark_failed(Path(cfg.paths.output_dir), err)
+        if not continue_sweep_on_failure():
+            raise
+        log.exception("Member %s failed (recorded in %s); the sweep goes on.", cfg.member_name, cfg.paths.output_dir)
+        return {}
+
+
+def _entry_script() -> str:
+    """A script that runs ``pipeline-train``, for Lightning to start a DDP member's other ranks with."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is not None:  # Lightning then runs `python -m <spec.name>` and ignores argv[0]
+        if spec.name != "pipeline.cli.train":
+            raise RuntimeError(
+                f"Lightning starts DDP ranks by re-running this process's module ({spec.name}), which is not "
+                "pipeline-train. Run the member with `pipeline-train`, or let the cluster start one process per "
+                "device (SLURM: launcher=slurm sets tasks_per_node=trainer.devices)."
+            )
+        return sys.argv[0]
+    if Path(sys.argv[0]).name in ("pipeline-train", "train.py"):
+        return sys.argv[0]
+    # A Ray worker's argv is Ray's default_worker.py: use the console script of this environment.
+    script = Path(sys.executable).with_name("pipeline-train")
+    found = str(script) if script.is_file() else shutil.which("pipeline-train")
+    if found is None:
+        raise RuntimeError("DDP needs the `pipeline-train` console script (pip install -e .) to start its other ranks.")
+    return found
+
+
+def _single_run_argv(hc: Any) -> list[str]:
+    """This job as a single-run command line: its config dirs and name, hydra overrides and task overrides.
+
+    Hydra's own ``hydra.mode=MULTIRUN`` would make the relaunched rank a sweep again; Lightning appends
+    run.dir, job.name and output_subdir itself.
+    """
+    argv = [_entry_script()]
+    for source in hc.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":  # --config-dir
+            argv += ["--config-dir", str(source.path)]
+    argv += ["--config-name", str(hc.job.config_name)]
+    own = ("hydra.mode=", "hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")
+    return [*argv, *(o for o in hc.overrides.hydra if not o.startswith(own)), *hc.overrides.task]
+
+
+@contextlib.contextmanager
+def relaunch_as_this_member(member_dir: Path) -> Iterator[None]:
+    """Make Lightning's relaunch command this member's single run (Lightning #11300, hydra #2070).
+
+    Lightning starts ranks 1… by re-running ``sys.argv`` plus ``hydra.run.dir=<HydraConfig run.dir>``.
+    In a multirun that is the whole sweep (``-m`` and every swept value) and run.dir is not the job's
+    folder; in a Ray worker argv is Ray's. So while ``fit`` starts them, argv is this job's overrides
+    and run.dir is this member's folder.
+    """
+    if not HydraConfig.initialized():
+        yield
+        return
+    hc = HydraConfig.get()
+    run: Any = hc.run  # a DictConfig node at run time
+    saved_argv, saved_dir = list(sys.argv), run.dir
+    sys.argv = _single_run_argv(hc)
+    with read_write(run):
+        run.dir = str(member_dir)
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(run):
+            run.dir = saved_dir
+
+
+def main() -> None:
+    """Hydra entry point of ``pipeline-train`` (the console script is :func:`pipeline.cli.entry.train`)."""
+    register()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The project's error types and the helpers that keep their messages short and specific.
+
+Every error a user can fix derives from :class:`PipelineError`; the command lines print its message
+without a traceback (``HYDRA_FULL_ERROR=1`` shows it). Each subclass also derives from ``ValueError``,
+so callers that catch ``ValueError`` keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["MISSING", "PipelineError", "ConfigError", "DataError", "MemberError", "examples", "duplicates", "id_differences"]
+
+_N_EXAMPLES = 5
+
+MISSING: Any = "???"
+"""A mandatory setting's placeholder in the spec dataclasses (``omegaconf.MISSING``, without importing it)."""
+
+
+class PipelineError(ValueError):
+    """A problem the user can fix; the message names the file, column, key or value, and what is accepted."""
+
+
+class ConfigError(PipelineError):
+    """A setting that is missing, unknown or contradicts another; the message names the config key."""
+
+
+class DataError(PipelineError):
+    """Bad competition data; the message names the file, column or key to fix."""
+
+
+class MemberError(PipelineError):
+    """A member folder that cannot be used; the message names the folder and the missing piece."""
+
+
+def examples(items: Sequence[Any], n: int = _N_EXAMPLES) -> str:
+    """The first few items, for error messages that stay short on 100k-row files."""
+    shown = ", ".join(repr(i) for i in items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}]"
+
+
+def duplicates(ids: Sequence[str]) -> list[str]:
+    """Values that occur more than once, each listed once, in first-repeat order."""
+    seen: set[str] = set()
+    out: dict[str, None] = {}
+    for i in ids:
+        if i in seen:
+            out[i] = None
+        seen.add(i)
+    return list(out)
+
+
+def id_differences(expected: Sequence[str], got: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Ids in ``expected`` but not ``got`` and ids in ``got`` but not ``expected``, in input order."""
+    expected_set, got_set = set(expected), set(got)
+    return [i for i in expected if i not in got_set], [i for i in got if i not in expected_set]

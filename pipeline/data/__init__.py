@@ -1,0 +1,27 @@
+"""The data stage: competition tables, decoding, folds, the dataset, the image cache and augmentation.
+
+Public names are re-exported lazily, so importing the package imports nothing heavy; type checkers
+should import from the modules (``pipeline.data.<module>``).
+"""
+
+from pipeline.core.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "spec": ["DataSpec"],
+        "tables": [
+            "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
+            "check_sample_ids",
+        ],
+        "decode": ["load_rgb", "load_image", "verify_images"],
+        "folds": ["make_folds", "load_or_create_folds", "split_indices"],
+        "dataset": ["ImageDataset"],
+        "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],
+        "augment": [
+            "match_channels", "resolve_normalization", "normalize_batch", "center_offset", "center_crop",
+            "transform_to_dict", "transform_from_dict",
+        ],
+        "demo": ["CLASSES", "DEFAULT_OUT", "SUBSET_FILE", "SUBSET_SHA256", "prepare_demo"],
+    },
+)

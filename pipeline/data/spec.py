@@ -1,0 +1,48 @@
+"""The ``data`` config group's schema: where a competition's files are and how to read them.
+
+Kept free of torch, numpy and pandas so the command lines can register it before parsing arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DataSpec"]
+
+
+@dataclass
+class DataSpec:
+    """Where a competition's files are and how to read them (the ``data`` config group)."""
+
+    root: str
+    layout: str = "csv"
+    train_csv: str = "train.csv"
+    train_dir: str = "train"
+    id_col: str = "id"
+    label_col: str = "label"
+    path_col: str | None = None
+    ext: str = ".png"
+    test_dir: str | None = "test"
+    test_csv: str | None = None
+    sample_submission: str | None = "sample_submission.csv"
+    solution: str | None = None
+    classes: list[str] | None = None
+    num_classes: int | None = None
+    image_size: int = 32
+    crop_size: int = 28
+    in_chans: int = 3
+    n_folds: int = 0
+    fold: int = 0
+    holdout_fraction: float = 0.2
+    split_seed: int = 42
+    batch_size: int = 64
+    num_workers: int = 2
+    check_images: bool = True
+    skip_bad_images: bool = False
+    cache_dir: str | None = None  # set: decode + resize once into a memmap here (pipeline.data.cache)
+    cache_size: int | None = None  # side of the cached images; None: image_size
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser()

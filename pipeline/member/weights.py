@@ -1,0 +1,78 @@
+"""A member's weights: load a checkpoint safely (``weights_only``), export ``model.safetensors`` + ``model.json``.
+
+Every completed member gets ``model.safetensors`` and ``model.json`` in its own folder (training calls
+:func:`export_member`). Loading an exported model in a notebook needs only timm (plus
+``import pipeline`` for the classic networks)::
+
+    meta = json.load(open("model.json"))
+    model = timm.create_model(meta["model_name"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
+                              pretrained=True, pretrained_cfg_overlay=meta["pretrained_cfg_overlay"], **meta["model_kwargs"])
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from pipeline.core.errors import MemberError
+from pipeline.core.io import atomic_path, write_json
+from pipeline.member.folder import Member
+from pipeline.member.manifest import read_manifest
+from pipeline.models.factory import strip_model_prefix
+
+__all__ = ["WEIGHTS", "META", "load_state_dict", "export_member"]
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's model weights with ``weights_only=True`` and strip Lightning's ``model.`` prefix.
+
+    Raises:
+        MemberError: for a missing file, or one that holds arbitrary pickled objects (refused, never run).
+    """
+    if not path.is_file():
+        raise MemberError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":  # exported members: tensors only, nothing to unpickle
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise MemberError(
+            f"Refusing to load {path}: it contains pickled objects that are not plain tensors or containers, "
+            f"and loading it could run arbitrary code. Only weights_only checkpoints are accepted. ({err})"
+        ) from err
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise MemberError(f"{path} holds no state_dict.")
+    return strip_model_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+
+
+def _meta(member: Member) -> dict[str, Any]:
+    m = member.manifest
+    return {
+        "model_name": m.model_name, "classes": m.classes, "in_chans": m.in_chans, "model_kwargs": m.model_kwargs,
+        "input_size": [m.in_chans, m.crop_size, m.crop_size], "eval_image_size": m.image_size, "crop_size": m.crop_size,
+        "mean": m.mean, "std": m.std, "interpolation": "bilinear",
+        # first_conv=None: the weights already have in_chans input channels, timm must not adapt them again;
+        # num_classes: the head is ours, timm must not drop it as a mismatch with the ImageNet default.
+        "pretrained_cfg_overlay": {"file": WEIGHTS, "num_classes": m.num_classes, "first_conv": None},
+        "note": "eval: resize to eval_image_size, normalise with mean/std (0-1 scale), crop crop_size (TTA)",
+    }
+
+
+def export_member(folder: Path) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into a member folder; return the weights path."""
+    member = Member(folder, read_manifest(folder))
+    state = {k: v.contiguous() for k, v in load_state_dict(member.checkpoint).items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"model_name": member.manifest.model_name})
+    write_json(folder / META, _meta(member))
+    return folder / WEIGHTS

@@ -1,0 +1,122 @@
+"""The Python API of inference, without Hydra: an ensemble's probabilities on a folder or table of images.
+
+>>> pred = predict_images("outputs/demo/demo", "data/fashion-mnist-demo/test", policy="ten_crop")  # doctest: +SKIP
+>>> pred.probs.shape, pred.classes[:2]  # doctest: +SKIP
+((2000, 10), ['T-shirt/top', 'Trouser'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.io import short_hash
+from pipeline.core.reduce import merge_members
+from pipeline.data.spec import DataSpec
+from pipeline.data.tables import ImageTable, read_test_table
+from pipeline.member.folder import Member, find_members
+from pipeline.member.predictions import read_predictions
+from pipeline.predict.ensemble import caruana_select, group_models, resolve_weights
+from pipeline.predict.runner import policy_key, predict_members
+from pipeline.predict.spec import PredictOptions
+from pipeline.predict.tta import TTAPolicy, create_policy
+
+__all__ = ["Prediction", "predict_images", "fit_ensemble_weights"]
+
+
+@dataclass
+class Prediction:
+    """An ensemble's class probabilities for a set of images.
+
+    Attributes:
+        ids: One id per row (file stems for a folder).
+        probs: ``[N, K]`` probabilities, rows summing to one.
+        classes: The K class names, in column order.
+    """
+
+    ids: list[str]
+    probs: np.ndarray
+    classes: list[str]
+
+    def labels(self) -> list[str]:
+        """The top-1 class name of each row (ties to the lower class index)."""
+        return [self.classes[i] for i in self.probs.argmax(axis=1)]
+
+
+def _table(images: str | Path | ImageTable | DataSpec, classes: Sequence[str]) -> ImageTable:
+    if isinstance(images, ImageTable):
+        return images
+    if isinstance(images, DataSpec):
+        return read_test_table(images, classes)
+    folder = Path(images)
+    return read_test_table(DataSpec(root=str(folder), test_dir=".", sample_submission=None), classes)
+
+
+def predict_images(
+    members: str | Path | Sequence[str | Path] | Sequence[Member],
+    images: str | Path | ImageTable | DataSpec,
+    policy: str | TTAPolicy = "ten_crop",
+    weights: Mapping[str, float] | Sequence[float] | None = None,
+    options: PredictOptions | None = None,
+    method: str = "prob_mean",
+) -> Prediction:
+    """Predict ``images`` with every completed member and merge them into one ensemble prediction.
+
+    K-fold members of one model are averaged first; models are then merged with ``weights`` (one per
+    model, in :func:`~pipeline.predict.ensemble.group_models` order, or a model → weight mapping; None:
+    equal). Per-member predictions are cached in each member's ``predictions/`` folder.
+
+    Args:
+        members: Member folders: a sweep folder, a glob, a list of folders, or :class:`Member` objects.
+        images: A folder of images, an :class:`ImageTable`, or a :class:`DataSpec` whose test set to read.
+        policy: A registered TTA policy name (cropped at the members' crop size) or a built policy.
+        weights: Model weights, see above.
+        options: Device, precision, batch size...; None uses the defaults.
+        method: How members and views are merged (``prob_mean``, ``logit_mean``, ``geo_mean``, ``max``).
+    """
+    if not isinstance(members, (str, Path)) and members and all(isinstance(m, Member) for m in members):
+        found = [m for m in members if isinstance(m, Member)]
+    else:
+        found, _ = find_members(members)  # type: ignore[arg-type]
+    classes = list(found[0].manifest.classes)
+    if isinstance(policy, str):
+        policy = create_policy(policy, crop_size=found[0].manifest.crop_size)
+    opts = options or PredictOptions()
+    table = _table(images, classes)
+    tag = "test-" + short_hash("\n".join(map(str, table.paths)), 10)
+    key = policy_key(policy)
+    files = predict_members(found, table, tag, {key: policy}, opts)
+    models = group_models(found)
+    model_probs = []
+    for ms in models.values():
+        per_member = [read_predictions(files[(m.name, key)], classes)[1] for m in ms]
+        model_probs.append(merge_members(per_member, method=method).numpy())
+    if isinstance(weights, Mapping):
+        weights = [float(weights.get(name, 0.0)) for name in models]
+    w = resolve_weights("equal" if weights is None else "given", len(models), weights)
+    ids = read_predictions(files[(found[0].name, key)], classes)[0]
+    return Prediction(ids, merge_members(model_probs, weights=w, method=method).numpy(), classes)
+
+
+def fit_ensemble_weights(
+    oof_probs: Sequence[np.ndarray], labels: np.ndarray, metric: str = "log_loss", rounds: int = 50,
+    method: str = "prob_mean",
+) -> np.ndarray:
+    """Caruana weights for models from their out-of-fold probabilities (never fit them on test rows).
+
+    Args:
+        oof_probs: One ``[N, K]`` array per model, rows aligned.
+        labels: ``[N]`` integer labels.
+        metric: Registered metric the weights are fitted for (its direction is respected).
+        rounds: Greedy selection rounds.
+        method: How models are merged.
+
+    Returns:
+        One weight per model, summing to one.
+    """
+    from pipeline.core.metrics import get_metric
+
+    return caruana_select(list(oof_probs), np.asarray(labels), rounds, metric=get_metric(metric), method=method)

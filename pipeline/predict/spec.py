@@ -1,0 +1,92 @@
+"""The predict stage's settings as plain dataclasses: the ``tta`` and ``ensemble`` groups, and the run options.
+
+The ``tta`` and ``ensemble`` YAMLs start with ``defaults: [base_<group>, _self_]``, so Hydra checks their
+keys against :class:`TTASpec` and :class:`EnsembleSpec` (registered by :func:`pipeline.cli.config.register`):
+a typo such as ``tta.flipp`` fails at composition time, not deep inside prediction. Values (an unknown
+policy name, say) are checked by the library when they reach it (:func:`pipeline.predict.tta.create_policy`,
+:func:`pipeline.predict.ensemble.resolve_weights`). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.core.errors import MISSING
+
+__all__ = ["TTASpec", "EnsembleSpec", "PredictOptions"]
+
+
+@dataclass
+class TTASpec:
+    """The ``tta`` group: a :class:`pipeline.predict.tta.TTAPolicy` plus how its views are run and merged.
+
+    Attributes:
+        name: Policy name: none, hflip, five_crop, ten_crop or multiscale.
+        crop_size: C; the YAMLs use ``${data.crop_size}``.
+        flip: Mirror axis for hflip/ten_crop: horizontal, vertical or none.
+        reduce: Reduction over views, one of ``pipeline.core.reduce.REDUCTIONS``.
+        chunk_size: Most views per forward pass; null runs a whole batch's views at once.
+        scales: multiscale: shorter-side sizes, each at least ``crop_size``.
+        squares: multiscale: 1 or 3 squares along the longer side.
+        crops: multiscale: subset of tl, tr, bl, br, center, full.
+        flips: multiscale: subset of none, horizontal, vertical.
+    """
+
+    name: str = "ten_crop"
+    crop_size: int = MISSING
+    flip: str = "horizontal"
+    reduce: str = "prob_mean"
+    chunk_size: int | None = None
+    scales: list[int] = field(default_factory=list)
+    squares: int = 1
+    crops: list[str] = field(default_factory=lambda: ["center"])
+    flips: list[str] = field(default_factory=lambda: ["none"])
+
+    def policy_fields(self) -> dict[str, Any]:
+        """The fields that define the policy's views (what :func:`~pipeline.predict.tta.create_policy` takes)."""
+        return {"flip": self.flip, "scales": list(self.scales), "squares": self.squares, "crops": list(self.crops),
+                "flips": list(self.flips)}
+
+
+@dataclass
+class EnsembleSpec:
+    """The ``ensemble`` group: how member predictions are merged.
+
+    Attributes:
+        method: Reduction over members, one of ``pipeline.core.reduce.REDUCTIONS``.
+        weights: equal, given (``given_weights``) or caruana (fitted on OOF/holdout predictions).
+        given_weights: One non-negative number per member, for ``weights: given``.
+        caruana_rounds: Greedy rounds of Caruana selection, for ``weights: caruana``.
+        fit_metric: Metric the Caruana weights are fitted for. Log loss by default: greedy selection
+            stalls on a step metric such as accuracy even when that is the competition metric.
+    """
+
+    method: str = "prob_mean"
+    weights: str = "equal"
+    given_weights: list[float] | None = None
+    caruana_rounds: int = 50
+    fit_metric: str = "log_loss"
+
+
+@dataclass
+class PredictOptions:
+    """How to run the models (the top-level keys of ``conf/predict.yaml``)."""
+
+    device: str = "auto"
+    precision: str = "32"
+    channels_last: bool = True
+    compile: bool = False
+    batch_size: int = 256
+    num_workers: int = 2
+    chunk_size: int | None = 512
+    member_chunk_size: dict[str, int] = field(default_factory=dict)
+    view_reduce: str = "prob_mean"
+
+    def torch_device(self) -> Any:
+        """The ``torch.device`` to run on (``auto``: CUDA when available, else the CPU)."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)

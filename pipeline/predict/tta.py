@@ -1,0 +1,395 @@
+"""Test-time augmentation: turn a batch of S×S images into V crops per image, and merge them back.
+
+Images arrive decoded, resized to S×S (any H×W works) and normalised, as one float tensor
+``[B, C, H, W]`` on the device. Every policy builds its views with whole-batch slicing, flipping
+and interpolation, never a Python loop over images, so the cost is a handful of kernel launches
+however large the batch.
+
+View layout (image-major): :func:`make_views` returns ``[B * V, C, c, c]`` where row ``b * V + v``
+is view ``v`` of image ``b``. This is the layout of ``torch.stack(views, dim=1).flatten(0, 1)``, and
+:func:`merge_views` undoes it with ``view(B, V, K)``, as in the torchvision ``ten_crop`` recipe.
+
+Policies live in :data:`POLICIES`, a plain registry filled by :func:`register_policy`:
+
+============  =====================================================  ==================================
+name          views per image (in order)                              fields it reads
+============  =====================================================  ==================================
+none          centre crop                                             crop_size
+hflip         centre crop, its mirror along ``flip``                  crop_size, flip
+five_crop     tl, tr, bl, br, centre                                  crop_size
+ten_crop      five_crop, then five_crop of the image mirrored         crop_size, flip
+              along ``flip`` (exactly ``torchvision`` ``ten_crop``)
+multiscale    for scale, for square, for flip, for crop               crop_size, scales, squares, crops,
+                                                                      flips
+============  =====================================================  ==================================
+
+>>> policy = create_policy("ten_crop", crop_size=28)
+>>> make_views(torch.zeros(4, 3, 32, 32), policy).shape
+torch.Size([40, 3, 28, 28])
+>>> views_per_image(policy)
+10
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.core.reduce import reduce_probs
+from pipeline.data.augment import center_offset
+
+__all__ = [
+    "CROPS",
+    "FLIPS",
+    "POLICIES",
+    "PolicySpec",
+    "TTAPolicy",
+    "create_policy",
+    "list_policies",
+    "make_views",
+    "merge_views",
+    "predict_with_tta",
+    "register_policy",
+    "views_per_image",
+]
+
+log = logging.getLogger(__name__)
+
+FLIPS = ("horizontal", "vertical", "none")
+"""Accepted values of ``flip`` and of the entries of ``flips``."""
+
+CROPS = ("tl", "tr", "bl", "br", "center", "full")
+"""Accepted entries of ``crops``; ``full`` is the whole square resized to ``crop_size``."""
+
+_FIVE = ("tl", "tr", "bl", "br", "center")  # torchvision's five_crop order
+_SQUARES = (1, 3)
+
+
+@dataclass(frozen=True)
+class TTAPolicy:
+    """A validated TTA policy; build it with :func:`create_policy`.
+
+    Fields a policy does not read (see the module table) are ignored, so one flat config
+    (``conf/tta/*.yaml``) can describe every policy.
+
+    Attributes:
+        name: Registered policy name (see :func:`list_policies`).
+        crop_size: Side C of the square crops the network sees.
+        flip: Mirror axis of ``hflip`` and ``ten_crop``: ``horizontal``, ``vertical`` or ``none``.
+        scales: ``multiscale`` only: shorter-side sizes the batch is resized to, each >= ``crop_size``.
+        squares: ``multiscale`` only: 1 (centre square) or 3 (both ends and centre of the longer side).
+        crops: ``multiscale`` only: crops taken from each square, a subset of :data:`CROPS`.
+        flips: ``multiscale`` only: mirrors applied to each square, a subset of :data:`FLIPS`.
+    """
+
+    name: str
+    crop_size: int
+    flip: str = "horizontal"
+    scales: tuple[int, ...] = ()
+    squares: int = 1
+    crops: tuple[str, ...] = ("center",)
+    flips: tuple[str, ...] = ("none",)
+
+    def __post_init__(self) -> None:
+        # Hydra hands over lists; frozen dataclasses need object.__setattr__ to store tuples.
+        for key in ("scales", "crops", "flips"):
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+        _check_choice("tta.name", self.name, tuple(POLICIES))
+        _check_choice("tta.flip", self.flip, FLIPS)
+        if self.crop_size < 1:
+            raise ValueError(f"tta.crop_size must be a positive integer; got {self.crop_size}")
+        if self.name == "multiscale":
+            self._check_multiscale()
+
+    def _check_multiscale(self) -> None:
+        for key, values, accepted in (("tta.crops", self.crops, CROPS), ("tta.flips", self.flips, FLIPS)):
+            if not values:
+                raise ValueError(f"{key} must list at least one of {list(accepted)}")
+            for value in values:
+                _check_choice(key, value, accepted)
+        _check_choice("tta.squares", self.squares, _SQUARES)
+        if not self.scales:
+            raise ValueError("tta.scales must list at least one shorter-side size for the multiscale policy")
+        small = [s for s in self.scales if s < self.crop_size]
+        if small:
+            raise ValueError(
+                f"tta.scales {small} are smaller than tta.crop_size {self.crop_size} (usually "
+                "${data.crop_size}); every scale must be at least the crop size"
+            )
+
+
+def _check_choice(key: str, value: Any, accepted: tuple[Any, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"Unknown {key} {value!r}; accepted values: {list(accepted)}")
+
+
+ViewFn = Callable[[Tensor, TTAPolicy], list[Tensor]]
+CountFn = Callable[[TTAPolicy], int]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Registry entry: how a policy makes its views and how many it makes.
+
+    Attributes:
+        views: ``views(batch, policy)`` returning V tensors ``[B, C, c, c]`` in view order.
+        count: ``count(policy)``, the V that ``views`` returns, known without running it.
+    """
+
+    views: ViewFn
+    count: CountFn
+
+
+POLICIES: dict[str, PolicySpec] = {}
+
+
+def register_policy(name: str, count: CountFn) -> Callable[[ViewFn], ViewFn]:
+    """Decorator that adds a view function to :data:`POLICIES` under ``name``.
+
+    Args:
+        name: Registry key; must be new.
+        count: Number of views per image for a given policy.
+
+    Returns:
+        A decorator returning the function unchanged.
+    """
+
+    def decorator(fn: ViewFn) -> ViewFn:
+        if name in POLICIES:
+            raise ValueError(f"TTA policy {name!r} is already registered")
+        POLICIES[name] = PolicySpec(views=fn, count=count)
+        return fn
+
+    return decorator
+
+
+def list_policies() -> list[str]:
+    """Names of the registered policies, in registration order."""
+    return list(POLICIES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-batch primitives. All act on the last two dims, so they take [B, C, H, W] in one call.
+
+
+def _offsets(height: int, width: int, size: int, where: str) -> tuple[int, int]:
+    """(top, left) of a ``size``×``size`` crop; the centre follows :func:`pipeline.data.augment.center_offset`."""
+    if where == "center":
+        return center_offset(height, width, size)
+    bottom, right = height - size, width - size
+    return {"tl": (0, 0), "tr": (0, right), "bl": (bottom, 0), "br": (bottom, right)}[where]
+
+
+def _crop(batch: Tensor, size: int, where: str) -> Tensor:
+    top, left = _offsets(batch.shape[-2], batch.shape[-1], size, where)
+    return batch[..., top : top + size, left : left + size]
+
+
+def _flip(batch: Tensor, axis: str) -> Tensor:
+    if axis == "none":
+        return batch
+    return batch.flip(-1 if axis == "horizontal" else -2)
+
+
+def _resize(batch: Tensor, height: int, width: int) -> Tensor:
+    if batch.shape[-2:] == (height, width):
+        # Native size stays bit-exact, so a scale equal to the input gives the plain crops.
+        return batch
+    return F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+
+
+def _n_mirrors(axis: str) -> int:
+    return 1 if axis == "none" else 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered policies.
+
+
+@register_policy("none", count=lambda p: 1)
+def _none_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    return [_crop(batch, policy.crop_size, "center")]
+
+
+@register_policy("hflip", count=lambda p: _n_mirrors(p.flip))
+def _hflip_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    centre = _crop(batch, policy.crop_size, "center")
+    # The mirror of the centre crop (not the centre crop of the mirror) so the pair is exactly
+    # label-symmetric even when S - C is odd.
+    return [centre] if policy.flip == "none" else [centre, _flip(centre, policy.flip)]
+
+
+@register_policy("five_crop", count=lambda p: len(_FIVE))
+def _five_crop_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    return [_crop(batch, policy.crop_size, where) for where in _FIVE]
+
+
+@register_policy("ten_crop", count=lambda p: len(_FIVE) * _n_mirrors(p.flip))
+def _ten_crop_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    views = _five_crop_views(batch, policy)
+    if policy.flip != "none":
+        # Crops of the mirrored image, as torchvision does, not mirrors of the crops: they differ
+        # when S - C is odd, and we promise bitwise equality with torchvision.
+        views += _five_crop_views(_flip(batch, policy.flip), policy)
+    return views
+
+
+@register_policy("multiscale", count=lambda p: len(p.scales) * p.squares * len(p.crops) * len(p.flips))
+def _multiscale_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    views: list[Tensor] = []
+    for scale in policy.scales:
+        for square in _squares(_resize_shorter(batch, scale), scale, policy.squares):
+            for axis in policy.flips:
+                mirrored = _flip(square, axis)
+                views += [_square_crop(mirrored, policy.crop_size, where) for where in policy.crops]
+    return views
+
+
+def _resize_shorter(batch: Tensor, shorter: int) -> Tensor:
+    height, width = batch.shape[-2:]
+    # torchvision's Resize(int) rule: the longer side is truncated, not rounded.
+    if height <= width:
+        return _resize(batch, shorter, int(shorter * width / height))
+    return _resize(batch, int(shorter * height / width), shorter)
+
+
+def _squares(batch: Tensor, side: int, count: int) -> list[Tensor]:
+    """``count`` side×side squares along the longer axis: start, centre, end (GoogLeNet), or centre."""
+    height, width = batch.shape[-2:]
+    if count == 1:
+        return [_crop(batch, side, "center")]
+    if width >= height:
+        return [_crop(batch, side, where) for where in ("tl", "center", "tr")]
+    return [_crop(batch, side, where) for where in ("tl", "center", "bl")]
+
+
+def _square_crop(square: Tensor, size: int, where: str) -> Tensor:
+    if where == "full":
+        return _resize(square, size, size)
+    return _crop(square, size, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+
+def create_policy(name: str, crop_size: int, **kwargs: Any) -> TTAPolicy:
+    """Build and validate a TTA policy from flat values (e.g. the ``tta`` config minus run keys).
+
+    Args:
+        name: Registered policy name, see :func:`list_policies`.
+        crop_size: Side C of the crops.
+        **kwargs: Other :class:`TTAPolicy` fields (``flip``, ``scales``, ``squares``, ``crops``,
+            ``flips``); lists are accepted.
+
+    Returns:
+        The frozen policy.
+
+    Raises:
+        ValueError: Unknown policy name, flip or crop value, or scales smaller than ``crop_size``.
+        TypeError: A keyword that is not a policy field.
+
+    >>> create_policy("multiscale", 24, scales=[32, 40], squares=3, crops=["center", "full"]).name
+    'multiscale'
+    """
+    accepted = [f.name for f in fields(TTAPolicy)]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"Unknown TTA policy field(s) {unknown}; accepted: {accepted}")
+    policy = TTAPolicy(name=name, crop_size=crop_size, **kwargs)
+    log.info("Instantiating TTA policy <%s> (%d views per image)", name, views_per_image(policy))
+    return policy
+
+
+def views_per_image(policy: TTAPolicy) -> int:
+    """Number of views V (forward passes per image) that ``policy`` makes."""
+    return POLICIES[policy.name].count(policy)
+
+
+def make_views(batch: Tensor, policy: TTAPolicy) -> Tensor:
+    """Make the views of every image in the batch, image-major.
+
+    Args:
+        batch: ``[B, C, H, W]`` float images, already resized and normalised.
+        policy: The policy.
+
+    Returns:
+        ``[B * V, C, crop_size, crop_size]``; row ``b * V + v`` is view ``v`` of image ``b``.
+
+    Raises:
+        ValueError: The batch is not 4-D, or the crop is larger than the image.
+    """
+    if batch.ndim != 4:
+        raise ValueError(f"make_views expects a [B, C, H, W] batch; got shape {tuple(batch.shape)}")
+    height, width = batch.shape[-2:]
+    if policy.name != "multiscale" and policy.crop_size > min(height, width):
+        raise ValueError(
+            f"TTA crop size {policy.crop_size} (tta.crop_size, usually ${{data.crop_size}}) is larger than "
+            f"the {height}x{width} image (data.image_size); lower the crop size or raise the image size"
+        )
+    views = POLICIES[policy.name].views(batch, policy)
+    return torch.stack(views, dim=1).flatten(0, 1)
+
+
+def merge_views(probs: Tensor, n_views: int, method: str = "prob_mean") -> Tensor:
+    """Merge per-view probabilities ``[B * V, K]`` (image-major) into ``[B, K]``.
+
+    Args:
+        probs: Per-view class probabilities in :func:`make_views` order.
+        n_views: V, see :func:`views_per_image`.
+        method: One of :data:`pipeline.core.reduce.REDUCTIONS`.
+
+    Returns:
+        ``[B, K]`` probabilities whose rows sum to one.
+    """
+    if probs.ndim != 2 or n_views < 1 or probs.shape[0] % n_views:
+        raise ValueError(
+            f"merge_views expects [B * V, K] probabilities with V = {n_views}; got shape {tuple(probs.shape)}"
+        )
+    return reduce_probs(probs.reshape(-1, n_views, probs.shape[1]), dim=1, method=method)
+
+
+def predict_with_tta(
+    model: nn.Module,
+    batch: Tensor,
+    policy: TTAPolicy,
+    chunk_size: int | None = None,
+    method: str = "prob_mean",
+) -> Tensor:
+    """Class probabilities ``[B, K]`` of ``model`` on ``batch``, averaged over the policy's views.
+
+    The model's train/eval mode is left to the caller. With ``chunk_size`` set, views are built for
+    as many whole images as fit into ``chunk_size`` views (at least one image) and run through the
+    model at most ``chunk_size`` at a time, so memory is bounded by the chunk, not by B * V.
+
+    Args:
+        model: Maps ``[N, C, c, c]`` to logits ``[N, K]``.
+        batch: ``[B, C, H, W]`` normalised images.
+        policy: The TTA policy.
+        chunk_size: Most views per forward pass; None runs all B * V views at once.
+        method: Reduction over views, one of :data:`pipeline.core.reduce.REDUCTIONS`.
+
+    Returns:
+        ``[B, K]`` float32 (or wider) probabilities.
+    """
+    n_views = views_per_image(policy)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"tta.chunk_size must be a positive integer or null; got {chunk_size}")
+    step = chunk_size or max(1, n_views * len(batch))
+    images_per_group = max(1, step // n_views)
+    merged = []
+    with torch.no_grad():
+        for group in batch.split(images_per_group):
+            views = make_views(group, policy)
+            logits = torch.cat([model(chunk) for chunk in views.split(step)])
+            # Softmax in float32 at least: half-precision logits lose the small probabilities
+            # that geo_mean and logit_mean depend on.
+            probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
+            merged.append(merge_views(probs, n_views, method))
+    return torch.cat(merged)

@@ -1,0 +1,20 @@
+"""The report: load a predict folder, score every row, say what ensembling and TTA bought, plot it.
+
+Public names are re-exported lazily, so importing the package imports nothing heavy; type checkers
+should import from the modules (``pipeline.report.<module>``).
+"""
+
+from pipeline.core.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "load": ["PredictRun", "load_predict_run"],
+        "score": [
+            "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_predict", "candidate_rows", "baseline_row", "score_rows",
+        ],
+        "text": ["summarize", "paragraph", "render_table", "markdown"],
+        "plots": ["MOST_WRONG", "plot_score_vs_cost", "plot_confusion", "plot_most_wrong"],
+        "build": ["compute_report", "build_report"],
+    },
+)

@@ -1,0 +1,126 @@
+"""The report: what the ensemble and the TTA actually bought, and at what inference cost.
+
+The report is rebuilt from the files the predict stage left in ``<sweep>/predict/`` alone
+(``predict.json`` and the model-level OOF predictions in ``oof/``), so it can be regenerated at any
+time and writes the same ``report.md``/``.csv``/``.json`` bytes each time (see
+:mod:`pipeline.report.score` for the rows and how they are scored).
+
+Outputs, in the predict folder::
+
+    report.md  report.csv  report.json
+    score_vs_cost.png  confusion_matrix.png  most_wrong.png (when the training images are found)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.io import atomic_path, write_json
+from pipeline.core.metrics import get_metric
+from pipeline.core.reduce import merge_members
+from pipeline.core.tracking import LoggerSpec, resume_wandb
+from pipeline.report.load import PredictRun, load_predict_run
+from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost
+from pipeline.report.score import baseline_row, candidate_rows, score_rows
+from pipeline.report.text import markdown, paragraph, summarize
+
+__all__ = ["compute_report", "build_report"]
+
+log = logging.getLogger(__name__)
+
+
+def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: int = 1000,
+                   seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any], PredictRun]:
+    """Score every row and summarise, writing nothing.
+
+    Returns:
+        The report frame (``attrs``: metric, baseline), the summary (``report.json`` without rows),
+        and the predict folder as read.
+    """
+    pr = load_predict_run(predict_dir)
+    m = get_metric(metric or pr.info["metric"])
+    rows = candidate_rows(pr, m, seed)
+    base = baseline_row(pr, rows, m)
+    df = score_rows(pr, rows, base, m, n_boot, seed)
+    df.attrs.update(metric=m.name, baseline=f"{base.model} / {pr.policy_names[base.key]}",
+                    baseline_index=next(i for i, r in enumerate(rows) if r is base))
+    summary = summarize(pr, df, m, n_boot, seed)
+    summary["paragraph"] = paragraph(summary)
+    return df, summary, pr
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _final_probs(pr: PredictRun) -> tuple[np.ndarray, str]:
+    """OOF predictions of the submitted ensemble: submission policy, submission weights."""
+    key = pr.info["submission_policy"]
+    weights = pr.weights(key)
+    probs = merge_members([pr.oof[(m, key)] for m in pr.models], list(weights.values()), pr.method)
+    kind = pr.info["ensemble"].get("weights", "equal")
+    # Submitted Caruana weights were fitted on these very rows: say so rather than hide it.
+    note = ", weights fitted on these rows" if kind in ("caruana", "fitted") else ""
+    return probs.numpy(), f"final ensemble ({kind} weights / {pr.policy_names[key]}{note})"
+
+
+def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int = 1000, seed: int = 0,
+                 wandb_spec: LoggerSpec | None = None) -> pd.DataFrame:
+    """Score the predict folder and write ``report.{md,csv,json}`` and the plots into it.
+
+    Args:
+        predict_dir: The ``<sweep>/predict`` folder written by ``pipeline-predict``.
+        metric: Competition metric; None uses ``predict.json``'s.
+        n_boot: Bootstrap resamples for the intervals.
+        seed: Seed of the bootstrap and of the cross-fitting split.
+        wandb_spec: When given (and ``predict.json`` records ``wandb_run_id`` and ``wandb_dir``), the
+            predict run is resumed and the table, plots and gains are logged to it.
+
+    Returns:
+        The report frame, one row per (model or ensemble, policy).
+    """
+    df, summary, pr = compute_report(predict_dir, metric, n_boot, seed)
+    out = pr.path
+    plots = [plot_score_vs_cost(df, summary["metric"], out / "score_vs_cost.png")]
+    final, title = _final_probs(pr)
+    plots.append(plot_confusion(pr.labels, final, pr.classes, f"{title}, {len(pr.labels)} OOF rows",
+                                out / "confusion_matrix.png"))
+    wrong = plot_most_wrong(pr, final, out / "most_wrong.png")
+    plots += [wrong] if wrong else []
+    records = [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
+    write_json(out / "report.json", {**summary, "rows": records})
+    with atomic_path(out / "report.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(markdown(df, summary, [p.name for p in plots]))
+    if wandb_spec is not None:
+        _log_wandb(pr.info, wandb_spec, df, summary, plots)
+    return df
+
+
+def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary: dict[str, Any],
+               plots: list[Path]) -> None:
+    """Log the table, the plots and the gains to the predict stage's W&B run."""
+    if not info.get("wandb_run_id") or not info.get("wandb_dir"):
+        log.info("predict.json records no W&B run (wandb_run_id, wandb_dir); not logging to W&B.")
+        return
+    import wandb
+
+    wb = resume_wandb(str(info["wandb_run_id"]), info["wandb_dir"], spec, info.get("wandb_project"),
+                      info.get("wandb_entity"))
+    try:
+        wb.log({"report/table": wandb.Table(dataframe=df),
+                 **{f"report/{p.stem}": wandb.Image(str(p)) for p in plots}})
+        for name in ("ensemble_gain", "tta_gain"):
+            wb.summary[name] = summary[name]["diff"] if summary[name] else None
+        wb.summary["report/best_row"] = summary["best_row"]
+    finally:
+        wb.finish()

@@ -1,0 +1,130 @@
+"""Reading a predict folder back: ``predict.json`` plus every model's OOF predictions, aligned on shared rows."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.io import read_json, safe_name
+from pipeline.member.predictions import read_predictions
+
+__all__ = ["PredictRun", "load_predict_run"]
+
+log = logging.getLogger(__name__)
+
+_REQUIRED_KEYS = (
+    "members", "models", "policies", "submission_policy", "ensemble", "metric", "weights", "classes",
+)
+
+
+
+@dataclass
+class PredictRun:
+    """A predict folder read back: ``predict.json`` plus every model's OOF predictions.
+
+    Attributes:
+        path: The predict folder.
+        info: ``predict.json`` as written by ``pipeline-predict``.
+        classes: Class names, in probability-column order.
+        ids: OOF row ids shared by every model and policy, in file order.
+        labels: ``[N]`` integer labels of those rows.
+        oof: ``(model, policy key) → [N, K]`` probabilities, rows aligned with ``ids``.
+        policy_names: Display name of each policy key (its name, or the key when names repeat).
+    """
+
+    path: Path
+    info: dict[str, Any]
+    classes: list[str]
+    ids: list[str]
+    labels: np.ndarray
+    oof: dict[tuple[str, str], np.ndarray]
+    policy_names: dict[str, str]
+
+    @property
+    def models(self) -> dict[str, list[str]]:
+        """Model → its fold members."""
+        return dict(self.info["models"])
+
+    @property
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """Policy key → the policy's settings, ``views`` included."""
+        return dict(self.info["policies"])
+
+    @property
+    def method(self) -> str:
+        """The reduction ``pipeline-predict`` merged models with."""
+        return str(self.info["ensemble"].get("method", "prob_mean"))
+
+    def weights(self, key: str) -> dict[str, float]:
+        """The submission's model weights under policy ``key`` (equal when predict.json has none)."""
+        saved = self.info["weights"].get(key)
+        if not saved:
+            return dict.fromkeys(self.models, 1.0 / len(self.models))
+        return {m: float(saved.get(m, 0.0)) for m in self.models}
+
+
+def _policy_names(policies: dict[str, dict[str, Any]]) -> dict[str, str]:
+    names = [p["name"] for p in policies.values()]
+    return {k: p["name"] if names.count(p["name"]) == 1 else k for k, p in policies.items()}
+
+
+_Oof = tuple[list[str], np.ndarray, np.ndarray]
+
+
+def _read_oof(path: Path, info: dict[str, Any]) -> dict[tuple[str, str], _Oof]:
+    out = {}
+    for model in info["models"]:
+        for key in info["policies"]:
+            file = path / "oof" / f"{safe_name(model)}__{key}.csv"
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing: re-run pipeline-predict for this folder.")
+            ids, probs, labels = read_predictions(file, info["classes"])
+            if labels is None:
+                raise ValueError(f"{file} has no 'label' column; OOF predictions need labels.")
+            out[(model, key)] = (ids, probs, labels)
+    return out
+
+
+def load_predict_run(predict_dir: str | Path) -> PredictRun:
+    """Read ``predict.json`` and the OOF files, aligned on the rows every model predicted.
+
+    Models trained on different folds may not share every OOF row; the report then keeps the common
+    rows (with a warning) so that every comparison is paired.
+
+    Raises:
+        FileNotFoundError: No ``predict.json`` or a missing OOF file.
+        ValueError: A malformed ``predict.json`` or labels that disagree between files.
+    """
+    path = Path(predict_dir)
+    if not (path / "predict.json").is_file():
+        raise FileNotFoundError(
+            f"No predict.json in {path}: run pipeline-predict first, or set predict_dir=..."
+        )
+    info = read_json(path / "predict.json")
+    missing = [k for k in _REQUIRED_KEYS if k not in info]
+    if missing:
+        raise ValueError(
+            f"{path / 'predict.json'} lacks the keys {missing}; was it written by pipeline-predict?"
+        )
+    raw = _read_oof(path, info)
+    first_ids = next(iter(raw.values()))[0]
+    common = set(first_ids).intersection(*(set(ids) for ids, _, _ in raw.values()))
+    ids = [i for i in first_ids if i in common]
+    if any(len(v[0]) != len(ids) for v in raw.values()):
+        log.warning("Models predicted different OOF rows; the report scores the %d shared rows.", len(ids))
+    if not ids:
+        raise ValueError(f"The OOF files in {path / 'oof'} share no rows; nothing to compare.")
+    oof, labels = {}, None
+    for (model, key), (file_ids, probs, file_labels) in raw.items():
+        pos = {i: r for r, i in enumerate(file_ids)}
+        rows = np.array([pos[i] for i in ids])
+        if labels is not None and not np.array_equal(labels, file_labels[rows]):
+            raise ValueError(f"oof/{safe_name(model)}__{key}.csv has other labels than the other OOF files.")
+        labels = file_labels[rows]
+        oof[(model, key)] = probs[rows]
+    assert labels is not None
+    return PredictRun(path, info, list(info["classes"]), ids, labels, oof, _policy_names(info["policies"]))

@@ -1,0 +1,184 @@
+"""The report's words: gains with verdicts, the summary, the paragraph that answers the user, the markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.metrics import Metric
+from pipeline.report.load import PredictRun
+from pipeline.report.score import CROSS_FIT_PARTS
+
+__all__ = ["summarize", "paragraph", "render_table", "markdown"]
+
+# Shown beside the competition metric in report.md; report.csv holds every registered metric.
+_TABLE_METRICS = ("accuracy", "log_loss", "macro_f1")
+
+
+def _verdict(diff: float, low: float, high: float, greater_is_better: bool) -> str:
+    """``helped``, ``hurt`` or ``unclear`` (the interval includes 0, or the diff disagrees with it)."""
+    if low <= 0 <= high:
+        return "unclear"
+    ci_better = low > 0 if greater_is_better else high < 0
+    diff_better = diff > 0 if greater_is_better else diff < 0
+    if ci_better == diff_better:
+        return "helped" if ci_better else "hurt"
+    return "unclear"
+
+
+def _gain(row: pd.Series, base: pd.Series, greater_is_better: bool) -> dict[str, Any]:
+    """One comparison with the baseline: difference, interval, verdict and cost ratio."""
+    sec, base_sec = row["sec_per_1000_images"], base["sec_per_1000_images"]
+    by_time = bool(np.isfinite(sec) and np.isfinite(base_sec) and base_sec > 0)
+    ratio = sec / base_sec if by_time else row["forward_passes_per_image"] / base["forward_passes_per_image"]
+    return {
+        "row": row["row"], "diff": float(row["diff_vs_best_single"]), "ci_low": float(row["ci_low"]),
+        "ci_high": float(row["ci_high"]), "members": int(row["members"]), "cost_ratio": float(ratio),
+        "cost_by": "seconds" if by_time else "forward_passes",
+        "verdict": _verdict(row["diff_vs_best_single"], row["ci_low"], row["ci_high"], greater_is_better),
+    }
+
+
+def _pick(df: pd.DataFrame, kind: str, key: str, model: str | None = None) -> pd.Series | None:
+    hit = df[(df["kind"] == kind) & (df["policy_key"] == key) & ((df["model"] == model) if model else True)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _tta_key(pr: PredictRun, base_key: str) -> str | None:
+    """The TTA to judge: the submission's policy, or the one with the most views if that is the baseline's."""
+    submit = pr.info["submission_policy"]
+    if submit != base_key and submit in pr.policies:
+        return str(submit)
+    others = [k for k in pr.policies if k != base_key]
+    return max(others, key=lambda k: int(pr.policies[k]["views"])) if others else None
+
+
+def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, seed: int) -> dict[str, Any]:
+    base_row = df.loc[df.attrs["baseline_index"]]
+    weights_kind = pr.info["ensemble"].get("weights", "equal")
+    ens_kind = {"caruana": "ensemble-fitted", "fitted": "ensemble-fitted", "given": "ensemble-given"}.get(
+        weights_kind, "ensemble-equal")
+    gib = metric.greater_is_better
+    ens = _pick(df, ens_kind, base_row["policy_key"])
+    tta_key = _tta_key(pr, base_row["policy_key"])
+    tta = None if tta_key is None else _pick(df, "single", tta_key, base_row["model"])
+    submit = pr.info["submission_policy"]
+    if len(pr.models) > 1:
+        final = _pick(df, ens_kind, submit)
+    else:
+        final = _pick(df, "single", submit, base_row["model"])
+    return {
+        "metric": metric.name, "greater_is_better": gib, "n_rows": len(pr.labels),
+        "n_classes": len(pr.classes), "n_boot": n_boot, "seed": seed,
+        "baseline": {"row": base_row["row"], "score": float(base_row[metric.name]),
+                     "rule": "best single model without TTA (policy 'none', else the fewest views)"},
+        "ensemble_gain": None if ens is None else _gain(ens, base_row, gib),
+        "tta_gain": None if tta is None else {**_gain(tta, base_row, gib),
+                                              "views": int(pr.policies[str(tta_key)]["views"])},
+        "final_gain": None if final is None else _gain(final, base_row, gib),
+        "best_row": str(df.loc[df["best"], "row"].iloc[0]),
+        "fitted_ensemble": {"scoring": "cross-fitted", "parts": CROSS_FIT_PARTS, "seed": seed,
+                            "caruana_rounds": int(pr.info["ensemble"].get("caruana_rounds", 50)),
+                            "method": pr.method, "fit_metric": pr.info["ensemble"].get("fit_metric") or metric.name},
+        "leaderboard": pr.info.get("leaderboard"),
+    }
+
+
+def _sentence(subject: str, what: str, gain: dict[str, Any], metric: str) -> str:
+    """``<what> changed <metric> by … at n× the cost: <subject> helped / did not help.``"""
+    cost = "the inference cost" if gain["cost_by"] == "seconds" else "the forward passes"
+    change = (
+        f"{what} changed {metric} by {gain['diff']:+.4f} "
+        f"(95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}) at {gain['cost_ratio']:.1f}× {cost}"
+    )
+    if gain["verdict"] == "helped":
+        return f"{change}: {subject} helped."
+    if gain["verdict"] == "hurt":
+        return f"{change}: {subject} did not help, it made {metric} worse."
+    return f"{change}: {subject} did not help measurably (the 95% interval includes 0)."
+
+
+def paragraph(summary: dict[str, Any]) -> str:
+    """The plain-words verdict on ensembling and TTA, generated from the numbers."""
+    m, base, ens, tta = summary["metric"], summary["baseline"], summary["ensemble_gain"], summary["tta_gain"]
+    direction = "higher" if summary["greater_is_better"] else "lower"
+    parts = [f"Baseline: the best single model without TTA, {base['row']} ({m} {base['score']:.4f}; "
+             f"{direction} is better)."]
+    if ens:
+        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']}, {ens['members']} members)", ens, m))
+    else:
+        parts.append("There is only one model, so ensembling was not measured.")
+    if tta:
+        parts.append(_sentence("TTA", f"TTA ({tta['row']}, {tta['views']} views)", tta, m))
+    else:
+        parts.append("Only one TTA policy was predicted, so TTA was not measured.")
+    final = summary["final_gain"]
+    if final and ens and final["row"] != ens["row"] and (not tta or final["row"] != tta["row"]):
+        parts.append(_sentence("the submission", f"The submission ({final['row']})", final, m))
+    if ens and tta and ens["verdict"] == tta["verdict"] == "helped":
+        # Gain per extra unit of cost: the trade the seed papers point at (ensembles usually win it).
+        per = {name: abs(g["diff"]) / max(g["cost_ratio"] - 1.0, 1e-9)
+               for name, g in (("ensembling", ens), ("TTA", tta))}
+        parts.append(f"Per extra unit of inference cost, {max(per, key=per.__getitem__)} bought more.")
+    return " ".join(parts)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    missing = value is None or (isinstance(value, float) and not np.isfinite(value))
+    return "–" if missing else format(value, spec)
+
+
+def render_table(df: pd.DataFrame, metric: str | None = None) -> str:
+    """The report table as markdown (for ``report.md`` and the console).
+
+    Args:
+        df: A frame returned by :func:`compute_report` or :func:`build_report`.
+        metric: Competition metric column; None reads ``df.attrs["metric"]``.
+    """
+    metric = metric or df.attrs.get("metric")
+    if metric is None or metric not in df.columns:
+        raise ValueError(f"render_table needs the metric column; got {metric!r}, columns {list(df.columns)}")
+    others = [m for m in _TABLE_METRICS if m != metric and m in df.columns]
+    head = ["best", "row", "kind", metric, "Δ vs baseline [95% CI]", "passes/img", "s/1000 img", *others]
+    align = [":-:", "---", "---"] + ["--:"] * (len(head) - 3)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for _, r in df.iterrows():
+        diff = "baseline" if r["row"] == df.attrs.get("baseline") else (
+            f"{r['diff_vs_best_single']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
+        cells = ["★" if r["best"] else "", r["row"], r["kind"], _fmt(r[metric], ".4f"), diff,
+                 str(r["forward_passes_per_image"]), _fmt(r["sec_per_1000_images"], ".3g"),
+                 *(_fmt(r[m], ".4f") for m in others)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str:
+    m, fit = summary["metric"], summary["fitted_ensemble"]
+    lb = summary["leaderboard"]
+    lb_line = (f"**Leaderboard:** {lb['metric']} = {lb['score']:.4f} on {lb['rows']} test images "
+               "(leaderboard score on the hidden solution file, not validation)." if lb else
+               "**Leaderboard:** none recorded in predict.json.")
+    lines = [
+        "# Ensemble and TTA report", "",
+        f"**Metric:** {m} ({'higher' if summary['greater_is_better'] else 'lower'} is better), on "
+        f"{summary['n_rows']} out-of-fold rows, {summary['n_classes']} classes.", "",
+        "**Baseline:** the best single model without TTA (policy `none`, or the policy with the fewest "
+        f"views when `none` was not predicted): `{summary['baseline']['row']}`. Δ is each row minus the "
+        f"baseline, with a 95% paired bootstrap interval ({summary['n_boot']} resamples, "
+        f"seed {summary['seed']}).", "",
+        f"**Fitted ensemble:** Caruana weights ({fit['caruana_rounds']} rounds, {fit['method']}, fitted for "
+        f"{fit['fit_metric']}), scored "
+        f"cross-fitted: the OOF rows are split into {fit['parts']} stratified parts (seed {fit['seed']}); "
+        f"each part is predicted with weights fitted on the other {fit['parts'] - 1} and {m} is computed on "
+        "the concatenation. Its cost counts the models kept by the weights fitted on all rows.", "",
+        lb_line, "",
+        "## What ensembling and TTA bought", "", summary["paragraph"], "",
+        "## Scores and inference cost", "", render_table(df), "",
+        f"★ the best row by {m}. passes/img = TTA views × fold members, summed over the ensemble's models; "
+        "s/1000 img = seconds per 1,000 test images measured by pipeline-predict, summed over models.", "",
+    ]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,261 @@
+"""The competition submission file: build it, validate it, and write it atomically.
+
+Kaggle checks a submission against ``sample_submission.csv``: the header must match exactly, and rows
+are matched by id (:mod:`pipeline.submission.format` reads the format). The submission keeps the sample's row
+and column order, and :func:`write_submission` refuses to leave behind anything that Kaggle would
+reject: the file is validated, written to a temporary file, read back, validated again, and only
+then renamed into place.
+
+Ids are always handled as strings, so ids such as ``"00042"`` keep their leading zeros.
+
+>>> fmt = SubmissionFormat("id", "label", "label", "name", None, ["id", "label"])
+>>> build_submission(["b", "a"], np.array([[0.9, 0.1], [0.2, 0.8]]), ["cat", "dog"], fmt, ["a", "b"])
+  id label
+0  a   dog
+1  b   cat
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.errors import duplicates, examples, id_differences
+from pipeline.core.io import atomic_path, read_csv_as_text
+from pipeline.submission.format import INDEX_PATTERN, SubmissionError, SubmissionFormat
+
+__all__ = ["FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission"]
+
+log = logging.getLogger(__name__)
+
+PROB_TOL = 1e-4
+"""Largest accepted ``|row sum - 1|`` for probability submissions."""
+
+FLOAT_FORMAT = "%.6g"
+"""Six significant digits: the rounding error is relative, so a row's sum moves by at most 5e-7."""
+
+_N_EXAMPLES = 5
+
+
+def _reorder_to_sample(ids: list[str], probs: np.ndarray, sample: list[str]) -> tuple[list[str], np.ndarray]:
+    """Rows of ``probs`` in the sample's id order; the two id lists must hold the same ids."""
+    missing, extra = id_differences(sample, ids)
+    if missing or extra or len(sample) != len(ids):
+        raise SubmissionError(
+            f"predicted ids differ from the sample's: {len(missing)} sample ids have no prediction, "
+            f"e.g. {examples(missing)}; {len(extra)} predictions are not in the sample, "
+            f"e.g. {examples(extra)}"
+        )
+    return sample, probs[pd.Index(ids).get_indexer(sample)]
+
+
+def build_submission(
+    ids: Sequence[str],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    fmt: SubmissionFormat,
+    sample_ids: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Turn predictions into the submission table, in the sample's row and column order.
+
+    Args:
+        ids: Test ids, one per row of ``probs``.
+        probs: Class probabilities ``[N, K]`` in ``classes`` order.
+        classes: Class names in model-output order.
+        fmt: Target format.
+        sample_ids: The sample's ids; rows are reindexed to this order when given.
+
+    Returns:
+        A frame whose columns are ``fmt.header``: top-1 labels (ties to the lower class index) or
+        probability columns in the sample's order.
+
+    Raises:
+        SubmissionError: Shapes disagree, ids repeat, or ids differ from ``sample_ids``.
+    """
+    ids = [str(i) for i in ids]
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(ids), len(classes)):
+        raise SubmissionError(
+            f"probs has shape {probs.shape}; expected ({len(ids)} ids, {len(classes)} classes)"
+        )
+    if dupes := duplicates(ids):
+        raise SubmissionError(f"{len(dupes)} prediction ids occur more than once, e.g. {examples(dupes)}")
+    if sample_ids is not None:
+        ids, probs = _reorder_to_sample(ids, probs, [str(i) for i in sample_ids])
+    columns: dict[str, Any] = {fmt.id_column: ids}
+    if fmt.kind == "probabilities":
+        unknown = [c for c in fmt.prob_columns or [] if c not in classes]
+        if unknown:
+            raise SubmissionError(f"format columns {unknown} are not classes; accepted: {list(classes)}")
+        for col, name in zip(fmt.value_columns, fmt.prob_columns or []):
+            columns[col] = probs[:, list(classes).index(name)]
+    else:
+        top = probs.argmax(axis=1)
+        columns[cast(str, fmt.label_column)] = (
+            top if fmt.label_as == "index" else np.asarray(classes, dtype=object)[top]
+        )
+    return pd.DataFrame(columns)[fmt.header]
+
+
+def _row_examples(mask: np.ndarray, ids: Sequence[str], values: Sequence[Any]) -> str:
+    """``"3 rows, e.g. row 0 (id 'a'): 1.5; ..."`` for the rows selected by ``mask`` (0-based)."""
+    rows = np.flatnonzero(mask)
+    shown = "; ".join(f"row {r} (id {ids[r]!r}): {values[r]!r}" for r in rows[:_N_EXAMPLES])
+    return f"{len(rows)} rows, e.g. {shown}{'; ...' if len(rows) > _N_EXAMPLES else ''}"
+
+
+def _header_problem(header: list[str], expected: list[str]) -> str | None:
+    if header == expected:
+        return None
+    if sorted(header) == sorted(expected):
+        return f"header columns are in the wrong order: got {header}, the sample has {expected}"
+    missing = [c for c in expected if c not in header]
+    extra = [c for c in header if c not in expected]
+    return (
+        f"header {header} does not equal the sample's {expected}: missing columns {missing}, "
+        f"unexpected columns {extra}"
+    )
+
+
+def _id_problems(id_values: pd.Series, expected_ids: Sequence[str]) -> list[str]:
+    """Row count, empty, duplicate, missing and extra ids."""
+    col = str(id_values.name)
+    ids = id_values.astype(str).tolist()
+    expected = [str(i) for i in expected_ids]
+    problems = []
+    empty = (id_values.isna() | (id_values.astype(str) == "")).to_numpy()
+    if empty.any():
+        problems.append(f"id column {col!r} has empty ids in {_row_examples(empty, ids, ids)}")
+    if len(ids) != len(expected):
+        problems.append(f"row count is {len(ids)} but the test set has {len(expected)} ids")
+    if dupes := duplicates(ids):
+        problems.append(f"{len(dupes)} duplicate ids in column {col!r}, e.g. {examples(dupes)}")
+    missing, extra = id_differences(expected, ids)
+    if missing:
+        problems.append(f"{len(missing)} test ids are missing from column {col!r}, e.g. {examples(missing)}")
+    if extra:
+        problems.append(
+            f"{len(extra)} ids in column {col!r} are not in the test set, e.g. {examples(extra)}"
+        )
+    return problems
+
+
+def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence[str]) -> list[str]:
+    """Non-numeric, NaN, infinite or out-of-range values, and rows not summing to one."""
+    cols = fmt.value_columns
+    values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    problems = []
+    for j, col in enumerate(cols):
+        v, raw = values[:, j], df[col].tolist()
+        checks = (
+            (np.isnan(v), "NaN, empty or non-numeric"),
+            (np.isinf(v), "infinite"),
+            (np.isfinite(v) & ((v < 0) | (v > 1)), "out-of-range"),
+        )
+        for mask, what in checks:
+            if mask.any():
+                problems.append(
+                    f"column {col!r} has {what} values in {_row_examples(mask, ids, raw)}; "
+                    "accepted: probabilities in [0, 1]"
+                )
+    sums = values.sum(axis=1)
+    off = np.isfinite(sums) & (np.abs(sums - 1) > PROB_TOL)
+    if off.any():
+        problems.append(
+            f"probabilities do not sum to 1 (tolerance {PROB_TOL:g}) in "
+            f"{_row_examples(off, ids, sums.tolist())}"
+        )
+    return problems
+
+
+def _label_problems(
+    labels: pd.Series, fmt: SubmissionFormat, classes: Sequence[str], ids: Sequence[str]
+) -> list[str]:
+    """Empty labels, and labels that are not class names (or not indices in ``[0, K)``)."""
+    col, raw = str(labels.name), labels.tolist()
+    text = labels.astype(str)
+    empty = (labels.isna() | (text == "")).to_numpy()
+    if fmt.label_as == "name":
+        valid = text.isin(list(classes)).to_numpy()
+        accepted = f"class names {examples(list(classes))}"
+    else:
+        digits = text.str.fullmatch(INDEX_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+        as_int = pd.to_numeric(text.where(digits), errors="coerce").to_numpy()
+        valid = digits & (np.nan_to_num(as_int, nan=-1) < len(classes))
+        accepted = f"integer class indices 0..{len(classes) - 1}"
+    problems = []
+    if empty.any():
+        problems.append(f"column {col!r} has NaN or empty labels in {_row_examples(empty, ids, raw)}")
+    invalid = ~valid & ~empty
+    if invalid.any():
+        problems.append(
+            f"column {col!r} has invalid labels in {_row_examples(invalid, ids, raw)}; accepted: {accepted}"
+        )
+    return problems
+
+
+def validate_submission(
+    df: pd.DataFrame, fmt: SubmissionFormat, expected_ids: Sequence[str], classes: Sequence[str]
+) -> None:
+    """Check everything Kaggle checks, and a little more, before the file is written.
+
+    Checks: the header equals ``fmt.header`` (order too); the row count and the id set equal the
+    test set's, with no duplicates; probabilities are finite, in ``[0, 1]`` and sum to 1 within
+    :data:`PROB_TOL`; labels are valid class names or indices. Rows are reported 0-based, with id.
+
+    Raises:
+        SubmissionError: Listing every problem found (a wrong header stops the checks early).
+    """
+    problem = _header_problem([str(c) for c in df.columns], fmt.header)
+    if problem is not None:
+        raise SubmissionError(problem)
+    ids = df[fmt.id_column].astype(str).tolist()
+    problems = _id_problems(df[fmt.id_column], expected_ids)
+    if fmt.kind == "probabilities":
+        problems += _probability_problems(df, fmt, ids)
+    else:
+        problems += _label_problems(df[cast(str, fmt.label_column)], fmt, classes, ids)
+    if problems:
+        raise SubmissionError(f"submission has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+
+
+def write_submission(
+    df: pd.DataFrame,
+    path: str | Path,
+    fmt: SubmissionFormat,
+    expected_ids: Sequence[str],
+    classes: Sequence[str],
+    float_format: str = FLOAT_FORMAT,
+) -> Path:
+    """Validate ``df`` and write it to ``path`` atomically.
+
+    Probability rows are renormalised before formatting, and the formatted file is read back and
+    validated again before it replaces ``path``. Any error leaves no new file and no temporary file,
+    and a previous file at ``path`` untouched.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        SubmissionError: ``df``, or the file as formatted, is invalid.
+    """
+    validate_submission(df, fmt, expected_ids, classes)
+    out = df.copy()
+    if fmt.kind == "probabilities":
+        # Rows may be off by up to PROB_TOL; dividing first keeps rounding the only error left.
+        values = out[fmt.value_columns].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+        out[fmt.value_columns] = values / values.sum(axis=1, keepdims=True)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, float_format=float_format)
+        try:
+            validate_submission(read_csv_as_text(tmp), fmt, expected_ids, classes)
+        except SubmissionError as err:
+            raise SubmissionError(f"{path}: invalid once written with {float_format!r}: {err}") from err
+    log.info("Wrote submission %s (%d rows, %s)", path, len(out), fmt.kind)
+    return path

@@ -1,0 +1,220 @@
+"""The submission's format: read from ``sample_submission.csv`` (:func:`infer_format`) or from config.
+
+Kaggle checks a submission against ``sample_submission.csv``: the header must match exactly, and rows
+are matched by id. So the format is read from the sample or, where there is no sample, taken from
+config (:func:`format_from_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+import pandas as pd
+
+from pipeline.core.errors import PipelineError, examples
+from pipeline.core.io import read_csv_as_text, safe_name
+
+__all__ = ["KINDS", "LABEL_AS", "INDEX_PATTERN", "SubmissionError", "SubmissionFormat", "infer_format", "format_from_config"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["label", "probabilities"]
+LabelAs = Literal["name", "index"]
+KINDS: tuple[str, ...] = ("label", "probabilities")
+LABEL_AS: tuple[str, ...] = ("name", "index")
+
+INDEX_PATTERN = re.compile(r"\d+")
+
+
+class SubmissionError(PipelineError):
+    """A submission Kaggle would reject; the message names the column, rows and accepted values."""
+
+
+@dataclass
+class SubmissionFormat:
+    """What the submission file looks like.
+
+    Attributes:
+        id_column: Name of the id column.
+        kind: ``"label"`` (one top-1 column) or ``"probabilities"`` (one column per class).
+        label_column: The label column's name when ``kind == "label"``, else ``None``.
+        label_as: Write labels as class ``"name"`` or as class ``"index"``.
+        prob_columns: For probabilities, the class name behind each non-id column, in header order.
+        header: The exact header to write, e.g. the sample's.
+    """
+
+    id_column: str
+    kind: Kind
+    label_column: str | None
+    label_as: LabelAs
+    prob_columns: list[str] | None
+    header: list[str]
+
+    def __post_init__(self) -> None:
+        # Catch hand-built formats that build_submission could not honour, before any work is done.
+        if self.kind not in KINDS or self.label_as not in LABEL_AS:
+            raise ValueError(f"kind must be one of {KINDS} and label_as one of {LABEL_AS}; got {self}")
+        if self.id_column not in self.header:
+            raise ValueError(f"id column {self.id_column!r} is not in the header {self.header}")
+        if self.kind == "label" and (self.label_column is None or self.value_columns != [self.label_column]):
+            raise ValueError(f"a label format needs header [id, label_column]; got {self}")
+        if self.kind == "probabilities" and (
+            self.prob_columns is None or len(self.prob_columns) != len(self.value_columns)
+        ):
+            raise ValueError(f"a probabilities format needs one class per non-id column; got {self}")
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The header without the id column."""
+        return [c for c in self.header if c != self.id_column]
+
+
+
+def _column_key(name: str) -> str:
+    return safe_name(name).casefold()
+
+
+def _match_class_columns(columns: Sequence[str], classes: Sequence[str]) -> list[str] | None:
+    """Map each column to its class name, or ``None`` unless the columns are exactly the classes.
+
+    Rule: a column matches a class with exactly its name; failing that, a column matches the one
+    class that reduces to the same key under ``safe_name`` + casefold (so ``"sugar_beet"`` matches
+    ``"Sugar beet"``). A key shared by several unmatched classes is ambiguous and matches nothing.
+    Every class must be matched exactly once.
+    """
+    if len(columns) != len(classes):
+        return None
+    unmatched = [c for c in classes if c not in columns]
+    mapped = []
+    for col in columns:
+        if col in classes:
+            mapped.append(col)
+            continue
+        candidates = [c for c in unmatched if _column_key(c) == _column_key(col)]
+        if len(candidates) != 1:
+            return None
+        mapped.append(candidates[0])
+    return mapped if sorted(mapped) == sorted(classes) else None
+
+
+def _infer_label_as(values: pd.Series, classes: Sequence[str], sample_csv: Path) -> LabelAs:
+    """``"index"`` when every sample value is an integer in ``[0, K)``, else ``"name"``."""
+    text = values.astype(str).str.strip()
+    is_int = text.str.fullmatch(INDEX_PATTERN.pattern)
+    if len(text) == 0 or not is_int.all() or not text.astype(int).between(0, len(classes) - 1).all():
+        return "name"
+    # Sample labels are often one placeholder value; warn when it reads as both a name and an index.
+    if text.isin(classes).all() and any(classes[int(v)] != v for v in text.unique()):
+        log.warning(
+            "%s: label values %s are both class indices and class names; assuming indices, "
+            "set label_as in config to choose",
+            sample_csv,
+            examples(list(text.unique())),
+        )
+    return "index"
+
+
+def infer_format(
+    sample_csv: str | Path,
+    classes: Sequence[str],
+    id_column: str | None = None,
+    label_as: LabelAs | None = None,
+) -> SubmissionFormat:
+    """Read the submission format from ``sample_submission.csv``.
+
+    Args:
+        sample_csv: The competition's sample submission.
+        classes: Class names in model-output order.
+        id_column: The id column; defaults to the sample's first column.
+        label_as: Overrides the inferred label encoding (from config).
+
+    Returns:
+        A probabilities format if the non-id columns are exactly the classes, in any order; else a
+        label format if there is one non-id column. A column names a class if it equals the class
+        name, or else if both reduce to the same ``safe_name(...).casefold()`` key (``"sugar_beet"``
+        for ``"Sugar beet"``); a key shared by several classes matches none of them.
+
+    Raises:
+        ValueError: The columns fit neither form; the message names the file and the columns.
+    """
+    sample_csv = Path(sample_csv)
+    sample = read_csv_as_text(sample_csv)
+    header = [str(c) for c in sample.columns]
+    id_col = header[0] if id_column is None else id_column
+    if id_col not in header:
+        raise ValueError(f"{sample_csv}: id column {id_col!r} not found; columns are {header}")
+    rest = [c for c in header if c != id_col]
+    mapped = _match_class_columns(rest, classes)
+    if mapped is not None:
+        fmt = SubmissionFormat(id_col, "probabilities", None, "name", mapped, header)
+    elif len(rest) == 1:
+        encoding = label_as or _infer_label_as(sample[rest[0]], classes, sample_csv)
+        fmt = SubmissionFormat(id_col, "label", rest[0], encoding, None, header)
+    else:
+        class_keys = {_column_key(c) for c in classes}
+        unknown = [c for c in rest if c not in classes and _column_key(c) not in class_keys]
+        raise ValueError(
+            f"{sample_csv}: cannot infer the submission format from columns {header} (id column "
+            f"{id_col!r}); columns matching no class: {unknown}. Accepted: the id column plus one "
+            f"label column, or the id column plus one column per class {examples(list(classes))}"
+        )
+    log.info("Submission format from %s: %s", sample_csv, fmt)
+    return fmt
+
+
+def format_from_config(
+    kind: str | None,
+    id_column: str | None,
+    label_column: str | None,
+    label_as: str | None,
+    classes: Sequence[str],
+    *,
+    sample_csv: str | Path | None = None,
+) -> SubmissionFormat:
+    """Build the format from config settings, with an optional sample for the unset ones.
+
+    With a sample, the format is inferred from it (``id_column`` and ``label_as`` from config
+    override the inference). If config also sets ``kind`` or ``label_column`` and they disagree
+    with the sample, config wins: the header is built from config and a warning says it will no
+    longer match the sample's, which Kaggle checks.
+
+    Without a sample, ``kind`` and ``id_column`` are required; probability columns are the class
+    names in class order, and ``label_as`` defaults to ``"name"``.
+
+    Raises:
+        ValueError: A required setting is missing or not one of the accepted values.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"submission kind {kind!r} is not one of {KINDS}")
+    if label_as is not None and label_as not in LABEL_AS:
+        raise ValueError(f"submission label_as {label_as!r} is not one of {LABEL_AS}")
+    encoding = cast("LabelAs | None", label_as)
+    if sample_csv is not None:
+        inferred = infer_format(sample_csv, classes, id_column, encoding)
+        same_kind = kind is None or kind == inferred.kind
+        if same_kind and (label_column is None or label_column == inferred.label_column):
+            return inferred
+        id_column = id_column or inferred.id_column
+    if kind is None or id_column is None or (kind == "label" and label_column is None):
+        raise ValueError(
+            "to build the submission format from config, set kind (one of "
+            f"{KINDS}), id_column, and label_column for kind 'label'; got kind={kind!r}, "
+            f"id_column={id_column!r}, label_column={label_column!r}"
+        )
+    if kind == "label":
+        fmt = SubmissionFormat(
+            id_column, "label", label_column, encoding or "name", None, [id_column, cast(str, label_column)]
+        )
+    else:
+        fmt = SubmissionFormat(id_column, "probabilities", None, "name", list(classes), [id_column, *classes])
+    if sample_csv is not None:
+        log.warning(
+            "Config overrides %s: writing header %s, which differs from the sample's", sample_csv, fmt.header
+        )
+    log.info("Submission format from config: %s", fmt)
+    return fmt

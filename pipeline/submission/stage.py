@@ -1,0 +1,80 @@
+"""The submission stage: members → the predict stage → the competition's file, validated, and its leaderboard score.
+
+:func:`submit` is what ``pipeline-predict`` runs. The format is settled first, from the members' classes
+and the sample submission, so a bad format stops the run before any prediction is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.io import read_csv_as_text, write_json
+from pipeline.core.metrics import get_metric
+from pipeline.data.spec import DataSpec
+from pipeline.member.folder import find_members
+from pipeline.member.predictions import read_predictions
+from pipeline.predict.spec import EnsembleSpec, PredictOptions
+from pipeline.predict.stage import predict
+from pipeline.predict.tta import TTAPolicy
+from pipeline.submission.build import build_submission, write_submission
+from pipeline.submission.format import SubmissionFormat, format_from_config, infer_format
+from pipeline.submission.spec import SubmissionOptions
+
+__all__ = ["submission_format", "solution_score", "submit"]
+
+log = logging.getLogger(__name__)
+
+
+def submission_format(spec: DataSpec, opts: SubmissionOptions, classes: Sequence[str]) -> SubmissionFormat:
+    """The submission's format: inferred from ``data.sample_submission`` unless ``submission.kind`` is set."""
+    sample = spec.root_path / spec.sample_submission if spec.sample_submission else None
+    if opts.kind is None:
+        if sample is None:
+            raise ValueError("No data.sample_submission to infer the format from: set submission.kind (label|probabilities).")
+        return infer_format(sample, classes, id_column=opts.id_column, label_as=opts.label_as)  # type: ignore[arg-type]
+    return format_from_config(opts.kind, opts.id_column or spec.id_col, opts.label_column, opts.label_as,
+                              classes, sample_csv=sample)
+
+
+def solution_score(
+    spec: DataSpec, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], metric: str
+) -> dict[str, Any] | None:
+    """Leaderboard score against the competition's solution file, when one is available (the demo)."""
+    if not spec.solution or not (spec.root_path / spec.solution).is_file():
+        return None
+    sol = read_csv_as_text(spec.root_path / spec.solution).set_index(spec.id_col)[spec.label_col]
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[sol[i]] for i in ids])
+    return {"metric": metric, "score": float(get_metric(metric)(labels, probs)), "rows": len(ids),
+            "note": "leaderboard score on the hidden solution file, not validation"}
+
+
+def submit(
+    members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
+    out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str = "accuracy",
+) -> dict[str, Any]:
+    """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
+
+    >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
+    ...                  create_policy("ten_crop", 28), Path("outputs/demo/demo/predict"), PredictOptions(),
+    ...                  EnsembleSpec(weights="caruana"), SubmissionOptions())
+    """
+    members, skipped = find_members(members_spec)
+    for folder, why in skipped.items():
+        log.warning("Skipping %s: %s", folder, why)
+    classes = members[0].manifest.classes
+    fmt = submission_format(spec, sub, classes)
+    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric)
+    ids, probs, _ = read_predictions(result.ensemble_path, classes)
+    frame = build_submission(ids, probs, classes, fmt, result.sample_ids)
+    summary = result.summary
+    expected = result.sample_ids or result.test.ids
+    summary["submission"] = str(write_submission(frame, out_dir / sub.filename, fmt, expected, classes))
+    summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)
+    write_json(out_dir / "predict.json", summary)
+    return summary

@@ -1,0 +1,22 @@
+"""Training one member: the spec, the LightningModule, fit, DDP, loggers and the sweep summary.
+
+Public names are re-exported lazily, so importing the package imports nothing heavy; type checkers
+should import from the modules (``pipeline.train.<module>``).
+"""
+
+from pipeline.core.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "spec": ["TrainSpec", "TransformFactory"],
+        "module": ["ClassifierModule"],
+        "fit": ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"],
+        "ddp": ["fit_other_rank", "distributed_scope"],
+        "loggers": ["create_lightning_logger"],
+        "sweep": [
+            "SUMMARY_CSV", "SUMMARY_JSON", "RUNTIME", "MemberRow", "scan_sweep", "write_summary", "print_summary",
+            "in_ray_task", "limit_threads_to_assigned_cpus", "runtime_info",
+        ],
+    },
+)

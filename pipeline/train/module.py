@@ -1,0 +1,141 @@
+"""The LightningModule: any timm model (or a registered classic) trained with cross-entropy.
+
+Validation sees exactly what the ``none`` TTA policy sees at inference (S×S image, centre C×C crop,
+normalised on the device), so a member's saved validation predictions are its ``none``-policy OOF
+predictions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from pipeline.data.augment import center_crop, normalize_batch
+from pipeline.models.factory import create_model
+from pipeline.models.finetune import build_param_groups
+
+__all__ = ["ClassifierModule"]
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy classifier around :func:`pipeline.models.factory.create_model`.
+
+    Only plain values go into ``hparams`` (the optimizer/scheduler factories are excluded), so the
+    checkpoint loads with ``torch.load(..., weights_only=True)``.
+
+    Args:
+        model_name: timm (or classic) model name.
+        num_classes: number of classes.
+        in_chans: input channels.
+        crop_size: C, the side of the crop the network sees.
+        mean: per-channel normalisation mean (0–1 scale).
+        std: per-channel normalisation std.
+        pretrained: use timm's pretrained weights (hub) when ``weights`` is not given.
+        weights: local weights file for fine-tuning.
+        model_kwargs: extra ``timm.create_model`` keyword arguments.
+        label_smoothing: cross-entropy label smoothing.
+        optimizer: ``functools.partial`` of an optimizer class (from ``conf/optimizer``).
+        scheduler: ``functools.partial`` of an LR scheduler (from ``conf/scheduler``), or None.
+        head_lr: separate learning rate for the classifier head.
+        layer_decay: layer-wise learning-rate decay (timm), instead of ``head_lr``.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        num_classes: int,
+        in_chans: int,
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pretrained: bool = False,
+        weights: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        head_lr: float | None = None,
+        layer_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.model: nn.Module = create_model(
+            model_name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
+            weights=weights, **(model_kwargs or {}),
+        )
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
+        self.scheduler_factory = scheduler
+        self.mean, self.std = list(mean), list(std)
+        self.crop_size = int(crop_size)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_log_loss = MeanMetric()  # mean per-sample NLL over the epoch (multiclass log loss)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for already normalised, already cropped images."""
+        return self.model(images)
+
+    def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a ``uint8`` S×S eval batch: normalise on the device, centre-crop to C."""
+        # contiguous, as the TTA views are: the network sees the same memory layout at validation and inference
+        return self.model(center_crop(normalize_batch(images, self.mean, self.std), self.crop_size).contiguous())
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["target"], label_smoothing=self.hparams["label_smoothing"])
+        if not torch.isfinite(loss):
+            # Training on from here would only produce garbage weights; stop this member now.
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}. "
+                "Lower the learning rate (optimizer.lr), enable gradient clipping (trainer.gradient_clip_val) "
+                "or check the inputs."
+            )
+        self.train_acc(logits, batch["target"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.eval_logits(batch["image"])
+        target = batch["target"]
+        self.val_log_loss(F.cross_entropy(logits.float(), target, reduction="none"))
+        self.val_acc(logits, target)
+        n = len(logits)
+        self.log("val/log_loss", self.val_log_loss, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Row indices and softmax probabilities (``none`` policy) for one batch."""
+        return {"index": batch["index"], "probs": self.eval_logits(batch["image"]).float().softmax(-1)}
+
+    def configure_optimizers(self) -> Any:
+        base_lr = _factory_lr(self.optimizer_factory)
+        groups = build_param_groups(
+            self.model, lr=base_lr, head_lr=self.hparams["head_lr"], layer_decay=self.hparams["layer_decay"],
+            weight_decay=float(getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)),
+        )
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _factory_lr(factory: OptimizerFactory) -> float:
+    """The ``lr`` a partial optimizer was configured with (required, so the groups can carry it)."""
+    lr = getattr(factory, "keywords", {}).get("lr")
+    if lr is None or not math.isfinite(float(lr)):
+        raise ValueError("optimizer.lr must be set to a finite number.")
+    return float(lr)
