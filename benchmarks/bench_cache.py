@@ -127,8 +127,9 @@ def _setup(large: bool, workdir: Path) -> tuple[DictConfig, DictConfig, dict[str
               f"data.crop_size={p['crop_size']}", f"data.in_chans={p['in_chans']}", f"data.batch_size={p['batch_size']}",
               f"data.num_workers={p['workers']}", "logger=csv", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
               "+trainer.enable_model_summary=false", f"paths.root={workdir / 'cache-bench'}"]
-    plain = compose_train(common)
-    cached = compose_train([*common, f"data.cache_dir={workdir / 'cache-bench' / 'image-cache'}"])
+    plain = compose_train(common, output_dir=workdir / "cache-bench" / "member")
+    cached = compose_train([*common, f"data.cache_dir={workdir / 'cache-bench' / 'image-cache'}"],
+                           output_dir=workdir / "cache-bench" / "member")
     return plain, cached, p
 
 

@@ -132,7 +132,7 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     out = workdir / "train-bench"
     cfg = compose_train([f"model={p['model']}", f"aug={p['aug']}", f"data.root={comp}", "logger=csv",
                          "trainer.max_epochs=1", f"data.batch_size={p['batch_size']}", f"data.num_workers={p['workers']}",
-                         f"paths.root={out}"])
+                         f"paths.root={out}"], output_dir=out / "member")
     spec = train_spec(cfg)
     table = read_train_table(spec.data)
     folds = load_or_create_folds(out / "folds.csv", table, spec.data)

@@ -282,8 +282,8 @@ def make_competition(root: Path, n_train: int, n_test: int, size: int = 32) -> P
     return root
 
 
-def compose_train(overrides: list[str]) -> Any:
-    """``conf/train.yaml`` composed as the CLI does (without the hydra node)."""
+def compose_train(overrides: list[str], output_dir: Path | None = None) -> Any:
+    """``conf/train.yaml`` composed as the CLI does (without the hydra node); ``paths.output_dir`` set when given."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -295,6 +295,11 @@ def compose_train(overrides: list[str]) -> Any:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     GlobalHydra.instance().clear()
+    if output_dir is not None:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
     return cfg
 
 
