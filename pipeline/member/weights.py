@@ -88,7 +88,10 @@ def build_model(member: Member) -> nn.Module:
     except (ValueError, TypeError, RuntimeError) as err:
         raise MemberError(f"Member {member.path}: cannot build model {m.model_name!r}: {err}") from err
     state = load_state_dict(member.checkpoint)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ
+        raise MemberError(f"{member.checkpoint} does not fit model '{m.model_name}': {err}") from err
     if missing or unexpected:
         raise MemberError(
             f"{member.checkpoint} does not fit model '{m.model_name}': missing {missing[:5]}, unexpected {unexpected[:5]}"

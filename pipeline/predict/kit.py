@@ -146,10 +146,11 @@ members/ensemble.json, and pipeline.write_submission_file.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
-from importlib import metadata
+from importlib import metadata, util
 from pathlib import Path
 
 KIT = Path(__file__).resolve().parent
@@ -163,12 +164,14 @@ def install() -> None:
                  "offline. Rebuild the kit with `pipeline-export MEMBERS --kit DIR` and upload the whole folder.")
     version = wheels[-1].name.split("-")[1]
     try:
-        if metadata.version("pipeline") == version:
+        if util.find_spec("pipeline") is not None and metadata.version("pipeline") == version:
             return
     except metadata.PackageNotFoundError:
         pass
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--find-links",
-                    str(KIT / "wheels"), f"pipeline=={version}"], check=True)
+    # --ignore-installed: never uninstall a pipeline some other path provides, install this one beside it.
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--ignore-installed",
+                    "--find-links", str(KIT / "wheels"), f"pipeline=={version}"], check=True)
+    importlib.invalidate_caches()
 
 
 def main(argv: list[str] | None = None) -> None:
