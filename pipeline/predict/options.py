@@ -84,6 +84,9 @@ def check_options(opts: PredictOptions) -> torch.device:
         raise ConfigError(f"precision={opts.precision!r} is not one of {list(PRECISIONS)}")
     if opts.view_reduce not in REDUCTIONS:
         raise ConfigError(f"tta.reduce={opts.view_reduce!r} is not one of {list(REDUCTIONS)}")
+    flags = {k: getattr(opts, k) for k in ("channels_last", "compile", "test_all_policies")}
+    if bad_flags := {k: v for k, v in flags.items() if not isinstance(v, bool)}:
+        raise ConfigError(f"{bad_flags}: expected true or false")
     if not isinstance(opts.batch_size, int) or opts.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer; got {opts.batch_size!r}")
     if not isinstance(opts.num_workers, int) or opts.num_workers < 0:
