@@ -130,3 +130,15 @@ def test_predict_image_cache_is_honoured_and_the_members_training_cache_ignored(
         a, b = read_predictions(decoded[(m.name, "none")]), read_predictions(cached[(m.name, "none")])
         assert decoded[(m.name, "none")].name != cached[(m.name, "none")].name  # the image source is in the key
         np.testing.assert_array_equal(a[1], b[1])  # the cache holds exactly the resized pixels
+
+
+def test_precision_is_part_of_the_cache_key(members: list[Member], demo_slice: Path) -> None:
+    test = read_test_table(DataSpec(root=str(demo_slice)))
+    policies = {"none": create_policy("none")}
+    fp32 = predict_members(members[:1], test, "test-p", policies, _opts())
+    bf16 = predict_members(members[:1], test, "test-p", policies, _opts(precision="bf16"))  # runs on CPU autocast
+    key = (members[0].name, "none")
+    assert fp32[key] != bf16[key] and fp32[key].is_file() and bf16[key].is_file()
+    a, b = read_predictions(fp32[key])[1], read_predictions(bf16[key])[1]
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.05  # another computation, not a cache hit
+    assert json.loads(bf16[key].with_suffix(".json").read_text())["precision"] == "bf16"

@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", default=None, help="sample_submission.csv: its header and row order are kept")
     parser.add_argument("--kind", default=None, help="label | probabilities | label+probabilities | topk")
     parser.add_argument("--k", type=int, default=None, help="classes per row for --kind topk")
+    parser.add_argument("--label-as", default=None, help="name (default) or index")
     parser.add_argument("--policy", default=None, help="TTA policy name (default: the kit's submission policy)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -195,19 +196,29 @@ def main(argv: list[str] | None = None) -> None:
 
     members = KIT / "members"
     ens = json.loads((members / "ensemble.json").read_text())
-    key = ens.get("submission_policy")
-    spec = ens.get("submission_policy_spec")
-    if args.policy is not None or spec is None:
-        policy = create_policy(args.policy or "ten_crop")
-        weights = None if args.policy is not None else (ens.get("weights") or {}).get(key)
-    else:
-        policy = create_policy(**spec)
-        weights = (ens.get("weights") or {}).get(key)
+    fitted = ens.get("weights") or {}
+    specs = {k: {f: v for f, v in p.items() if f != "views"} for k, p in (ens.get("policies") or {}).items()}
+    if ens.get("submission_policy_spec"):
+        specs[ens["submission_policy"]] = ens["submission_policy_spec"]
+    wanted = args.policy or (specs[ens["submission_policy"]]["name"] if ens.get("submission_policy") in specs else "ten_crop")
+    if args.policy is None and ens.get("submission_policy") in specs:
+        key = ens["submission_policy"]
+    else:  # the first shipped policy of that name, so its fitted weights go with it
+        key = next((k for k, spec in specs.items() if spec["name"] == wanted), None)
+    policy = create_policy(**specs[key]) if key is not None else create_policy(wanted)
+    weights = fitted.get(key) if key is not None else None
     options = PredictOptions(device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
                              view_reduce=ens.get("view_reduce", "prob_mean"), prediction_cache_dir=args.cache_dir)
     method = (ens.get("ensemble") or {}).get("method", "prob_mean")
-    pred = pipeline.predict_images(members, args.images, policy=policy, weights=weights, options=options, method=method)
-    path = pipeline.write_submission_file(pred, args.out, sample=args.sample, kind=args.kind, k=args.k)
+    from pipeline.core.errors import PipelineError
+
+    try:
+        pred = pipeline.predict_images(members, args.images, policy=policy, weights=weights, options=options,
+                                       method=method)
+        path = pipeline.write_submission_file(pred, args.out, sample=args.sample, kind=args.kind, k=args.k,
+                                              label_as=args.label_as)
+    except PipelineError as err:
+        sys.exit(f"predict.py: {err}")
     print(f"Submission written: {path} ({len(pred.ids)} rows, policy {policy.name}, weights {weights or 'equal'})")
 
 

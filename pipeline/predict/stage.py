@@ -100,14 +100,18 @@ def _check_members(members: Sequence[Member], templates: dict[str, TTAPolicy], o
 
 def _oof(members: Sequence[Member], spec: DataSpec, classes: list[str], templates: dict[str, TTAPolicy],
          opts: PredictOptions, out_dir: Path) -> tuple[dict[str, dict[str, Path]], dict[str, Any], list[str] | None]:
-    """Each policy's OOF prediction file per member, where each came from, and the row order."""
+    """Each policy's OOF prediction file per member, where each came from, and the row order.
+
+    Sources: ``predicted`` (full mode: this run's computation, or the identical one cached), or those of
+    :func:`pipeline.predict.offline.cached_oof` (inference-only mode).
+    """
     if opts.mode == "submit":
         files, sources = cached_oof_sets(members, templates, opts, check_options(opts), out_dir)
         return files, sources, None
     train = read_train_table(DataSpec(**{**asdict(spec), "classes": classes}))
     val = predict_members(members, train, "val", templates, opts, _validation_rows(members, train), out_dir)
     files = {k: {m.name: val[(m.name, k)] for m in members} for k in templates}
-    return files, dict.fromkeys(templates, "computed"), train.ids
+    return files, {k: dict.fromkeys(files[k], "predicted") for k in templates}, train.ids
 
 
 def _fit_key(submit_key: str, oof_keys: Sequence[str], templates: dict[str, TTAPolicy], ens: EnsembleSpec) -> str | None:
