@@ -41,7 +41,8 @@ from pipeline.data.augment import normalize_batch, transform_from_dict
 from pipeline.data.dataset import ImageDataset
 from pipeline.data.tables import ImageTable
 from pipeline.member.folder import Member, find_members
-from pipeline.predict.runner import _autocast, load_member_model
+from pipeline.predict.options import autocast
+from pipeline.predict.runner import load_member_model
 from pipeline.predict.spec import PredictOptions
 from pipeline.predict.tta import create_policy, predict_with_tta
 
@@ -93,7 +94,7 @@ def _contender(member: Member, opts: PredictOptions, batches: list[torch.Tensor]
                 x = normalize_batch(images, m.mean, m.std)
                 if opts.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(x.device, opts.precision):
+                with autocast(x.device, opts.precision):
                     out.append(predict_with_tta(model, x, policy, chunk_size=opts.chunk_size).float())
             return torch.cat(out)
         finally:

@@ -63,3 +63,38 @@ def train_cfg(tmp_path: Path, demo_slice: Path) -> Iterator[Callable[..., DictCo
 
     yield make
     GlobalHydra.instance().clear()
+
+
+MIXED_SIZES = {"lenet5-s0-holdout": (32, 28), "lenet5-s1-holdout": (24, 20)}
+"""Members of :func:`mixed_sweep`: name → (image size, crop size)."""
+
+
+@pytest.fixture(scope="session")
+def mixed_sweep(tmp_path_factory: pytest.TempPathFactory, demo_slice: Path) -> Path:
+    """Two real LeNet-5 members of one holdout sweep trained at different resolutions (32/28 and 24/20).
+
+    Trained for 3 batches: the tests compare predictions with predictions, not with labels. Tests that
+    change a member copy it first (:func:`copy_members`).
+    """
+    from omegaconf import open_dict
+
+    from tests.helpers import train
+
+    root = tmp_path_factory.mktemp("mixed")
+    for seed, (image, crop) in enumerate(MIXED_SIZES.values()):
+        cfg = compose_train([
+            "trainer=cpu", "logger=none", "model=lenet5", f"data.root={demo_slice}", "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false", "trainer.limit_train_batches=3", "data.num_workers=0",
+            "data.batch_size=32", f"paths.root={root}", f"seed={seed}", f"data.image_size={image}", f"data.crop_size={crop}",
+        ])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(root / "sw" / cfg.member_name)
+        train(cfg)
+    GlobalHydra.instance().clear()
+    return root / "sw"
+
+
+def copy_members(sweep: Path, dest: Path) -> Path:
+    """A copy of a sweep's member folders without any cached predictions."""
+    shutil.copytree(sweep, dest, ignore=shutil.ignore_patterns("predictions", "predict*"))
+    return dest

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 import pipeline.data.dataset
+import pipeline.predict.loader
 from pipeline.core.errors import DataError
 from pipeline.data.cache import ImageCache, open_cache
 from pipeline.data.dataset import ImageDataset
@@ -24,7 +25,7 @@ from pipeline.data.decode import load_rgb
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_train_table
 from pipeline.member.folder import find_members
-from pipeline.predict.runner import _member_cache, predict_members
+from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import PredictOptions
 from pipeline.predict.tta import create_policy
 from tests.helpers import train
@@ -128,12 +129,13 @@ def test_training_and_prediction_read_the_cache(
     (npy,) = cache_dir.glob("*.npy")
     assert np.load(npy, mmap_mode="r").shape == (len(table), 32, 32, 1)
 
-    # Prediction follows the member's cache, recorded in member.json: its validation rows are read from it.
+    # Prediction uses the image cache the predict run names (never the one member.json records): pointed at
+    # training's cache folder, it reads the very cache training built, at the member's image size.
+    monkeypatch.setattr(pipeline.predict.loader, "load_rgb", no_decoding)
     (member,), _ = find_members(Path(cfg.paths.output_dir))
     assert member.manifest.data["cache_dir"] == str(cache_dir)
-    cache = _member_cache(member, table, 0)
-    assert cache is not None and cache.array_path == npy
     rows = {member.name: np.arange(0, len(table), 5)}
-    out = predict_members([member], table, "val-cache", {"none": create_policy("none", 28)},
-                          PredictOptions(device="cpu", num_workers=0, batch_size=64), rows)
+    opts = PredictOptions(device="cpu", num_workers=0, batch_size=64, image_cache_dir=str(cache_dir))
+    out = predict_members([member], table, "val-cache", {"none": create_policy("none")}, opts, rows)
     assert out[(member.name, "none")].is_file()
+    assert list(cache_dir.glob("*.npy")) == [npy]  # reused, not rebuilt

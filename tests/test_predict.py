@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.core.errors import DataError, MemberError
+from pipeline.core.errors import ConfigError, DataError, MemberError
 from pipeline.core.reduce import merge_members
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
@@ -235,11 +235,16 @@ def test_unreadable_test_image_is_named(sweep: Path, demo_slice: Path, tmp_path:
 
 
 def test_crop_larger_than_image(sweep: Path, demo_slice: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"crop size 40.*larger than the 32x32 image"):
-        create_and_run = create_policy("ten_crop", 40)
-        spec = DataSpec(root=str(demo_slice), in_chans=1)
-        predict(str(sweep), spec, [], create_and_run, tmp_path / "o", PredictOptions(device="cpu", num_workers=0),
-                EnsembleSpec(), SubmissionOptions())
+    """An explicit crop is an override: refused for a member trained at another crop, unless allowed, and never
+    larger than the member's image."""
+    spec = DataSpec(root=str(demo_slice), in_chans=1)
+    for allowed, match in (([], r"tta.crop_size=40 .*contradicts member .*recorded crop size 28"),
+                           (["*"], r"tta.crop_size=40 is larger than member .*image size 32")):
+        opts = PredictOptions(device="cpu", num_workers=0, allow_crop_override=allowed)
+        with pytest.raises(ConfigError, match=match):
+            predict(str(sweep), spec, [], create_policy("ten_crop", 40), tmp_path / "o", opts, EnsembleSpec(),
+                    SubmissionOptions())
+    assert not (tmp_path / "o").exists()
 
 
 def test_sample_submission_ids_must_match_test_images(sweep: Path, demo_slice: Path, tmp_path: Path) -> None:

@@ -81,10 +81,58 @@ def test_format_from_config_without_sample() -> None:
     assert fmt.header == ["id", *CLASSES] and fmt.prob_columns == CLASSES
     fmt = format_from_config("label", "id", "target", "index", CLASSES)
     assert (fmt.header, fmt.label_as) == (["id", "target"], "index")
-    with pytest.raises(ValueError, match="label_column"):
-        format_from_config("label", "id", None, None, CLASSES)
-    with pytest.raises(ValueError, match=r"'labels'.*\('label', 'probabilities'\)"):
+    # Without a sample every setting has a default: label column "label", id column "id", and the kind
+    # label+probabilities (a folder of test images with no sample submission).
+    assert format_from_config("label", "id", None, None, CLASSES).header == ["id", "label"]
+    fmt = format_from_config(None, None, None, None, CLASSES)
+    assert (fmt.kind, fmt.header, fmt.prob_columns) == ("label+probabilities", ["id", "label", *CLASSES], CLASSES)
+    with pytest.raises(SubmissionError, match=r"'labels'.*\('label', 'probabilities', 'label\+probabilities', 'topk'\)"):
         format_from_config("labels", "id", "x", None, CLASSES)
+    with pytest.raises(SubmissionError, match=r"classes \['label'\] have the name of the id or label column"):
+        format_from_config(None, None, None, None, ["label", "other"])
+
+
+def test_label_and_probabilities_kind_builds_validates_and_writes(tmp_path: Path) -> None:
+    fmt = format_from_config("label+probabilities", "id", "label", None, CLASSES)
+    df = build_submission(IDS, PROBS, CLASSES, fmt)
+    assert list(df.columns) == ["id", "label", *CLASSES]
+    assert df["label"].tolist() == ["cat", "dog", "bird", "cat"] and df["dog"].tolist() == PROBS[:, 1].tolist()
+    written = read_csv_as_text(write_submission(df, tmp_path / "s.csv", fmt, IDS, CLASSES))
+    assert written["label"].tolist() == df["label"].tolist()
+    bad = df.copy()
+    bad.loc[1, "label"], bad.loc[2, "bird"] = "cow", 1.5
+    with pytest.raises(SubmissionError, match=r"(?s)'bird' has out-of-range.*'label' has invalid labels.*'cow'"):
+        validate_submission(bad, fmt, IDS, CLASSES)
+
+
+def test_topk_kind_writes_the_k_best_classes_best_first(tmp_path: Path) -> None:
+    fmt = format_from_config("topk", "id", "label", None, CLASSES, k=2)
+    df = build_submission(IDS, PROBS, CLASSES, fmt)
+    assert df["label"].tolist() == ["cat dog", "dog cat", "bird cat", "cat dog"]  # ties to the lower class index
+    write_submission(df, tmp_path / "s.csv", fmt, IDS, CLASSES)
+    index = build_submission(IDS, PROBS, CLASSES, format_from_config("topk", "id", "label", "index", CLASSES, k=3))
+    assert index["label"].tolist() == ["0 1 2", "1 0 2", "2 0 1", "0 1 2"]
+    for cell in ("cat", "cat cat", "cat cow"):  # one label, a repeat, an unknown class
+        bad = df.copy()
+        bad.loc[0, "label"] = cell
+        match = rf"invalid labels in 1 rows, e.g. row 0 \(id 'a'\): '{cell}'.*accepted: 2 distinct"
+        with pytest.raises(SubmissionError, match=match):
+            validate_submission(bad, fmt, IDS, CLASSES)
+    for k in (0, 4, None):
+        with pytest.raises(SubmissionError, match=rf"submission.k={k}: kind topk needs k between 1 and the number of classes"):
+            format_from_config("topk", "id", "label", None, CLASSES, k=k)
+
+
+def test_topk_keeps_a_label_samples_header(tmp_path: Path) -> None:
+    sample = _write(tmp_path / "sample.csv", "image,predictions\nx,cat dog\n")
+    fmt = format_from_config("topk", None, None, None, CLASSES, sample_csv=sample, k=2)
+    assert (fmt.kind, fmt.header, fmt.label_column, fmt.k) == ("topk", ["image", "predictions"], "predictions", 2)
+
+
+def test_single_class_named_column_is_not_taken_for_a_label_column(tmp_path: Path) -> None:
+    sample = _write(tmp_path / "sample.csv", "id,dog\nx,0.5\n")  # P(dog) only: not a format we can write
+    with pytest.raises(SubmissionError, match=r"classes without a column: \['cat', 'bird'\]"):
+        infer_format(sample, CLASSES)
 
 
 def test_format_from_config_with_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -255,8 +255,12 @@ def test_tta_yaml_composes_into_a_policy(conf_dir: Path, name: str) -> None:
         cfg = compose(config_name="config", overrides=[f"tta={name}"])
     tta = OmegaConf.to_container(cfg.tta, resolve=True)
     assert isinstance(tta, dict)
-    assert tta["crop_size"] == 28
-    policy = create_policy(**{str(k): v for k, v in tta.items() if k not in ("reduce", "chunk_size")})
+    assert tta["crop_size"] is None and tta["allow_crop_override"] == []  # each member's own crop by default
+    run_keys = ("reduce", "chunk_size", "allow_crop_override")
+    template = create_policy(**{str(k): v for k, v in tta.items() if k not in run_keys})
+    with pytest.raises(ValueError, match="no crop size"):
+        make_views(torch.zeros(2, 3, 32, 32), template)
+    policy = template.at_crop(28)  # what prediction does for a member trained at crop 28
     assert policy.name == name
     assert views_per_image(policy) == EXPECTED_VIEWS[name]
     assert make_views(torch.zeros(2, 3, 32, 32), policy).shape == (2 * EXPECTED_VIEWS[name], 3, 28, 28)

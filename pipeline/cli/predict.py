@@ -9,17 +9,47 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.cli import CONF_DIR
 from pipeline.cli.config import register, to_container, to_dataclass
+from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_json
 from pipeline.core.tracking import LoggerSpec, init_wandb
 from pipeline.data.spec import DataSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions, TTASpec
 from pipeline.submission.spec import SubmissionOptions
 
-__all__ = ["run", "main"]
+__all__ = ["run", "main", "options"]
+
+
+# The image and crop sizes are each member's own (member.json); a command-line value here would be ignored.
+_MEMBER_OWNED = ("data.image_size", "data.crop_size")
+
+
+def _check_overrides() -> None:
+    """Refuse command-line ``data.image_size``/``data.crop_size``: prediction uses each member's recorded sizes."""
+    if not HydraConfig.initialized():
+        return
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    given = [k for k in _MEMBER_OWNED if k in keys]
+    if given:
+        raise ConfigError(
+            f"{given} on the command line: pipeline-predict predicts every member at the image and crop size it "
+            "was trained with (member.json). To crop differently set tta.crop_size and list the members in "
+            "tta.allow_crop_override."
+        )
+
+
+def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
+    """The run options: the top-level keys, plus the ``tta`` and ``data`` keys the runner needs."""
+    opts = to_dataclass(PredictOptions, cfg)
+    opts.view_reduce = tta.reduce
+    opts.chunk_size = tta.chunk_size or opts.chunk_size
+    opts.allow_crop_override = list(tta.allow_crop_override)
+    opts.image_cache_dir, opts.image_cache_size = spec.cache_dir, spec.cache_size  # predict's own image cache
+    return opts
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -27,13 +57,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from pipeline.predict.tta import create_policy
     from pipeline.submission.stage import submit
 
+    _check_overrides()
     spec = to_dataclass(DataSpec, cfg.data)
     tta = to_dataclass(TTASpec, cfg.tta)
-    submit_policy = create_policy(tta.name, crop_size=int(tta.crop_size or spec.crop_size), **tta.policy_fields())
-    extra = [create_policy(name, crop_size=spec.crop_size) for name in cfg.policies if name != submit_policy.name]
-    opts = to_dataclass(PredictOptions, cfg)
-    opts.view_reduce = tta.reduce
-    opts.chunk_size = tta.chunk_size or opts.chunk_size
+    submit_policy = create_policy(tta.name, crop_size=tta.crop_size, **tta.policy_fields())
+    extra = [create_policy(name, crop_size=tta.crop_size) for name in cfg.policies if name != submit_policy.name]
+    opts = options(cfg, spec, tta)
     out_dir = Path(cfg.predict_dir)
     logger = to_dataclass(LoggerSpec, cfg.logger)
     run = None

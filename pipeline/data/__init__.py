@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
             "check_sample_ids",
         ],
-        "decode": ["load_rgb", "load_image", "verify_images"],
+        "decode": ["load_rgb", "load_image", "to_channels", "verify_images"],
         "folds": ["make_folds", "load_or_create_folds", "split_indices"],
         "dataset": ["ImageDataset"],
         "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],

@@ -15,7 +15,7 @@ from PIL import Image, ImageFile
 from pipeline.core.errors import DataError
 from pipeline.data.tables import ImageTable
 
-__all__ = ["load_rgb", "load_image", "verify_images"]
+__all__ = ["load_rgb", "load_image", "to_channels", "verify_images"]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,18 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 def load_image(path: str | Path, in_chans: int = 3) -> np.ndarray:
     """:func:`load_rgb`, then ``H×W×1`` luminance when ``in_chans`` is 1 (what the datasets feed models)."""
-    image = load_rgb(path)
+    return to_channels(load_rgb(path), in_chans)
+
+
+def to_channels(rgb: np.ndarray, in_chans: int) -> np.ndarray:
+    """An ``H×W×3`` RGB array as the datasets feed a model with ``in_chans`` channels (1: luminance).
+
+    The one channel rule after decoding, so prediction can decode a file once and feed members with
+    different input channels from it.
+    """
     if in_chans == 1:
-        return np.array(Image.fromarray(image).convert("L"))[..., None]
-    return image
+        return np.array(Image.fromarray(rgb).convert("L"))[..., None]
+    return rgb
 
 
 def verify_images(table: ImageTable, skip_bad: bool) -> ImageTable:

@@ -11,10 +11,15 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "manifest": [
             "MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed",
+            "check_member_name",
         ],
-        "folder": ["Member", "find_members"],
-        "weights": ["WEIGHTS", "META", "load_state_dict", "export_member"],
+        "folder": ["Member", "find_members", "inside"],
+        "weights": ["WEIGHTS", "META", "load_state_dict", "build_model", "model_meta", "export_member"],
         "predictions": ["PredictionWriter", "write_predictions", "read_predictions", "PROB_PREFIX"],
-        "export": ["export_ensemble"],
+        "cache": [
+            "PREDICTIONS", "FALLBACK", "CacheDirs", "cache_dirs", "cache_name", "checkpoint_hash", "writable",
+            "find_cached", "oof_files", "rekey",
+        ],
+        "export": ["ENSEMBLE", "TIMM_CONFIG", "export_ensemble", "read_ensemble"],
     },
 )

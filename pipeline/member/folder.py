@@ -1,4 +1,10 @@
-"""Finding members: completed member folders from a sweep folder, a glob or a list of folders."""
+"""Finding members: completed member folders from a sweep folder, a glob or a list of folders.
+
+Member folders are untrusted input (a downloaded Kaggle data set, a colleague's export): a member's
+name must be one safe path component (:func:`~pipeline.member.manifest.check_member_name`) and every
+file read from the folder, the checkpoint named in ``member.json`` included, must resolve inside it
+(symlinks too), so a crafted ``member.json`` cannot make inference read or write elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import MemberError
-from pipeline.member.manifest import MANIFEST, MemberManifest, read_manifest
+from pipeline.member.manifest import MANIFEST, MemberManifest, check_member_name, read_manifest
 
-__all__ = ["Member", "find_members"]
+__all__ = ["Member", "find_members", "inside"]
+
+
+def inside(folder: Path, relative: str | Path, what: str) -> Path:
+    """``folder / relative`` if it resolves (symlinks followed) inside ``folder``; else a :class:`MemberError`.
+
+    Args:
+        folder: The folder the path must stay in.
+        relative: A path from untrusted input, relative to ``folder``.
+        what: What the path is, for the message (``"checkpoint in member.json"``).
+    """
+    root = folder.resolve()
+    path = folder / relative
+    if not path.resolve().is_relative_to(root):
+        raise MemberError(
+            f"{folder}: {what} {str(relative)!r} resolves to {path.resolve()}, outside the member folder; "
+            "only files inside the member folder are read."
+        )
+    return path
 
 
 @dataclass
@@ -26,7 +50,12 @@ class Member:
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / self.manifest.checkpoint
+        """The weights file ``member.json`` names; it must resolve inside the member folder."""
+        return inside(self.path, self.manifest.checkpoint, "checkpoint in member.json")
+
+    def file(self, name: str) -> Path:
+        """A file of the member folder (``eval_transform.json``...), refused if a symlink leads outside it."""
+        return inside(self.path, name, "file")
 
 
 def _expand(spec: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[str]]:
@@ -44,22 +73,35 @@ def _expand(spec: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[s
         for path in matches:
             if (path / MANIFEST).is_file() or not path.is_dir():
                 folders.append(path)
-            else:  # a sweep folder: its member sub-folders
+            else:  # a sweep folder (or an export): its member sub-folders
                 folders.extend(sorted(p for p in path.iterdir() if (p / MANIFEST).is_file()))
     return folders, looked
+
+
+def _check_member(member: Member) -> None:
+    """The untrusted-folder rules: a safe name and a checkpoint inside the folder that exists."""
+    check_member_name(member.name, member.path / MANIFEST)
+    if not member.checkpoint.is_file():
+        raise MemberError(f"Member {member.path} has no checkpoint: expected {member.checkpoint}.")
 
 
 def find_members(spec: str | Path | Sequence[str | Path]) -> tuple[list[Member], dict[str, str]]:
     """Completed members for ``spec``, and the skipped folders with the reason each was skipped.
 
     Raises:
-        MemberError: when no completed member is found (the message says where it looked), or when
-            the members' class lists differ (it names the members of each class list).
+        MemberError: when no completed member is found (the message says where it looked), when the
+            members' class lists differ (it names the members of each class list), when two folders hold
+            members of the same name, or when a member breaks the untrusted-folder rules (unsafe name,
+            checkpoint missing or outside its folder).
     """
     folders, looked = _expand(spec)
     members: list[Member] = []
     skipped: dict[str, str] = {}
+    seen: set[Path] = set()
     for folder in folders:
+        if folder.resolve() in seen:  # the same folder named twice (a sweep and a glob over it)
+            continue
+        seen.add(folder.resolve())
         if not folder.exists():
             skipped[str(folder)] = "does not exist"
             continue
@@ -72,12 +114,16 @@ def find_members(spec: str | Path | Sequence[str | Path]) -> tuple[list[Member],
             skipped[str(folder)] = f"status {manifest.status}"
             continue
         member = Member(folder, manifest)
-        if not member.checkpoint.is_file():
-            raise MemberError(f"Member {folder} has no checkpoint: expected {member.checkpoint}.")
+        _check_member(member)
         members.append(member)
     if not members:
         detail = "".join(f"\n  {k}: {v}" for k, v in skipped.items())
         raise MemberError(f"No completed members found. Looked in: {', '.join(looked)}.{detail}")
+    by_name: dict[str, list[str]] = {}
+    for m in members:
+        by_name.setdefault(m.name, []).append(str(m.path))
+    if clashes := {n: p for n, p in by_name.items() if len(p) > 1}:
+        raise MemberError(f"Several folders hold members of the same name (names key every output file): {clashes}")
     by_classes: dict[tuple[str, ...], list[str]] = {}
     for m in members:
         by_classes.setdefault(tuple(m.manifest.classes), []).append(m.name)

@@ -12,7 +12,7 @@ Layout (``outputs/<experiment>/<sweep>/<model>-s<seed>-<fold>/``)::
     val_predictions.csv    id,label,p:<class>… for this member's validation (OOF) rows, policy "none"
     metrics.json           best monitor value, epochs, wall time
     model.safetensors      exported weights (+ model.json), loadable with timm alone
-    predictions/           predict-stage cache: <split>-<policy>-<checkpoint hash>.csv
+    predictions/           predict-stage cache: <split>-<policy>-<settings>-<checkpoint hash>.csv (+ .json)
     error.txt              only for failed members: the exception and traceback
     wandb/                 the W&B run (offline unless configured)
 
@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import MemberError
-from pipeline.core.io import read_json, write_json
+from pipeline.core.io import read_json, safe_name, write_json
 
-__all__ = ["MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed"]
+__all__ = [
+    "MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed",
+    "check_member_name",
+]
 
 MANIFEST = "member.json"
 STATUSES = ("running", "completed", "failed")
@@ -69,16 +72,70 @@ def write_manifest(folder: Path, manifest: MemberManifest) -> None:
 
 
 def read_manifest(folder: Path) -> MemberManifest:
-    """Read ``member.json``; the error names the folder and the missing or unknown keys."""
+    """Read ``member.json``; the error names the folder and the missing, unknown or mistyped keys."""
     path = folder / MANIFEST
     if not path.is_file():
         raise MemberError(f"{folder} is not a member folder: no {MANIFEST}.")
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except ValueError as err:
+        raise MemberError(str(err)) from err
+    if not isinstance(data, dict):
+        raise MemberError(f"{path}: expected a JSON object, found {type(data).__name__}.")
     known = set(MemberManifest.__dataclass_fields__)
     try:
-        return MemberManifest(**{k: v for k, v in data.items() if k in known})
+        manifest = MemberManifest(**{k: v for k, v in data.items() if k in known})
     except TypeError as err:
         raise MemberError(f"{path}: {err}") from err
+    _check_fields(manifest, path)
+    return manifest
+
+
+_INT_FIELDS = ("num_classes", "in_chans", "image_size", "crop_size", "n_folds", "fold", "seed", "split_seed")
+_STR_FIELDS = ("name", "model_name", "status", "checkpoint", "model_group", "config_hash", "sweep")
+
+
+def _check_fields(m: MemberManifest, path: Path) -> None:
+    """Types and the few relations inference relies on; member folders may come from anywhere."""
+    wrong = [k for k in _INT_FIELDS if not isinstance(getattr(m, k), int) or isinstance(getattr(m, k), bool)]
+    wrong += [k for k in _STR_FIELDS if not isinstance(getattr(m, k), str)]
+    wrong += [k for k in ("model_kwargs", "data") if not isinstance(getattr(m, k), dict)]
+    if not isinstance(m.classes, list) or not all(isinstance(c, str) for c in m.classes):
+        wrong.append("classes")
+    for key in ("mean", "std"):
+        values = getattr(m, key)
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+            wrong.append(key)
+    if wrong:
+        raise MemberError(f"{path}: keys {wrong} have the wrong type.")
+    problems = []
+    if len(m.classes) != m.num_classes or len(set(m.classes)) != len(m.classes):
+        problems.append(f"classes must be {m.num_classes} distinct names (num_classes), got {len(m.classes)}")
+    if not 1 <= m.crop_size <= m.image_size:
+        problems.append(f"crop_size {m.crop_size} must be between 1 and image_size {m.image_size}")
+    if len(m.mean) != m.in_chans or len(m.std) != m.in_chans or any(s <= 0 for s in m.std):
+        problems.append(f"mean and std need in_chans={m.in_chans} values (std > 0); got {m.mean}, {m.std}")
+    if m.status not in STATUSES:
+        problems.append(f"status {m.status!r} is not one of {list(STATUSES)}")
+    if problems:
+        raise MemberError(f"{path}: " + "; ".join(problems) + ".")
+
+
+def check_member_name(name: str, where: Path | str) -> None:
+    """The member-name rule: a name becomes a folder and file names, so it must be one safe path component.
+
+    Accepted: letters, digits, ``.``, ``_`` and ``-`` (what :func:`pipeline.core.io.safe_name` keeps), not
+    starting with ``.``, at most 200 characters. ``"../../x"`` or ``".."`` in a member.json would otherwise
+    let an export or a prediction cache write outside the folders the user named.
+
+    Raises:
+        MemberError: Naming ``where`` (the manifest) and the name.
+    """
+    if not name or name != safe_name(name) or name.startswith(".") or len(name) > 200:
+        raise MemberError(
+            f"{where}: member name {name!r} is not a safe folder name; accepted: letters, digits, '.', '_' and "
+            "'-', not starting with '.', at most 200 characters."
+        )
 
 
 def member_status(folder: Path) -> str:

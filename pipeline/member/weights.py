@@ -1,12 +1,16 @@
 """A member's weights: load a checkpoint safely (``weights_only``), export ``model.safetensors`` + ``model.json``.
 
 Every completed member gets ``model.safetensors`` and ``model.json`` in its own folder (training calls
-:func:`export_member`). Loading an exported model in a notebook needs only timm (plus
-``import pipeline`` for the classic networks)::
+:func:`export_member`). Loading it in a notebook needs only timm (plus ``import pipeline`` for the classic
+networks); the file path in ``model.json`` is relative to the member folder::
 
-    meta = json.load(open("model.json"))
+    meta = json.load(open(folder / "model.json"))
+    overlay = {**meta["pretrained_cfg_overlay"], "file": str(folder / meta["pretrained_cfg_overlay"]["file"])}
     model = timm.create_model(meta["model_name"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
-                              pretrained=True, pretrained_cfg_overlay=meta["pretrained_cfg_overlay"], **meta["model_kwargs"])
+                              pretrained=True, pretrained_cfg_overlay=overlay, **meta["model_kwargs"])
+
+``pipeline-export`` also writes timm's own ``config.json`` beside the weights, so an exported member loads
+with ``timm.create_model("local-dir:/path/to/member", pretrained=True)`` (:mod:`pipeline.member.export`).
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from pipeline.core.errors import MemberError
 from pipeline.core.io import atomic_path, write_json
 from pipeline.member.folder import Member
 from pipeline.member.manifest import read_manifest
-from pipeline.models.factory import strip_model_prefix
+from pipeline.models.factory import create_model, strip_model_prefix
 
-__all__ = ["WEIGHTS", "META", "load_state_dict", "export_member"]
+__all__ = ["WEIGHTS", "META", "load_state_dict", "build_model", "model_meta", "export_member"]
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -55,7 +60,47 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return strip_model_prefix({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
 
 
-def _meta(member: Member) -> dict[str, Any]:
+# Model keyword arguments that would make timm read files or reach the network: a member.json from elsewhere
+# may only set architecture options (drop_rate, global_pool...), never where weights come from.
+_UNSAFE_KWARGS = ("checkpoint_path", "cache_dir", "weights", "file", "url")
+
+
+def _unsafe_kwarg(key: str) -> bool:
+    return key.startswith("pretrained") or key in _UNSAFE_KWARGS
+
+
+def build_model(member: Member) -> nn.Module:
+    """Rebuild a member's network from its manifest and load its weights (``weights_only``), in eval mode.
+
+    Raises:
+        MemberError: ``model_kwargs`` asks timm to load something, the architecture cannot be built, or the
+            weights do not fit it; the message names the member folder.
+    """
+    m = member.manifest
+    unsafe = sorted(k for k in m.model_kwargs if _unsafe_kwarg(k))
+    if unsafe:
+        raise MemberError(
+            f"{member.path}/member.json: model_kwargs {unsafe} would make timm load weights or files; a member's "
+            "weights come only from its checkpoint. Remove them."
+        )
+    try:
+        model = create_model(m.model_name, num_classes=m.num_classes, in_chans=m.in_chans, **m.model_kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise MemberError(f"Member {member.path}: cannot build model {m.model_name!r}: {err}") from err
+    state = load_state_dict(member.checkpoint)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ
+        raise MemberError(f"{member.checkpoint} does not fit model '{m.model_name}': {err}") from err
+    if missing or unexpected:
+        raise MemberError(
+            f"{member.checkpoint} does not fit model '{m.model_name}': missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval()
+
+
+def model_meta(member: Member) -> dict[str, Any]:
+    """``model.json``: what a notebook needs to rebuild and feed the network with timm alone."""
     m = member.manifest
     return {
         "model_name": m.model_name, "classes": m.classes, "in_chans": m.in_chans, "model_kwargs": m.model_kwargs,
@@ -64,7 +109,8 @@ def _meta(member: Member) -> dict[str, Any]:
         # first_conv=None: the weights already have in_chans input channels, timm must not adapt them again;
         # num_classes: the head is ours, timm must not drop it as a mismatch with the ImageNet default.
         "pretrained_cfg_overlay": {"file": WEIGHTS, "num_classes": m.num_classes, "first_conv": None},
-        "note": "eval: resize to eval_image_size, normalise with mean/std (0-1 scale), crop crop_size (TTA)",
+        "note": "eval: resize to eval_image_size, normalise with mean/std (0-1 scale), crop crop_size (TTA); "
+                "file paths are relative to this folder",
     }
 
 
@@ -74,5 +120,5 @@ def export_member(folder: Path) -> Path:
     state = {k: v.contiguous() for k, v in load_state_dict(member.checkpoint).items()}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"model_name": member.manifest.model_name})
-    write_json(folder / META, _meta(member))
+    write_json(folder / META, model_meta(member))
     return folder / WEIGHTS

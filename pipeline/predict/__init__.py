@@ -1,4 +1,4 @@
-"""Inference: TTA policies, the batched runner over members, ensembling, and the predict stage.
+"""Inference: TTA policies, the multi-resolution runner over members, ensembling, the predict stage, the offline kit.
 
 Public names are re-exported lazily, so importing the package imports nothing heavy; type checkers
 should import from the modules (``pipeline.predict.<module>``).
@@ -9,17 +9,23 @@ from pipeline.core.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "spec": ["TTASpec", "EnsembleSpec", "PredictOptions"],
+        "spec": ["MODES", "TTASpec", "EnsembleSpec", "PredictOptions", "crop_override_allowed"],
         "tta": [
             "CROPS", "FLIPS", "POLICIES", "PolicySpec", "TTAPolicy", "create_policy", "list_policies", "make_views",
             "merge_views", "predict_with_tta", "register_policy", "views_per_image",
         ],
-        "runner": ["PRECISIONS", "policy_key", "load_member_model", "predict_members"],
+        "options": ["PRECISIONS", "DEVICE_TYPES", "check_options", "autocast"],
+        "plan": ["EVAL_TRANSFORM", "EvalGroup", "MemberPlan", "policy_key", "eval_group", "member_policy",
+                 "settings_key", "plan_members"],
+        "loader": ["GroupedDataset", "open_group_caches", "make_loader"],
+        "runner": ["load_member_model", "predict_members"],
+        "offline": ["VAL_PREDICTIONS", "cached_oof", "cached_oof_sets"],
         "ensemble": [
             "WEIGHT_KINDS", "caruana_select", "resolve_weights", "group_models", "merge_files", "model_oof",
-            "fit_weights",
+            "fit_weights", "check_ensemble",
         ],
         "stage": ["PredictResult", "predict"],
         "api": ["Prediction", "predict_images", "fit_ensemble_weights"],
+        "kit": ["KIT_SCRIPT", "WHEELS", "MEMBERS", "build_kit", "build_wheel"],
     },
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.io import short_hash
 from pipeline.core.reduce import merge_members
 from pipeline.data.spec import DataSpec
@@ -20,7 +21,8 @@ from pipeline.data.tables import ImageTable, read_test_table
 from pipeline.member.folder import Member, find_members
 from pipeline.member.predictions import read_predictions
 from pipeline.predict.ensemble import caruana_select, group_models, resolve_weights
-from pipeline.predict.runner import policy_key, predict_members
+from pipeline.predict.plan import policy_key
+from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import PredictOptions
 from pipeline.predict.tta import TTAPolicy, create_policy
 
@@ -65,17 +67,25 @@ def predict_images(
 ) -> Prediction:
     """Predict ``images`` with every completed member and merge them into one ensemble prediction.
 
-    K-fold members of one model are averaged first; models are then merged with ``weights`` (one per
-    model, in :func:`~pipeline.predict.ensemble.group_models` order, or a model → weight mapping; None:
-    equal). Per-member predictions are cached in each member's ``predictions/`` folder.
+    Each member is predicted at its recorded image and crop size (members trained at different
+    resolutions mix freely). K-fold members of one model are averaged first; models are then merged with
+    ``weights`` (one per model, in :func:`~pipeline.predict.ensemble.group_models` order, or a mapping
+    naming every model, as ``ensemble.json`` of an export holds it; None: equal). Per-member predictions
+    are cached (see :mod:`pipeline.member.cache`; read-only member folders cache in the system's
+    temporary folder unless ``options.prediction_cache_dir`` is set).
 
     Args:
-        members: Member folders: a sweep folder, a glob, a list of folders, or :class:`Member` objects.
+        members: Member folders: a sweep folder, an export, a glob, a list of folders, or :class:`Member` objects.
         images: A folder of images, an :class:`ImageTable`, or a :class:`DataSpec` whose test set to read.
-        policy: A registered TTA policy name (cropped at the members' crop size) or a built policy.
+        policy: A registered TTA policy name (each member cropped at its recorded crop size) or a built policy
+            (a ``crop_size`` that contradicts a member's needs ``options.allow_crop_override``).
         weights: Model weights, see above.
         options: Device, precision, batch size...; None uses the defaults.
-        method: How members and views are merged (``prob_mean``, ``logit_mean``, ``geo_mean``, ``max``).
+        method: How fold members and models are merged (``prob_mean``, ``logit_mean``, ``geo_mean``, ``max``);
+            views are merged by ``options.view_reduce``.
+
+    Raises:
+        ConfigError: ``weights`` does not name exactly the models, or an option is invalid.
     """
     if not isinstance(members, (str, Path)) and members and all(isinstance(m, Member) for m in members):
         found = [m for m in members if isinstance(m, Member)]
@@ -83,20 +93,22 @@ def predict_images(
         found, _ = find_members(members)  # type: ignore[arg-type]
     classes = list(found[0].manifest.classes)
     if isinstance(policy, str):
-        policy = create_policy(policy, crop_size=found[0].manifest.crop_size)
+        policy = create_policy(policy)
     opts = options or PredictOptions()
+    models = group_models(found)
+    if isinstance(weights, Mapping):
+        if set(weights) != set(models):
+            raise ConfigError(f"weights name the models {sorted(weights)}, but the members form the models {sorted(models)}")
+        weights = [float(weights[name]) for name in models]
+    w = resolve_weights("equal" if weights is None else "given", len(models), weights)
     table = _table(images, classes)
     tag = "test-" + short_hash("\n".join(map(str, table.paths)), 10)
     key = policy_key(policy)
     files = predict_members(found, table, tag, {key: policy}, opts)
-    models = group_models(found)
     model_probs = []
     for ms in models.values():
         per_member = [read_predictions(files[(m.name, key)], classes)[1] for m in ms]
         model_probs.append(merge_members(per_member, method=method).numpy())
-    if isinstance(weights, Mapping):
-        weights = [float(weights.get(name, 0.0)) for name in models]
-    w = resolve_weights("equal" if weights is None else "given", len(models), weights)
     ids = read_predictions(files[(found[0].name, key)], classes)[0]
     return Prediction(ids, merge_members(model_probs, weights=w, method=method).numpy(), classes)
 

@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import get_metric, log_loss
-from pipeline.core.reduce import check_weights, merge_members, reduce_probs, stack_members
+from pipeline.core.reduce import REDUCTIONS, check_weights, merge_members, reduce_probs, stack_members
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, PredictionWriter, read_predictions
 from pipeline.predict.spec import EnsembleSpec
@@ -29,6 +30,7 @@ __all__ = [
     "merge_files",
     "model_oof",
     "fit_weights",
+    "check_ensemble",
 ]
 
 WEIGHT_KINDS = ("equal", "given", "caruana")
@@ -172,11 +174,13 @@ def merge_files(paths: Sequence[Path], out: Path, classes: Sequence[str], weight
     return out
 
 
-def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequence[str]) -> pd.DataFrame:
-    """A model's out-of-fold predictions: its members' validation rows, concatenated, in ``order``."""
+def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequence[str] | None) -> pd.DataFrame:
+    """A model's out-of-fold predictions: its members' validation rows, concatenated, in ``order`` (None: by id)."""
     frames = []
     for path in member_files.values():
         ids, probs, labels = read_predictions(path, classes)
+        if labels is None:
+            raise ValueError(f"{path} has no 'label' column; out-of-fold predictions need labels.")
         frame = pd.DataFrame(probs, columns=[PROB_PREFIX + c for c in classes])
         frame.insert(0, "id", ids)
         frame.insert(1, "label", labels)
@@ -184,6 +188,8 @@ def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequ
     oof = pd.concat(frames)
     if oof["id"].duplicated().any():
         raise ValueError(f"Members {list(member_files)} overlap in their validation rows; they are not folds of one model.")
+    if order is None:
+        return oof.sort_values("id", kind="stable").reset_index(drop=True)
     rank = {i: r for r, i in enumerate(order)}
     return oof.assign(_r=oof["id"].map(rank)).sort_values("_r").drop(columns="_r").reset_index(drop=True)
 
@@ -200,3 +206,28 @@ def fit_weights(oofs: dict[str, pd.DataFrame], opts: EnsembleSpec, metric: str) 
         fitted = caruana_select(probs, oofs[names[0]]["label"].to_numpy(), n_rounds=opts.caruana_rounds,
                                 metric=get_metric(opts.fit_metric or metric), method=opts.method)
     return resolve_weights(opts.weights, len(names), opts.given_weights, fitted)
+
+
+def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str) -> None:
+    """Validate the ``ensemble`` settings and the metric against the models, before any prediction is made.
+
+    Raises:
+        ConfigError: Unknown method, weights kind or metric; given weights of the wrong number or sign;
+            Caruana rounds below one. The message names the key and the accepted values.
+    """
+    for key, name in (("metric", metric), ("ensemble.fit_metric", opts.fit_metric or metric)):
+        try:
+            get_metric(name)
+        except KeyError as err:
+            raise ConfigError(f"{key}: {err.args[0]}") from err
+    if opts.method not in REDUCTIONS:
+        raise ConfigError(f"ensemble.method={opts.method!r} is not one of {list(REDUCTIONS)}")
+    if opts.weights not in (*WEIGHT_KINDS, "fitted"):
+        raise ConfigError(f"ensemble.weights={opts.weights!r} is not one of {list(WEIGHT_KINDS)} (or 'fitted')")
+    if opts.weights in ("caruana", "fitted") and (not isinstance(opts.caruana_rounds, int) or opts.caruana_rounds < 1):
+        raise ConfigError(f"ensemble.caruana_rounds must be a positive integer; got {opts.caruana_rounds!r}")
+    if opts.weights == "given":
+        try:
+            resolve_weights("given", len(models), opts.given_weights)
+        except ValueError as err:
+            raise ConfigError(f"{err} (the models, in order: {list(models)})") from err

@@ -9,12 +9,16 @@ policy name, say) are checked by the library when they reach it (:func:`pipeline
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.errors import MISSING
+__all__ = ["MODES", "TTASpec", "EnsembleSpec", "PredictOptions", "crop_override_allowed"]
 
-__all__ = ["TTASpec", "EnsembleSpec", "PredictOptions"]
+MODES = ("full", "submit")
+"""``mode`` values: ``full`` reads the training images for OOF predictions under every policy; ``submit``
+(inference only, offline) needs only the members and the test images and fits weights on cached OOF."""
 
 
 @dataclass
@@ -23,7 +27,12 @@ class TTASpec:
 
     Attributes:
         name: Policy name: none, hflip, five_crop, ten_crop or multiscale.
-        crop_size: C; the YAMLs use ``${data.crop_size}``.
+        crop_size: C. Null (the default): every member is cropped at its own recorded crop size. A number is
+            an override: a member whose recorded crop differs is an error unless it is listed in
+            ``allow_crop_override``.
+        allow_crop_override: Members allowed to be cropped at ``crop_size`` although they were trained at
+            another crop (e.g. FixRes-style testing at a larger crop): member names, model names (the
+            member name without its fold part) or shell patterns such as ``"resnet*"`` or ``"*"``.
         flip: Mirror axis for hflip/ten_crop: horizontal, vertical or none.
         reduce: Reduction over views, one of ``pipeline.core.reduce.REDUCTIONS``.
         chunk_size: Most views per forward pass; null runs a whole batch's views at once.
@@ -34,7 +43,8 @@ class TTASpec:
     """
 
     name: str = "ten_crop"
-    crop_size: int = MISSING
+    crop_size: int | None = None
+    allow_crop_override: list[str] = field(default_factory=list)
     flip: str = "horizontal"
     reduce: str = "prob_mean"
     chunk_size: int | None = None
@@ -71,7 +81,28 @@ class EnsembleSpec:
 
 @dataclass
 class PredictOptions:
-    """How to run the models (the top-level keys of ``conf/predict.yaml``)."""
+    """How to run the models (the top-level keys of ``conf/predict.yaml``).
+
+    Attributes:
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:<index>`` or ``mps``.
+        precision: ``32``, ``bf16`` or ``fp16`` (autocast); checked on the device before anything runs.
+        channels_last: Run the networks in channels-last memory format.
+        compile: ``torch.compile`` each network.
+        batch_size: Images decoded per batch; every member and view uses the same batch.
+        num_workers: DataLoader worker processes (decoding and resizing).
+        chunk_size: Most views per forward pass (bounds memory).
+        member_chunk_size: Per member or model override of ``chunk_size``.
+        view_reduce: Reduction over TTA views (``tta.reduce``).
+        mode: ``full`` or ``submit`` (see :data:`MODES`).
+        test_all_policies: Also predict the test set under every report policy (they are always predicted on
+            the OOF rows, which is what the report scores); off: the test set costs the submission policy only.
+        prediction_cache_dir: Where per-member prediction files are cached (``<dir>/<member>/``); null: each
+            member's ``predictions/`` folder when writable, else ``<predict_dir>/prediction_cache/``.
+        allow_crop_override: ``tta.allow_crop_override`` (see :class:`TTASpec`).
+        image_cache_dir: The resized-image cache for prediction (``data.cache_dir`` of the predict config);
+            the cache a member recorded at training time is never used.
+        image_cache_size: Side of those cached images (``data.cache_size``); null: each member's image size.
+    """
 
     device: str = "auto"
     precision: str = "32"
@@ -82,6 +113,12 @@ class PredictOptions:
     chunk_size: int | None = 512
     member_chunk_size: dict[str, int] = field(default_factory=dict)
     view_reduce: str = "prob_mean"
+    mode: str = "full"
+    test_all_policies: bool = False
+    prediction_cache_dir: str | None = None
+    allow_crop_override: list[str] = field(default_factory=list)
+    image_cache_dir: str | None = None
+    image_cache_size: int | None = None
 
     def torch_device(self) -> Any:
         """The ``torch.device`` to run on (``auto``: CUDA when available, else the CPU)."""
@@ -90,3 +127,8 @@ class PredictOptions:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+def crop_override_allowed(name: str, model: str, patterns: Sequence[str]) -> bool:
+    """Whether a member (its ``name`` or ``model`` name) matches ``tta.allow_crop_override``."""
+    return any(fnmatch.fnmatchcase(name, p) or (model and fnmatch.fnmatchcase(model, p)) for p in patterns)

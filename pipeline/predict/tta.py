@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -80,7 +80,8 @@ class TTAPolicy:
 
     Attributes:
         name: Registered policy name (see :func:`list_policies`).
-        crop_size: Side C of the square crops the network sees.
+        crop_size: Side C of the square crops the network sees; None: each member's recorded crop
+            (prediction resolves it per member with :meth:`at_crop`).
         flip: Mirror axis of ``hflip`` and ``ten_crop``: ``horizontal``, ``vertical`` or ``none``.
         scales: ``multiscale`` only: shorter-side sizes the batch is resized to, each >= ``crop_size``.
         squares: ``multiscale`` only: 1 (centre square) or 3 (both ends and centre of the longer side).
@@ -89,7 +90,7 @@ class TTAPolicy:
     """
 
     name: str
-    crop_size: int
+    crop_size: int | None
     flip: str = "horizontal"
     scales: tuple[int, ...] = ()
     squares: int = 1
@@ -102,10 +103,14 @@ class TTAPolicy:
             object.__setattr__(self, key, tuple(getattr(self, key)))
         _check_choice("tta.name", self.name, tuple(POLICIES))
         _check_choice("tta.flip", self.flip, FLIPS)
-        if self.crop_size < 1:
-            raise ValueError(f"tta.crop_size must be a positive integer; got {self.crop_size}")
+        if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
+            raise ValueError(f"tta.crop_size must be a positive integer or null; got {self.crop_size!r}")
         if self.name == "multiscale":
             self._check_multiscale()
+
+    def at_crop(self, crop_size: int) -> TTAPolicy:
+        """This policy at ``crop_size`` (validated again: multiscale scales must still fit)."""
+        return replace(self, crop_size=crop_size)
 
     def _check_multiscale(self) -> None:
         for key, values, accepted in (("tta.crops", self.crops, CROPS), ("tta.flips", self.flips, FLIPS)):
@@ -116,11 +121,11 @@ class TTAPolicy:
         _check_choice("tta.squares", self.squares, _SQUARES)
         if not self.scales:
             raise ValueError("tta.scales must list at least one shorter-side size for the multiscale policy")
-        small = [s for s in self.scales if s < self.crop_size]
+        small = [s for s in self.scales if self.crop_size is not None and s < self.crop_size]
         if small:
             raise ValueError(
-                f"tta.scales {small} are smaller than tta.crop_size {self.crop_size} (usually "
-                "${data.crop_size}); every scale must be at least the crop size"
+                f"tta.scales {small} are smaller than tta.crop_size {self.crop_size} (or the member's recorded "
+                "crop when tta.crop_size is null); every scale must be at least the crop size"
             )
 
 
@@ -204,6 +209,11 @@ def _resize(batch: Tensor, height: int, width: int) -> Tensor:
     return F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
 
 
+def _side(policy: TTAPolicy) -> int:
+    assert policy.crop_size is not None, "make_views checks the crop size first"
+    return policy.crop_size
+
+
 def _n_mirrors(axis: str) -> int:
     return 1 if axis == "none" else 2
 
@@ -214,12 +224,12 @@ def _n_mirrors(axis: str) -> int:
 
 @register_policy("none", count=lambda p: 1)
 def _none_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
-    return [_crop(batch, policy.crop_size, "center")]
+    return [_crop(batch, _side(policy), "center")]
 
 
 @register_policy("hflip", count=lambda p: _n_mirrors(p.flip))
 def _hflip_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
-    centre = _crop(batch, policy.crop_size, "center")
+    centre = _crop(batch, _side(policy), "center")
     # The mirror of the centre crop (not the centre crop of the mirror) so the pair is exactly
     # label-symmetric even when S - C is odd.
     return [centre] if policy.flip == "none" else [centre, _flip(centre, policy.flip)]
@@ -227,7 +237,7 @@ def _hflip_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
 
 @register_policy("five_crop", count=lambda p: len(_FIVE))
 def _five_crop_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
-    return [_crop(batch, policy.crop_size, where) for where in _FIVE]
+    return [_crop(batch, _side(policy), where) for where in _FIVE]
 
 
 @register_policy("ten_crop", count=lambda p: len(_FIVE) * _n_mirrors(p.flip))
@@ -247,7 +257,7 @@ def _multiscale_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
         for square in _squares(_resize_shorter(batch, scale), scale, policy.squares):
             for axis in policy.flips:
                 mirrored = _flip(square, axis)
-                views += [_square_crop(mirrored, policy.crop_size, where) for where in policy.crops]
+                views += [_square_crop(mirrored, _side(policy), where) for where in policy.crops]
     return views
 
 
@@ -279,12 +289,12 @@ def _square_crop(square: Tensor, size: int, where: str) -> Tensor:
 # Public API.
 
 
-def create_policy(name: str, crop_size: int, **kwargs: Any) -> TTAPolicy:
+def create_policy(name: str, crop_size: int | None = None, **kwargs: Any) -> TTAPolicy:
     """Build and validate a TTA policy from flat values (e.g. the ``tta`` config minus run keys).
 
     Args:
         name: Registered policy name, see :func:`list_policies`.
-        crop_size: Side C of the crops.
+        crop_size: Side C of the crops; None: each member's recorded crop size.
         **kwargs: Other :class:`TTAPolicy` fields (``flip``, ``scales``, ``squares``, ``crops``,
             ``flips``); lists are accepted.
 
@@ -327,11 +337,13 @@ def make_views(batch: Tensor, policy: TTAPolicy) -> Tensor:
     """
     if batch.ndim != 4:
         raise ValueError(f"make_views expects a [B, C, H, W] batch; got shape {tuple(batch.shape)}")
+    if policy.crop_size is None:
+        raise ValueError(f"TTA policy {policy.name!r} has no crop size; resolve it for a member with policy.at_crop()")
     height, width = batch.shape[-2:]
     if policy.name != "multiscale" and policy.crop_size > min(height, width):
         raise ValueError(
-            f"TTA crop size {policy.crop_size} (tta.crop_size, usually ${{data.crop_size}}) is larger than "
-            f"the {height}x{width} image (data.image_size); lower the crop size or raise the image size"
+            f"TTA crop size {policy.crop_size} (tta.crop_size, or the member's recorded crop when null) is larger "
+            f"than the {height}x{width} image (the member's image size); lower the crop size"
         )
     views = POLICIES[policy.name].views(batch, policy)
     return torch.stack(views, dim=1).flatten(0, 1)

@@ -62,9 +62,16 @@ def _plain(value: Any) -> Any:
 
 
 def _final_probs(pr: PredictRun) -> tuple[np.ndarray, str]:
-    """OOF predictions of the submitted ensemble: submission policy, submission weights."""
+    """OOF predictions of the submitted ensemble: submission policy, submission weights.
+
+    An inference-only run (``mode=submit``) may have no OOF rows under the submission policy; the plots
+    then show the policy its weights were fitted on, and the title says so.
+    """
     key = pr.info["submission_policy"]
     weights = pr.weights(key)
+    if key not in pr.policies:
+        shown = (pr.info.get("weights_fitted_on") or {}).get(key)
+        key = shown if shown in pr.policies else next(iter(pr.policies))
     probs = merge_members([pr.oof[(m, key)] for m in pr.models], list(weights.values()), pr.method)
     kind = pr.info["ensemble"].get("weights", "equal")
     # Submitted Caruana weights were fitted on these very rows: say so rather than hide it.

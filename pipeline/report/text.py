@@ -178,7 +178,8 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str
         "## What ensembling and TTA bought", "", summary["paragraph"], "",
         "## Scores and inference cost", "", render_table(df), "",
         f"★ the best row by {m}. passes/img = TTA views × fold members, summed over the ensemble's models; "
-        "s/1000 img = seconds per 1,000 test images measured by pipeline-predict, summed over models.", "",
+        "s/1000 img = seconds of model compute per 1,000 images, measured by pipeline-predict on the OOF rows "
+        "(on the test set where a policy has no OOF timing; – where none was measured), summed over models.", "",
     ]
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

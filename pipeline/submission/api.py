@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core.io import read_csv_as_text
 from pipeline.predict.api import Prediction
 from pipeline.submission.build import build_submission, write_submission
-from pipeline.submission.format import format_from_config, infer_format
+from pipeline.submission.format import format_from_config
 
 __all__ = ["write_submission_file"]
 
 
 def write_submission_file(
     prediction: Prediction, path: str | Path, sample: str | Path | None = None, kind: str | None = None,
-    id_column: str = "id", label_column: str = "label",
+    id_column: str = "id", label_column: str = "label", k: int | None = None, label_as: str | None = None,
 ) -> Path:
     """Write ``prediction`` as a validated submission, atomically.
 
@@ -24,18 +25,18 @@ def write_submission_file(
         prediction: Ids, probabilities and classes.
         path: The file to write.
         sample: ``sample_submission.csv``: the format and row order come from it, and its ids must be the
-            prediction's ids.
-        kind: Without a sample, ``label`` (top-1 class name) or ``probabilities`` (one column per class).
+            prediction's ids (``kind="topk"`` keeps a label sample's header).
+        kind: ``label`` (top-1 class name), ``probabilities`` (one column per class), ``label+probabilities``
+            (both; the default without a sample) or ``topk`` (the ``k`` best class names, space-separated).
         id_column: Without a sample, the id column's name.
-        label_column: Without a sample, the label column's name (``kind="label"``).
-    """
-    if sample is not None:
-        fmt = infer_format(sample, prediction.classes)
-        from pipeline.core.io import read_csv_as_text
+        label_column: Without a sample, the label column's name.
+        k: For ``kind="topk"``: classes per row, 1 to the number of classes.
+        label_as: ``name`` (default) or ``index``.
 
-        sample_ids = read_csv_as_text(sample)[fmt.id_column].tolist()
-    else:
-        fmt = format_from_config(kind, id_column, label_column, None, prediction.classes)
-        sample_ids = None
+    >>> write_submission_file(pred, "submission.csv", kind="topk", k=3)  # doctest: +SKIP
+    """
+    fmt = format_from_config(kind, None if sample is not None else id_column, None if sample is not None else label_column,
+                             label_as, prediction.classes, sample_csv=sample, k=k)
+    sample_ids = None if sample is None else read_csv_as_text(sample)[fmt.id_column].tolist()
     frame = build_submission(prediction.ids, prediction.probs, prediction.classes, fmt, sample_ids)
     return write_submission(frame, path, fmt, sample_ids or prediction.ids, prediction.classes)

@@ -88,17 +88,22 @@ def build_submission(
     if sample_ids is not None:
         ids, probs = _reorder_to_sample(ids, probs, [str(i) for i in sample_ids])
     columns: dict[str, Any] = {fmt.id_column: ids}
-    if fmt.kind == "probabilities":
+    if fmt.has_probabilities:
         unknown = [c for c in fmt.prob_columns or [] if c not in classes]
         if unknown:
             raise SubmissionError(f"format columns {unknown} are not classes; accepted: {list(classes)}")
-        for col, name in zip(fmt.value_columns, fmt.prob_columns or []):
+        for col, name in zip(fmt.prob_value_columns, fmt.prob_columns or []):
             columns[col] = probs[:, list(classes).index(name)]
-    else:
-        top = probs.argmax(axis=1)
-        columns[cast(str, fmt.label_column)] = (
-            top if fmt.label_as == "index" else np.asarray(classes, dtype=object)[top]
-        )
+    if fmt.kind == "topk":
+        if fmt.k > len(classes):
+            raise SubmissionError(f"submission.k={fmt.k} is larger than the number of classes ({len(classes)})")
+        # Stable sort of the negated probabilities: best first, ties to the lower class index (as argmax).
+        top = np.argsort(-probs, axis=1, kind="stable")[:, : fmt.k]
+        names = top.astype(str) if fmt.label_as == "index" else np.asarray(classes, dtype=object)[top]
+        columns[cast(str, fmt.label_column)] = [" ".join(row) for row in names]
+    elif fmt.label_column is not None:
+        top1 = probs.argmax(axis=1)
+        columns[fmt.label_column] = top1 if fmt.label_as == "index" else np.asarray(classes, dtype=object)[top1]
     return pd.DataFrame(columns)[fmt.header]
 
 
@@ -147,7 +152,7 @@ def _id_problems(id_values: pd.Series, expected_ids: Sequence[str]) -> list[str]
 
 def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence[str]) -> list[str]:
     """Non-numeric, NaN, infinite or out-of-range values, and rows not summing to one."""
-    cols = fmt.value_columns
+    cols = fmt.prob_value_columns
     values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     problems = []
     for j, col in enumerate(cols):
@@ -173,6 +178,28 @@ def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence
     return problems
 
 
+def _is_index(text: pd.Series, n_classes: int) -> np.ndarray:
+    """Which cells are integer class indices in ``[0, n_classes)``."""
+    digits = text.str.fullmatch(INDEX_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+    as_int = pd.to_numeric(text.where(digits), errors="coerce").to_numpy()
+    return digits & (np.nan_to_num(as_int, nan=-1) < n_classes)
+
+
+def _topk_valid(text: pd.Series, fmt: SubmissionFormat, classes: Sequence[str]) -> np.ndarray:
+    """Which top-k cells hold exactly ``k`` distinct valid labels separated by single spaces."""
+    names = set(classes)
+
+    def ok(cell: str) -> bool:
+        tokens = cell.split(" ")
+        if len(tokens) != fmt.k or len(set(tokens)) != fmt.k:
+            return False
+        if fmt.label_as == "index":
+            return bool(_is_index(pd.Series(tokens), len(classes)).all())
+        return all(t in names for t in tokens)
+
+    return np.array([ok(c) for c in text], dtype=bool)
+
+
 def _label_problems(
     labels: pd.Series, fmt: SubmissionFormat, classes: Sequence[str], ids: Sequence[str]
 ) -> list[str]:
@@ -184,10 +211,10 @@ def _label_problems(
         valid = text.isin(list(classes)).to_numpy()
         accepted = f"class names {examples(list(classes))}"
     else:
-        digits = text.str.fullmatch(INDEX_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
-        as_int = pd.to_numeric(text.where(digits), errors="coerce").to_numpy()
-        valid = digits & (np.nan_to_num(as_int, nan=-1) < len(classes))
+        valid = _is_index(text, len(classes))
         accepted = f"integer class indices 0..{len(classes) - 1}"
+    if fmt.kind == "topk":
+        valid, accepted = _topk_valid(text, fmt, classes), f"{fmt.k} distinct {accepted} separated by spaces"
     problems = []
     if empty.any():
         problems.append(f"column {col!r} has NaN or empty labels in {_row_examples(empty, ids, raw)}")
@@ -216,10 +243,10 @@ def validate_submission(
         raise SubmissionError(problem)
     ids = df[fmt.id_column].astype(str).tolist()
     problems = _id_problems(df[fmt.id_column], expected_ids)
-    if fmt.kind == "probabilities":
+    if fmt.has_probabilities:
         problems += _probability_problems(df, fmt, ids)
-    else:
-        problems += _label_problems(df[cast(str, fmt.label_column)], fmt, classes, ids)
+    if fmt.label_column is not None:
+        problems += _label_problems(df[fmt.label_column], fmt, classes, ids)
     if problems:
         raise SubmissionError(f"submission has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
 
@@ -246,10 +273,11 @@ def write_submission(
     """
     validate_submission(df, fmt, expected_ids, classes)
     out = df.copy()
-    if fmt.kind == "probabilities":
+    if fmt.has_probabilities:
         # Rows may be off by up to PROB_TOL; dividing first keeps rounding the only error left.
-        values = out[fmt.value_columns].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-        out[fmt.value_columns] = values / values.sum(axis=1, keepdims=True)
+        cols = fmt.prob_value_columns
+        values = out[cols].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+        out[cols] = values / values.sum(axis=1, keepdims=True)
     path = Path(path)
     with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, float_format=float_format)

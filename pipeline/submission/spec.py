@@ -9,10 +9,21 @@ __all__ = ["SubmissionOptions"]
 
 @dataclass
 class SubmissionOptions:
-    """The ``submission`` config node: format from the sample unless ``kind`` is set."""
+    """The ``submission`` config node: format from the sample unless ``kind`` is set.
+
+    Attributes:
+        filename: The submission file, in the predict folder.
+        kind: ``label``, ``probabilities``, ``label+probabilities`` or ``topk``; null: inferred from
+            ``data.sample_submission``, or ``label+probabilities`` when there is no sample.
+        id_column: The id column (default: the sample's first column, or ``data.id_col``).
+        label_column: The label column without a sample (default ``label``).
+        label_as: ``name`` or ``index``.
+        k: ``topk``: how many classes per row (1 to the number of classes).
+    """
 
     filename: str = "submission.csv"
     kind: str | None = None
     id_column: str | None = None
     label_column: str | None = None
     label_as: str | None = None
+    k: int | None = None

@@ -22,7 +22,7 @@ from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
 from pipeline.predict.tta import TTAPolicy
 from pipeline.submission.build import build_submission, write_submission
-from pipeline.submission.format import SubmissionFormat, format_from_config, infer_format
+from pipeline.submission.format import SubmissionError, SubmissionFormat, format_from_config, infer_format
 from pipeline.submission.spec import SubmissionOptions
 
 __all__ = ["submission_format", "solution_score", "submit"]
@@ -31,14 +31,24 @@ log = logging.getLogger(__name__)
 
 
 def submission_format(spec: DataSpec, opts: SubmissionOptions, classes: Sequence[str]) -> SubmissionFormat:
-    """The submission's format: inferred from ``data.sample_submission`` unless ``submission.kind`` is set."""
+    """The submission's format: inferred from ``data.sample_submission`` unless ``submission.kind`` is set.
+
+    Without a sample (a plain folder of test images) the default is ``label+probabilities``:
+    ``id,label,<one probability column per class>``.
+
+    Raises:
+        SubmissionError: The sample's columns do not fit the members' classes, or a setting is invalid.
+        FileNotFoundError: ``data.sample_submission`` names a file that does not exist.
+    """
     sample = spec.root_path / spec.sample_submission if spec.sample_submission else None
-    if opts.kind is None:
-        if sample is None:
-            raise ValueError("No data.sample_submission to infer the format from: set submission.kind (label|probabilities).")
+    if sample is not None and not sample.is_file():
+        raise FileNotFoundError(f"Sample submission {sample} does not exist (config key data.sample_submission).")
+    if opts.kind is None and sample is not None:
+        if opts.k is not None:
+            raise SubmissionError(f"submission.k={opts.k} needs submission.kind=topk")
         return infer_format(sample, classes, id_column=opts.id_column, label_as=opts.label_as)  # type: ignore[arg-type]
-    return format_from_config(opts.kind, opts.id_column or spec.id_col, opts.label_column, opts.label_as,
-                              classes, sample_csv=sample)
+    return format_from_config(opts.kind, opts.id_column or (None if sample else spec.id_col), opts.label_column,
+                              opts.label_as, classes, sample_csv=sample, k=opts.k)
 
 
 def solution_score(
@@ -61,7 +71,7 @@ def submit(
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
-    ...                  create_policy("ten_crop", 28), Path("outputs/demo/demo/predict"), PredictOptions(),
+    ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
     ...                  EnsembleSpec(weights="caruana"), SubmissionOptions())
     """
     members, skipped = find_members(members_spec)

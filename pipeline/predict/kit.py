@@ -1,0 +1,227 @@
+"""The offline kit: everything a notebook without internet needs to predict with an exported ensemble.
+
+``pipeline-export MEMBERS --kit DIR [--predict-dir P] [--wheel W]`` writes::
+
+    DIR/members/        the export (:mod:`pipeline.member.export`): members, ensemble.json with fitted weights
+    DIR/wheels/         pipeline-<version>-py3-none-any.whl, this package without its dependencies
+    DIR/predict.py      installs the wheel with ``pip install --no-index --no-deps --find-links DIR/wheels``,
+                        then predicts a folder of test images with the Python API and writes the submission
+    DIR/README.md       the commands
+
+Kaggle's notebook image already has torch, torchvision, timm, albumentations, pandas and scikit-learn, so
+the wheel is installed without dependencies. The wheel is built from the installed source tree with
+``pip wheel --no-deps`` (an editable install), or taken from ``--wheel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.core.errors import ConfigError
+from pipeline.member.export import export_ensemble
+
+__all__ = ["KIT_SCRIPT", "WHEELS", "MEMBERS", "build_kit", "build_wheel"]
+
+log = logging.getLogger(__name__)
+
+KIT_SCRIPT = "predict.py"
+WHEELS = "wheels"
+MEMBERS = "members"
+_WHEEL_NAME = re.compile(r"pipeline-[^-]+-.+\.whl")
+_SOURCE = ("pyproject.toml", "README.md", "pipeline")
+
+
+def _source_tree() -> Path:
+    """The checkout this package runs from (an editable install), or a :class:`ConfigError` saying to pass a wheel."""
+    import pipeline
+
+    root = Path(pipeline.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    if not (pyproject.is_file() and re.search(r'(?m)^name = "pipeline"', pyproject.read_text())):
+        raise ConfigError(
+            f"pipeline is installed from a wheel ({root}), not from its source tree, so no wheel can be built "
+            "here; pass the wheel with --wheel PATH (pip download is not needed: `pip wheel --no-deps <checkout>`)."
+        )
+    return root
+
+
+def build_wheel(dest: str | Path) -> Path:
+    """Build this package's wheel (no dependencies) into ``dest`` from a copy of its source tree.
+
+    Only ``pyproject.toml``, ``README.md`` and ``pipeline/`` are copied, so the checkout gets no
+    ``build/`` or ``*.egg-info`` folders and run outputs never enter the wheel.
+
+    Raises:
+        ConfigError: The package is not installed from a source tree, or the build fails (the message
+            holds pip's output).
+    """
+    root = _source_tree()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in _SOURCE:
+            item = root / name
+            if item.is_dir():
+                shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+            elif item.is_file():
+                shutil.copy2(item, src / name)
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                               "-w", tmp, str(src)], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise ConfigError(f"Building the pipeline wheel from {root} failed (pass --wheel PATH instead):\n"
+                              f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        (wheel,) = Path(tmp).glob("pipeline-*.whl")
+        return Path(shutil.copy2(wheel, dest / wheel.name))
+
+
+def _check_kit_dir(kit: Path) -> None:
+    if kit.exists() and (not kit.is_dir() or (any(kit.iterdir()) and not (kit / KIT_SCRIPT).is_file())):
+        raise ConfigError(f"--kit {kit} exists and is not a kit folder (no {KIT_SCRIPT}); choose a new or empty folder.")
+
+
+def build_kit(members_spec: str | Path | list[str] | list[Path], kit_dir: str | Path,
+              predict_dir: str | Path | None = None, wheel: str | Path | None = None) -> Path:
+    """Write the offline kit into ``kit_dir`` (see the module docstring); return ``kit_dir``.
+
+    Args:
+        members_spec: A sweep folder, a glob, or a list of member folders.
+        kit_dir: The kit folder (created; an earlier kit there is updated).
+        predict_dir: A predict folder made with these members: its weights and submission policy are shipped.
+        wheel: A ``pipeline-*.whl`` to ship instead of building one from the source tree.
+
+    Raises:
+        ConfigError: ``wheel`` is missing or not a pipeline wheel, ``kit_dir`` holds something else, or no
+            wheel can be built. Nothing is written then.
+    """
+    kit = Path(kit_dir)
+    _check_kit_dir(kit)
+    if wheel is not None and (not Path(wheel).is_file() or not _WHEEL_NAME.fullmatch(Path(wheel).name)):
+        raise ConfigError(f"--wheel {wheel}: expected an existing pipeline-<version>-*.whl file")
+    with tempfile.TemporaryDirectory() as tmp:
+        built = Path(wheel) if wheel is not None else build_wheel(tmp)  # before anything is written
+        export_ensemble(members_spec, kit / MEMBERS, predict_dir)
+        (kit / WHEELS).mkdir(exist_ok=True)
+        for old in (kit / WHEELS).glob("pipeline-*.whl"):
+            old.unlink()
+        shutil.copy2(built, kit / WHEELS / built.name)
+    (kit / KIT_SCRIPT).write_text(_SCRIPT)
+    (kit / "README.md").write_text(_README)
+    log.info("Offline kit written to %s", kit)
+    return kit
+
+
+_README = """# Offline prediction kit
+
+Made by `pipeline-export --kit`. Upload this folder as a Kaggle data set, attach it to the notebook
+(internet off), then in a cell:
+
+    !python /kaggle/input/<this data set>/predict.py --images /kaggle/input/<competition>/test \\
+        --sample /kaggle/input/<competition>/sample_submission.csv --out /kaggle/working/submission.csv
+
+`predict.py` installs `wheels/pipeline-*.whl` with `pip install --no-index --no-deps` (the notebook image
+has torch, timm, albumentations and pandas) and predicts with the members in `members/` at their
+recorded image and crop sizes, merged with the weights in `members/ensemble.json`. Without `--sample` it
+writes `id,label,<one probability column per class>`; `--kind topk --k 5` writes the five best class
+names per row. `python predict.py --help` lists every option.
+"""
+
+_SCRIPT = '''"""Offline prediction with a pipeline kit (made by `pipeline-export --kit`); needs no internet.
+
+    python predict.py --images TEST_FOLDER --out submission.csv [--sample sample_submission.csv]
+                      [--kind label|probabilities|label+probabilities|topk] [--k K] [--device auto]
+
+It installs the kit's wheel (pip install --no-index --no-deps --find-links <kit>/wheels), then runs
+pipeline.predict_images on the members in <kit>/members with the weights and TTA policy in
+members/ensemble.json, and pipeline.write_submission_file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+from importlib import metadata, util
+from pathlib import Path
+
+KIT = Path(__file__).resolve().parent
+
+
+def install() -> None:
+    """Install the kit's pipeline wheel from the kit alone, unless that version is installed already."""
+    wheels = sorted((KIT / "wheels").glob("pipeline-*.whl"))
+    if not wheels:
+        sys.exit(f"{KIT / 'wheels'} holds no pipeline wheel (pipeline-*.whl), so this kit cannot install pipeline "
+                 "offline. Rebuild the kit with `pipeline-export MEMBERS --kit DIR` and upload the whole folder.")
+    version = wheels[-1].name.split("-")[1]
+    try:
+        if util.find_spec("pipeline") is not None and metadata.version("pipeline") == version:
+            return
+    except metadata.PackageNotFoundError:
+        pass
+    # --ignore-installed: never uninstall a pipeline some other path provides, install this one beside it.
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--ignore-installed",
+                    "--find-links", str(KIT / "wheels"), f"pipeline=={version}"], check=True)
+    importlib.invalidate_caches()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Predict a folder of images with this kit's ensemble.")
+    parser.add_argument("--images", required=True, help="folder of test images (ids are the file names without suffix)")
+    parser.add_argument("--out", default="submission.csv", help="submission file to write")
+    parser.add_argument("--sample", default=None, help="sample_submission.csv: its header and row order are kept")
+    parser.add_argument("--kind", default=None, help="label | probabilities | label+probabilities | topk")
+    parser.add_argument("--k", type=int, default=None, help="classes per row for --kind topk")
+    parser.add_argument("--label-as", default=None, help="name (default) or index")
+    parser.add_argument("--policy", default=None, help="TTA policy name (default: the kit's submission policy)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--cache-dir", default=None, help="prediction cache (default: the system temporary folder)")
+    args = parser.parse_args(argv)
+    install()
+
+    import pipeline
+    from pipeline.predict.spec import PredictOptions
+    from pipeline.predict.tta import create_policy
+
+    members = KIT / "members"
+    ens = json.loads((members / "ensemble.json").read_text())
+    fitted = ens.get("weights") or {}
+    specs = {k: {f: v for f, v in p.items() if f != "views"} for k, p in (ens.get("policies") or {}).items()}
+    if ens.get("submission_policy_spec"):
+        specs[ens["submission_policy"]] = ens["submission_policy_spec"]
+    wanted = args.policy or (specs[ens["submission_policy"]]["name"] if ens.get("submission_policy") in specs else "ten_crop")
+    if args.policy is None and ens.get("submission_policy") in specs:
+        key = ens["submission_policy"]
+    else:  # the first shipped policy of that name, so its fitted weights go with it
+        key = next((k for k, spec in specs.items() if spec["name"] == wanted), None)
+    policy = create_policy(**specs[key]) if key is not None else create_policy(wanted)
+    weights = fitted.get(key) if key is not None else None
+    options = PredictOptions(device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+                             view_reduce=ens.get("view_reduce", "prob_mean"), prediction_cache_dir=args.cache_dir)
+    method = (ens.get("ensemble") or {}).get("method", "prob_mean")
+    from pipeline.core.errors import PipelineError
+
+    try:
+        pred = pipeline.predict_images(members, args.images, policy=policy, weights=weights, options=options,
+                                       method=method)
+        path = pipeline.write_submission_file(pred, args.out, sample=args.sample, kind=args.kind, k=args.k,
+                                              label_as=args.label_as)
+    except PipelineError as err:
+        sys.exit(f"predict.py: {err}")
+    print(f"Submission written: {path} ({len(pred.ids)} rows, policy {policy.name}, weights {weights or 'equal'})")
+
+
+if __name__ == "__main__":
+    main()
+'''
