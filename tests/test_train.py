@@ -121,7 +121,8 @@ def test_unknown_model_suggests_close_names(train_cfg: Callable[..., DictConfig]
 def test_num_classes_contradicting_data_fails_before_training(train_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.num_classes=7 contradicts the data"):
         train(train_cfg("data.num_classes=7"))
-    assert not (tmp_path / "sweep" / "member").exists()
+    # recorded as a failed member, and nothing else written (no folds.csv in the sweep folder either)
+    assert sorted(p.name for p in (tmp_path / "sweep").rglob("*")) == ["error.txt", "member"]
 
 
 def test_missing_data_folder_fails_before_training(train_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:

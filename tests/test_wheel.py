@@ -40,7 +40,8 @@ def fresh_venv(path: Path) -> Path:
     in it, so the editable install of the source tree stays invisible there.
     """
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
-    purelib = Path(subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = Path(subprocess.run([str(path / "bin" / "python"), "-c", query],
                                   check=True, capture_output=True, text=True).stdout.strip())
     (purelib / "_deps_from_parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return path

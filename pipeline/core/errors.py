@@ -7,10 +7,15 @@ so callers that catch ``ValueError`` keep working.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["MISSING", "PipelineError", "ConfigError", "DataError", "MemberError", "examples", "duplicates", "id_differences"]
+__all__ = [
+    "MISSING", "PipelineError", "ConfigError", "DataError", "MemberError", "TrainError", "OutputError", "examples",
+    "duplicates", "id_differences", "pickle_refusal",
+]
 
 _N_EXAMPLES = 5
 
@@ -34,6 +39,22 @@ class MemberError(PipelineError):
     """A member folder that cannot be used; the message names the folder and the missing piece."""
 
 
+class TrainError(PipelineError):
+    """Training that cannot give a usable member (no optimiser step, no validation, a diverged loss)."""
+
+
+class OutputError(PipelineError):
+    """A file or folder the pipeline must write but cannot (permissions, read-only disk); names the path.
+
+    ``path`` is the folder or file that could not be written, so a command line can add the config key
+    that chose it.
+    """
+
+    def __init__(self, message: str, path: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def examples(items: Sequence[Any], n: int = _N_EXAMPLES) -> str:
     """The first few items, for error messages that stay short on 100k-row files."""
     shown = ", ".join(repr(i) for i in items[:n])
@@ -55,3 +76,22 @@ def id_differences(expected: Sequence[str], got: Sequence[str]) -> tuple[list[st
     """Ids in ``expected`` but not ``got`` and ids in ``got`` but not ``expected``, in input order."""
     expected_set, got_set = set(expected), set(got)
     return [i for i in expected if i not in got_set], [i for i in got if i not in expected_set]
+
+
+# What torch's weights-only unpickler (or timm's wrapper of it) names when it refuses a file:
+# "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y", "Unsupported globals: x.y", "Unsupported operand N".
+_UNSAFE = re.compile(r"(?:Unsupported globals?: (?:GLOBAL )?|unsupported GLOBAL |Unsupported operand )([\w.]+)")
+
+
+def pickle_refusal(path: str | Path, err: BaseException, fix: str = "") -> str:
+    """The one wording for a checkpoint refused because it holds pickled objects (resume, weights, fine-tuning).
+
+    torch's own message advises retrying with ``weights_only=False``, which would run whatever the file
+    holds; this message names what the file references and says not to.
+    """
+    match = _UNSAFE.search(str(err))
+    found = f"it references {match.group(1)}" if match else "it holds objects other than tensors and plain containers"
+    return (
+        f"Refusing to load {path}: {found}, and unpickling it could run arbitrary code. Only checkpoints that load "
+        f"with weights_only=True are accepted; do not switch weights_only off to get past this.{f' {fix}' if fix else ''}"
+    )

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed",
         ],
         "folder": ["Member", "find_members"],
-        "weights": ["WEIGHTS", "META", "load_state_dict", "export_member"],
+        "weights": ["WEIGHTS", "META", "load_checkpoint", "load_state_dict", "export_member"],
         "predictions": ["PredictionWriter", "write_predictions", "read_predictions", "PROB_PREFIX"],
         "export": ["export_ensemble"],
     },

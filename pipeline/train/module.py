@@ -19,14 +19,19 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from pipeline.core.errors import TrainError
 from pipeline.data.augment import center_crop, normalize_batch
 from pipeline.models.factory import create_model
 from pipeline.models.finetune import build_param_groups
 
-__all__ = ["ClassifierModule"]
+__all__ = ["ClassifierModule", "NonFiniteLossError"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+
+class NonFiniteLossError(TrainError, FloatingPointError):
+    """The training loss became NaN or infinite: the member failed (still a ``FloatingPointError``)."""
 
 
 class ClassifierModule(pl.LightningModule):
@@ -97,7 +102,7 @@ class ClassifierModule(pl.LightningModule):
         loss = F.cross_entropy(logits, batch["target"], label_smoothing=self.hparams["label_smoothing"])
         if not torch.isfinite(loss):
             # Training on from here would only produce garbage weights; stop this member now.
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}. "
                 "Lower the learning rate (optimizer.lr), enable gradient clipping (trainer.gradient_clip_val) "
                 "or check the inputs."
