@@ -41,8 +41,11 @@ def _sweep_jobs(config: DictConfig) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = GlobalHydra.instance().config_loader()
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    # resolve=False: an override such as member_name="${model.name}-lr${optimizer.lr}" must reach each job as typed.
+    raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params") or {}  # type: ignore[union-attr]
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    params = [f"{k}={v}" for k, v in raw.items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + [str(o) for o in task])  # type: ignore[union-attr]
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
@@ -101,8 +104,8 @@ def member_folder_clashes(config: DictConfig) -> str | None:
         f"Error: {sum(len(g) for g in clashes.values())} jobs of this sweep would write the same member folder, so "
         "they would overwrite each other's member. A swept setting is not part of member_name:\n"
         + "\n".join(lines)
-        + "\nName the members apart, e.g.\n"
-        f"  member_name='{suggested}'\n"
+        + "\nName the members apart, e.g. (the outer single quotes are for the shell)\n"
+        f"  'member_name=\"{suggested}\"'\n"
         "or run one command per value, each with its own sweep_name=..."
         + (" (Identical jobs: drop the repeated value.)" if not swept else "")
     )

@@ -24,7 +24,17 @@ MISSING: Any = "???"
 
 
 class PipelineError(ValueError):
-    """A problem the user can fix; the message names the file, column, key or value, and what is accepted."""
+    """A problem the user can fix; the message names the file, column, key or value, and what is accepted.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as ``type(err)(text)`` where
+    ``text`` is the worker's whole traceback; the message is then the original one again, so command
+    lines and ``error.txt`` show what the user must fix, not a page of worker frames.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught "):
+            args = (_unwrap_worker_text(type(self), args[0]),)
+        super().__init__(*args)
 
 
 class ConfigError(PipelineError):
@@ -55,6 +65,15 @@ class OutputError(PipelineError):
         self.path = path
 
 
+def _unwrap_worker_text(cls: type, text: str) -> str:
+    """The original message inside torch's "Caught X in DataLoader worker process N. Original Traceback..." text."""
+    if "\nOriginal Traceback" not in text:
+        return text
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if at >= 0 else text
+
+
 def examples(items: Sequence[Any], n: int = _N_EXAMPLES) -> str:
     """The first few items, for error messages that stay short on 100k-row files."""
     shown = ", ".join(repr(i) for i in items[:n])
@@ -79,19 +98,28 @@ def id_differences(expected: Sequence[str], got: Sequence[str]) -> tuple[list[st
 
 
 # What torch's weights-only unpickler (or timm's wrapper of it) names when it refuses a file:
-# "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y", "Unsupported globals: x.y", "Unsupported operand N".
-_UNSAFE = re.compile(r"(?:Unsupported globals?: (?:GLOBAL )?|unsupported GLOBAL |Unsupported operand )([\w.]+)")
+# "Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y", "Unsupported globals: x.y" (code the file
+# references) or "Unsupported operand N" (bytes that are no pickle of tensors at all).
+_GLOBAL = re.compile(r"(?:Unsupported globals?: (?:GLOBAL )?|unsupported GLOBAL )([\w.]+)")
+_OPERAND = re.compile(r"Unsupported operand (\d+)")
 
 
 def pickle_refusal(path: str | Path, err: BaseException, fix: str = "") -> str:
-    """The one wording for a checkpoint refused because it holds pickled objects (resume, weights, fine-tuning).
+    """The one wording for a checkpoint that does not load with ``weights_only=True`` (resume, weights, fine-tuning).
 
     torch's own message advises retrying with ``weights_only=False``, which would run whatever the file
-    holds; this message names what the file references and says not to.
+    holds; this message names what the file references (or that it is no checkpoint) and says not to.
     """
-    match = _UNSAFE.search(str(err))
-    found = f"it references {match.group(1)}" if match else "it holds objects other than tensors and plain containers"
+    text = f"{err}\n{err.__cause__ or ''}"
+    tail = f"do not switch weights_only off to get past this.{f' {fix}' if fix else ''}"
+    if (found := _GLOBAL.search(text)) is not None:
+        return (
+            f"Refusing to load {path}: it references {found.group(1)}, and unpickling it could run arbitrary code. "
+            f"Only checkpoints that load with weights_only=True are accepted; {tail}"
+        )
+    operand = _OPERAND.search(text)
+    what = f" (unsupported pickle operand {operand.group(1)})" if operand else ""
     return (
-        f"Refusing to load {path}: {found}, and unpickling it could run arbitrary code. Only checkpoints that load "
-        f"with weights_only=True are accepted; do not switch weights_only off to get past this.{f' {fix}' if fix else ''}"
+        f"Cannot load {path}: it is not a checkpoint that loads with weights_only=True{what}; it may be corrupt, "
+        f"truncated, or not a PyTorch checkpoint at all, and {tail}"
     )

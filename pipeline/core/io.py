@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,13 +98,16 @@ class AtomicFile:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = _new_temp(self.path)
+            self.mode = stat.S_IMODE(self.tmp.stat().st_mode)  # 0666 less the umask, as the OS applied it
         except OSError as err:
             if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             raise _cannot_write(self.path.parent, err) from err
 
     def commit(self) -> Path:
-        """Rename the temporary file onto ``path``."""
+        """Rename the temporary file onto ``path`` (with the umask's mode, even if a writer recreated it 0600)."""
+        if stat.S_IMODE(self.tmp.stat().st_mode) != self.mode:  # safetensors, for one, writes its own 0600 file
+            os.chmod(self.tmp, self.mode)
         os.replace(self.tmp, self.path)
         return self.path
 

@@ -143,8 +143,11 @@ def load_rgb(path: str | Path, max_pixels: int | None = PIL_MAX_IMAGE_PIXELS) ->
             return _to_rgb(img, path)
     except DataError:
         raise
-    except Image.DecompressionBombError as err:  # Pillow's own guard, if another library lowered its limit
-        raise DataError(f"Image {path} is refused as a decompression bomb ({err}). {_SKIP_HINT}") from err
+    except Image.DecompressionBombError as err:  # Pillow's own guard fired first (its limit is at most ours)
+        raise DataError(
+            f"Image {path} is refused as a decompression bomb: {err} (data.max_image_pixels={max_pixels}). Raise "
+            f"data.max_image_pixels (null: no limit) if the image is genuine. {_SKIP_HINT}"
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"Cannot decode image {path}: {err}") from err
 

@@ -133,6 +133,7 @@ def resolve_folds(path: Path, table: ImageTable, spec: DataSpec) -> tuple[pd.Dat
     """
     if table.labels is None:
         raise DataError("Folds need a labelled training table.")
+    check_fold_index(spec.fold, spec.n_folds)
     source = str(spec.root_path / (spec.train_csv if spec.layout == "csv" else spec.train_dir))
     wanted = make_folds(table.ids, table.labels, spec.n_folds, spec.split_seed, spec.holdout_fraction,
                         table.classes, source)

@@ -40,7 +40,7 @@ from pipeline.models.finetune import BackboneFreeze
 from pipeline.train.checks import ProgressGuard, check_progress, check_split_sizes, check_trainer_settings
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger
-from pipeline.train.module import ClassifierModule
+from pipeline.train.module import ClassifierModule, optimizer_lr
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
@@ -279,6 +279,8 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
         _prepare_folder(member_dir)
     pl.seed_everything(int(spec.seed), workers=True)
     check_trainer_settings(spec.trainer_settings)
+    if spec.optimizer is not None:
+        optimizer_lr(spec.optimizer)
     table, folds, new_folds = _prepare_data(spec.data, member_dir.parent)
     module = _build_module(spec, len(table.classes))
     config = _record(spec, module.mean, module.std)
