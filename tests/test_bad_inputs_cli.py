@@ -91,6 +91,17 @@ def test_read_only_member_folder_is_named(tmp_path: Path, tiny: Path, read_only:
     assert list(read_only.iterdir()) == []
 
 
+def test_read_only_predict_dir_is_named_before_anything_runs(tmp_path: Path, read_only: Path) -> None:
+    predict = str(Path(PIPELINE_TRAIN).with_name("pipeline-predict"))
+    proc = subprocess.run(unprivileged([predict, f"predict_dir={read_only / 'predict'}", "logger=none"]), cwd=tmp_path,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0"}, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 1, failure_message(proc)
+    assert f"Error: Cannot write to the output folder {read_only / 'predict'} (set by predict_dir): its parent {read_only} " \
+           "is not writable" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(read_only.iterdir()) == []
+
+
 def test_sweep_whose_jobs_share_a_member_folder_stops_before_any_folder_is_written(tmp_path: Path, tiny: Path) -> None:
     out = tmp_path / "outputs"
     proc = cli(["-m", *TINY, f"data.root={tiny}", "optimizer.lr=0.001,0.002", f"paths.output_root={out}"], tmp_path)

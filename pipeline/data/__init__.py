@@ -15,7 +15,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "check_sample_ids", "clean_label", "MISSING_LABELS",
         ],
         "decode": ["load_rgb", "load_image", "verify_images", "decode_notes"],
-        "folds": ["make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "resolve_folds", "save_folds"],
+        "folds": [
+            "make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "check_split", "resolve_folds",
+            "save_folds",
+        ],
         "dataset": ["ImageDataset"],
         "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],
         "augment": [

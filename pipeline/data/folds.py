@@ -19,7 +19,9 @@ from pipeline.core.io import atomic_path, read_csv_as_text
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable
 
-__all__ = ["make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "resolve_folds", "save_folds"]
+__all__ = [
+    "make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "check_split", "resolve_folds", "save_folds",
+]
 
 
 def check_fold_index(fold: int, n_folds: int) -> None:
@@ -43,31 +45,17 @@ def _listed(counts: dict[str, int]) -> str:
     return text + (f", ... ({len(shown)} classes)" if len(shown) > 8 else "")
 
 
-def _check_split(labels: np.ndarray, n_folds: int, holdout_fraction: float, classes: Sequence[str] | None,
-                 source: str) -> None:
-    """The class counts a stratified split of ``labels`` needs; the error names the classes and what to change."""
-    counts = _counts(labels, classes)
-    if n_folds >= 2:
-        few = {c: n for c, n in counts.items() if n < n_folds}
-        if few:
-            smallest = min(few.values())
-            lower = f"lower data.n_folds to at most {smallest}, " if smallest >= 2 else ""
-            raise DataError(
-                f"data.n_folds={n_folds}: stratified {n_folds}-fold needs at least {n_folds} rows of every class, "
-                f"and {source} has fewer of {len(few)} class(es): {_listed(few)}. To fix it, {lower}add images of "
-                "these classes, or drop them from the data."
-            )
-        return
+def _check_holdout(counts: dict[str, int], n: int, holdout_fraction: float, n_folds: int, source: str) -> None:
     if not 0.0 < holdout_fraction < 1.0:
         raise DataError(f"data.holdout_fraction={holdout_fraction} must lie strictly between 0 and 1.")
-    few = {c: n for c, n in counts.items() if n < 2}
+    few = {c: k for c, k in counts.items() if k < 2}
     if few:
         raise DataError(
             f"A stratified holdout (data.n_folds={n_folds}) needs at least 2 rows of every class (one to train on, "
             f"one to validate), and {source} has a single row of {len(few)} class(es): {_listed(few)}. Add images "
             "of these classes or drop them from the data."
         )
-    n, k = len(labels), len(counts)
+    k = len(counts)
     n_val = math.ceil(holdout_fraction * n)  # scikit-learn's rule for a float test_size
     if n_val < k or n - n_val < k:
         low, high = math.ceil(k / n * 1000) / 1000, math.floor((n - k) / n * 1000) / 1000
@@ -75,6 +63,34 @@ def _check_split(labels: np.ndarray, n_folds: int, holdout_fraction: float, clas
             f"data.holdout_fraction={holdout_fraction} puts {n_val} of {n} rows of {source} into validation and "
             f"{n - n_val} into training; a stratified holdout needs at least one row of each of the {k} classes on "
             f"each side. Choose data.holdout_fraction between {low} and {high}."
+        )
+
+
+def check_split(labels: np.ndarray, n_folds: int, holdout_fraction: float, classes: Sequence[str] | None = None,
+                source: str = "the training data") -> None:
+    """The class counts a member's stratified split needs; the error names the classes, counts and what to change.
+
+    Stratified K-fold needs ``n_folds`` rows of every class (scikit-learn only warns, and a fold then
+    validates without that class); a holdout needs two rows of every class and room for each class on
+    both sides.
+
+    Raises:
+        DataError: naming the classes by name (``classes``) with their counts.
+    """
+    if n_folds < 0:
+        raise DataError(f"data.n_folds={n_folds} is not valid: use 0 (a holdout split) or K >= 2 (K-fold).")
+    counts = _counts(np.asarray(labels), classes)
+    if n_folds < 2:
+        _check_holdout(counts, len(labels), holdout_fraction, n_folds, source)
+        return
+    few = {c: k for c, k in counts.items() if k < n_folds}
+    if few:
+        smallest = min(few.values())
+        lower = f"lower data.n_folds to at most {smallest}, " if smallest >= 2 else ""
+        raise DataError(
+            f"data.n_folds={n_folds}: stratified {n_folds}-fold needs at least {n_folds} rows of every class, "
+            f"and {source} has fewer of {len(few)} class(es): {_listed(few)}. To fix it, {lower}add images of "
+            "these classes, or drop them from the data."
         )
 
 
@@ -95,13 +111,15 @@ def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, 
         source: what the rows are (the training CSV), for errors.
 
     Raises:
-        DataError: a class has too few rows for the split, or the holdout fraction cannot hold every class.
+        DataError: a holdout with a class of one row, or a fraction that cannot hold every class (a
+            member's split is checked more strictly first, see :func:`check_split`).
     """
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     if n_folds < 0:
         raise DataError(f"data.n_folds={n_folds} is not valid: use 0 (a holdout split) or K >= 2 (K-fold).")
-    _check_split(np.asarray(labels), n_folds, holdout_fraction, classes, source)
+    if n_folds < 2:  # scikit-learn would refuse these splits too, naming class indices
+        _check_holdout(_counts(np.asarray(labels), classes), len(labels), holdout_fraction, n_folds, source)
     fold = np.full(len(ids), -1, dtype=np.int64)
     idx = np.arange(len(ids))
     if n_folds >= 2:
@@ -135,6 +153,7 @@ def resolve_folds(path: Path, table: ImageTable, spec: DataSpec) -> tuple[pd.Dat
         raise DataError("Folds need a labelled training table.")
     check_fold_index(spec.fold, spec.n_folds)
     source = str(spec.root_path / (spec.train_csv if spec.layout == "csv" else spec.train_dir))
+    check_split(table.labels, spec.n_folds, spec.holdout_fraction, table.classes, source)
     wanted = make_folds(table.ids, table.labels, spec.n_folds, spec.split_seed, spec.holdout_fraction,
                         table.classes, source)
     if not path.exists():
