@@ -52,6 +52,7 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
     folder.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_problem_the_user_can_fix_is_one_message_and_full_error_shows_the_traceback(tmp_path: Path) -> None:
     args = [*TINY, f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'member'}"]
     proc = cli(args, tmp_path)
@@ -64,6 +65,7 @@ def test_a_problem_the_user_can_fix_is_one_message_and_full_error_shows_the_trac
     assert full.returncode == 1 and "Traceback" in full.stderr and "DataError: Data folder" in full.stderr
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_keeps_its_traceback(tmp_path: Path, tiny: Path) -> None:
     proc = cli([*TINY, f"data.root={tiny}", "+model.kwargs.no_such_argument=1", f"hydra.run.dir={tmp_path / 'm'}"], tmp_path)
     assert proc.returncode == 1, failure_message(proc)
