@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import pipeline.data.decode as decode_mod
 from pipeline.core.errors import DataError
 from pipeline.data.dataset import ImageDataset
-from pipeline.data.decode import load_rgb, verify_images
+from pipeline.data.decode import decode_notes, load_rgb, verify_images
 from pipeline.data.demo import CLASSES
 from pipeline.data.folds import load_or_create_folds, make_folds, split_indices
 from pipeline.data.spec import DataSpec
-from pipeline.data.tables import read_test_table, read_train_table
+from pipeline.data.tables import ImageTable, read_test_table, read_train_table
 
 
 def spec(root: Path, **kw: object) -> DataSpec:
@@ -71,25 +72,112 @@ def test_test_folder_and_test_csv(tmp_path: Path, demo_slice: Path) -> None:
     assert t2.ids == table.ids[:7]
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "RGB", "LA", "CMYK"])
-def test_any_image_mode_decodes_to_rgb_uint8(tmp_path: Path, mode: str) -> None:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)
-    img = Image.fromarray(base, "RGB")
-    if mode == "I;16":
-        arr16 = (base[..., 0].astype(np.uint16) * 257)
-        img = Image.fromarray(arr16)
-        assert img.mode.startswith("I;16")
-    elif mode == "P":
-        img = img.quantize(16)
-    else:
-        img = img.convert(mode)
-    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+def _save(img: Image.Image, path: Path) -> Path:
     img.save(path)
+    return path
+
+
+def _decoded_mode(path: Path) -> str:
+    with Image.open(path) as img:
+        return img.mode
+
+
+def test_l_and_rgb_decode_to_their_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(load_rgb(_save(Image.fromarray(rgb, "RGB"), tmp_path / "rgb.png")), rgb)
+    gray = rgb[..., 0]
+    out = load_rgb(_save(Image.fromarray(gray, "L"), tmp_path / "l.png"))
+    np.testing.assert_array_equal(out, np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_rgba_and_la_are_composited_onto_black(tmp_path: Path) -> None:
+    # opaque red, half-transparent green, fully transparent white (which must come out black, not white)
+    rgba = np.array([[[255, 0, 0, 255], [0, 200, 0, 128], [255, 255, 255, 0]]], dtype=np.uint8)
+    out = load_rgb(_save(Image.fromarray(rgba, "RGBA"), tmp_path / "rgba.png"))
+    np.testing.assert_array_equal(out, [[[255, 0, 0], [0, 100, 0], [0, 0, 0]]])
+    la = np.array([[[200, 255], [200, 0]]], dtype=np.uint8)
+    out = load_rgb(_save(Image.fromarray(la, "LA"), tmp_path / "la.png"))
+    np.testing.assert_array_equal(out, [[[200, 200, 200], [0, 0, 0]]])
+
+
+def test_palette_with_a_transparent_entry(tmp_path: Path) -> None:
+    img = Image.new("P", (3, 1))
+    img.putpalette([255, 0, 0, 0, 0, 255, 9, 9, 9])  # 0: red (transparent), 1: blue, 2: grey
+    img.putdata([0, 1, 2])
+    img.info["transparency"] = 0
+    path = _save(img, tmp_path / "p.png")
+    assert _decoded_mode(path) == "P"
+    np.testing.assert_array_equal(load_rgb(path), [[[0, 0, 0], [0, 0, 255], [9, 9, 9]]])
+
+
+def test_16_bit_full_range_is_divided_by_257(tmp_path: Path) -> None:
+    values = np.array([[0, 257, 32896, 65535], [1000, 20000, 40000, 60000]], dtype=np.uint16)
+    path = _save(Image.fromarray(values), tmp_path / "g16.png")
+    assert _decoded_mode(path) == "I;16"
+    out = load_rgb(path)
+    np.testing.assert_array_equal(out[..., 0], np.rint(values / 257).astype(np.uint8))
+    assert out[0, 3, 0] == 255 and out[0, 1, 0] == 1
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])  # greyscale on every channel
+
+
+def test_16_bit_holding_8_bit_values_keeps_them_and_warns_once_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = np.array([[0, 17, 128, 254]], dtype=np.uint16)  # an 8-bit scan saved as 16-bit
+    paths = [_save(Image.fromarray(values + i), tmp_path / f"s{i}.png") for i in range(3)]
+    paths[2] = _save(Image.fromarray(values.astype(np.uint16) * 257), tmp_path / "s2.png")  # a real 16-bit one
+    decode_mod.__dict__["_eight_bit_wide"] = 0  # as in a fresh process
+    with caplog.at_level("WARNING", logger="pipeline.data.decode"):
+        kept = verify_images(ImageTable(["s0", "s1", "s2"], paths), skip_bad=False)
+    assert len(kept) == 3
+    np.testing.assert_array_equal(load_rgb(paths[0])[..., 0], values)  # not darkened 257 times
+    np.testing.assert_array_equal(load_rgb(paths[1])[..., 0], values + 1)
+    np.testing.assert_array_equal(load_rgb(paths[2])[..., 0], values)
+    per_image = [r for r in caplog.records if "kept as 8-bit values" in r.getMessage()]
+    assert len(per_image) == 1 and "s0.png" in per_image[0].getMessage()  # one warning, not one per image
+    assert "2 of 3 images are 16/32-bit files holding 8-bit values" in caplog.text
+    assert decode_notes()["eight_bit_in_wide"] >= 2
+
+
+def test_32_bit_integer_images_follow_the_16_bit_rule_and_larger_values_are_refused(tmp_path: Path) -> None:
+    wide = np.array([[0, 257, 65535]], dtype=np.int32)
+    path = _save(Image.fromarray(wide), tmp_path / "i32.tif")
+    assert _decoded_mode(path) == "I"
+    np.testing.assert_array_equal(load_rgb(path)[..., 0], [[0, 1, 255]])
+    small = np.array([[3, 200]], dtype=np.int32)
+    np.testing.assert_array_equal(load_rgb(_save(Image.fromarray(small), tmp_path / "i8.tif"))[..., 0], small)
+    for name, bad in (("big", [[0, 70000]]), ("negative", [[-5, 10]])):
+        path = _save(Image.fromarray(np.array(bad, dtype=np.int32)), tmp_path / f"{name}.tif")
+        with pytest.raises(DataError, match=rf"{name}\.tif is a 32-bit \(I\) image with values .*outside the 16-bit "
+                                            r"range.*refused rather than clipped"):
+            load_rgb(path)
+
+
+def test_float_images_by_their_range(tmp_path: Path) -> None:
+    cases = {
+        "unit": (np.array([[0.0, 0.5, 1.0]]), [[0, 128, 255]]),
+        "bytes": (np.array([[0.0, 100.4, 255.0]]), [[0, 100, 255]]),
+        "wide": (np.array([[0.0, 257.0, 65535.0]]), [[0, 1, 255]]),
+    }
+    for name, (values, expected) in cases.items():
+        path = _save(Image.fromarray(values.astype(np.float32), "F"), tmp_path / f"{name}.tif")
+        assert _decoded_mode(path) == "F"
+        np.testing.assert_array_equal(load_rgb(path)[..., 0], expected, err_msg=name)
+    for name, values in (("nan", [[0.0, np.nan]]), ("huge", [[0.0, 1e6]])):
+        path = _save(Image.fromarray(np.array(values, dtype=np.float32), "F"), tmp_path / f"{name}.tif")
+        with pytest.raises(DataError, match=rf"{name}\.tif is a float \(F\) image"):
+            load_rgb(path)
+
+
+@pytest.mark.parametrize("mode", ["1", "CMYK", "YCbCr"])
+def test_other_modes_decode_to_rgb_uint8(tmp_path: Path, mode: str) -> None:
+    base = np.random.default_rng(0).integers(0, 255, (9, 7, 3), dtype=np.uint8)
+    img = Image.fromarray(base, "RGB").convert(mode)
+    path = _save(img, tmp_path / ("x.tif" if mode != "1" else "x.png"))
     out = load_rgb(path)
     assert out.dtype == np.uint8 and out.shape == (9, 7, 3)
-    if mode == "I;16":  # 16-bit scaled, not clipped to 255
-        np.testing.assert_array_equal(out[..., 0], base[..., 0])
+    np.testing.assert_array_equal(out, np.array(img.convert("RGB")))
 
 
 def test_missing_data_folder(tmp_path: Path) -> None:

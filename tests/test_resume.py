@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline.member.manifest import read_manifest
-from pipeline.train.fit import _resume_checkpoint
+from pipeline.train.state import resume_checkpoint as _resume_checkpoint
 from tests.helpers import train
 from tests.test_sweep import PIPELINE_TRAIN, TINY, failure_message, run_train
 

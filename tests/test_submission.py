@@ -283,5 +283,5 @@ def test_check_sample_ids_mismatch(tmp_path: Path) -> None:
         r"1 ids only in the test folder, e.g. \['c'\]",
     ):
         check_sample_ids(["a", "b", "x"], ["a", "b", "c"], tmp_path / "sample.csv")
-    with pytest.raises(DataError, match="strip the extension"):
+    with pytest.raises(DataError, match=r"test ids carry a file extension \(e\.g\. 'a\.jpg'\) and the sample's ids do not"):
         check_sample_ids(["a", "b"], ["a.jpg", "b.jpg"], tmp_path / "sample.csv")

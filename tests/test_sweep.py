@@ -73,8 +73,8 @@ def test_failing_members_are_recorded_the_others_finish_and_the_sweep_exits_nonz
     assert {k: r["status"] for k, r in rows.items()} == {
         "lenet5-s0-holdout": "completed", "lenet5-s1-holdout": "failed", "resnet181-s2-holdout": "failed",
     }
-    assert str(rows["lenet5-s1-holdout"]["error"]).startswith("FloatingPointError: Non-finite training loss")
-    assert str(rows["resnet181-s2-holdout"]["error"]).startswith("ValueError: Unknown timm model 'resnet181'")
+    assert str(rows["lenet5-s1-holdout"]["error"]).startswith("NonFiniteLossError: Non-finite training loss")
+    assert str(rows["resnet181-s2-holdout"]["error"]).startswith("ConfigError: Unknown timm model 'resnet181'")
     assert pd.read_csv(sweep / SUMMARY_CSV).set_index("member")["status"].to_dict() == {
         k: r["status"] for k, r in rows.items()
     }

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from pipeline.cli import CONF_DIR
 from pipeline.cli.config import register, to_container, to_dataclass
+from pipeline.cli.errors import PREDICT_PATHS, compact_errors
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_json
 from pipeline.core.tracking import LoggerSpec, init_wandb
@@ -104,7 +105,7 @@ def _log_wandb(run: Any, summary: dict[str, Any]) -> None:
 def main() -> None:
     """Hydra entry point of ``pipeline-predict`` (the console script is :func:`pipeline.cli.entry.predict`)."""
     register()
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")(run)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")(compact_errors(PREDICT_PATHS)(run))()
 
 
 if __name__ == "__main__":

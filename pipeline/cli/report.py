@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from pipeline.cli import CONF_DIR
 from pipeline.cli.config import register, to_dataclass
+from pipeline.cli.errors import REPORT_PATHS, compact_errors
 from pipeline.core.tracking import LoggerSpec
 
 __all__ = ["run", "main"]
@@ -31,7 +32,7 @@ def run(cfg: DictConfig) -> Any:
 def main() -> None:
     """Hydra entry point of ``pipeline-report`` (the console script is :func:`pipeline.cli.entry.report`)."""
     register()
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")(run)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")(compact_errors(REPORT_PATHS)(run))()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""The sweep's Hydra side: the summary callback, the launch configs' resolvers, and failure isolation.
+"""The sweep's Hydra side: the summary callback, member-folder clashes, the launch resolvers, failure isolation.
 
 Hydra 1.3's sweepers re-raise the first failed job after the whole batch has run, and then skip
 ``on_multirun_end``. So in a sweep that uses :class:`SweepSummary`, ``pipeline-train`` records a failed
 member in its folder and lets the sweep go on; ``on_multirun_end`` writes the summary, prints the table
 and turns failures into a non-zero exit status.
+
+Before any job runs, ``on_multirun_start`` expands the sweep as Hydra's basic sweeper will and composes
+every job's member folder: a swept setting that is not part of ``member_name`` (``optimizer.lr=1e-3,2e-3``)
+would make jobs overwrite each other's member, so the command stops and says how to name them apart.
 """
 
 from __future__ import annotations
@@ -15,18 +19,97 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline.train.sweep import print_summary, scan_sweep, write_summary
 
-__all__ = ["SweepSummary", "register_resolvers", "continue_sweep_on_failure"]
+__all__ = ["SweepSummary", "register_resolvers", "continue_sweep_on_failure", "member_folder_clashes"]
 
 log = logging.getLogger(__name__)
 
 _CALLBACK_TARGET = "pipeline.cli.sweep.SweepSummary"
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides, expanded exactly as Hydra's basic sweeper expands them (its params included)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    # resolve=False: an override such as member_name="${model.name}-lr${optimizer.lr}" must reach each job as typed.
+    raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params") or {}  # type: ignore[union-attr]
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    params = [f"{k}={v}" for k, v in raw.items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + [str(o) for o in task])  # type: ignore[union-attr]
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _job_folder(config: DictConfig, overrides: list[str], num: int) -> tuple[str, DictConfig]:
+    """The member folder a job would write (``hydra.sweep.dir/subdir``), composed as the launcher will."""
+    job = GlobalHydra.instance().config_loader().load_sweep_config(master_config=config, sweep_overrides=overrides)
+    with open_dict(job):
+        job.hydra.job.id, job.hydra.job.num = f"job_id_for_{num}", num
+    HydraConfig.instance().set_config(job)  # ${hydra:...} in the folder resolves against this job
+    return os.path.join(str(job.hydra.sweep.dir), str(job.hydra.sweep.subdir)), job
+
+
+def _name_token(key: str, job: DictConfig) -> str:
+    """``-lr${optimizer.lr}`` for a value, ``-${hydra:runtime.choices.aug}`` for a config group."""
+    plain = key.lstrip("+~")
+    if isinstance(OmegaConf.select(job, plain, default=None), (str, int, float, bool)):
+        return f"-{plain.rsplit('.', 1)[-1]}${{{plain}}}"
+    return f"-${{hydra:runtime.choices.{plain}}}"
+
+
+def member_folder_clashes(config: DictConfig) -> str | None:
+    """Why the sweep's jobs would write the same member folder, or None when each has its own.
+
+    Only Hydra's basic sweeper (the default, also under the Ray, SLURM and submitit launchers) has a
+    sweep known in advance; other sweepers (Optuna…) are not checked.
+    """
+    if str(config.hydra.sweeper.get("_target_", "")) != _BASIC_SWEEPER:
+        return None
+    jobs = _sweep_jobs(config)
+    if len(jobs) < 2:
+        return None
+    by_folder: dict[str, list[list[str]]] = {}
+    example: DictConfig | None = None
+    saved = HydraConfig.instance().cfg
+    try:
+        for num, overrides in enumerate(jobs):
+            folder, job = _job_folder(config, overrides, num)
+            by_folder.setdefault(folder, []).append(overrides)
+            example = example or job
+    finally:
+        HydraConfig.instance().cfg = saved
+    clashes = {folder: group for folder, group in by_folder.items() if len(group) > 1}
+    if not clashes or example is None:
+        return None
+    lines, swept = [], {}
+    for folder, group in clashes.items():
+        values = [dict(o.split("=", 1) for o in overrides) for overrides in group]
+        differ = [k for k in values[0] if len({v.get(k) for v in values}) > 1]
+        swept.update(dict.fromkeys(differ))
+        shown = " | ".join(" ".join(f"{k}={v[k]}" for k in differ) or "(identical overrides)" for v in values)
+        lines.append(f"  {Path(folder).name} <- {shown}")
+    template = str(OmegaConf.to_container(config, resolve=False).get("member_name", ""))  # type: ignore[union-attr]
+    tokens = "".join(_name_token(k, example) for k in swept)
+    suggested = template.replace("-s${seed}", f"{tokens}-s${{seed}}", 1) if "-s${seed}" in template else template + tokens
+    return (
+        f"Error: {sum(len(g) for g in clashes.values())} jobs of this sweep would write the same member folder, so "
+        "they would overwrite each other's member. A swept setting is not part of member_name:\n"
+        + "\n".join(lines)
+        + "\nName the members apart, e.g. (the outer single quotes are for the shell)\n"
+        f"  'member_name=\"{suggested}\"'\n"
+        "or run one command per value, each with its own sweep_name=..."
+        + (" (Identical jobs: drop the repeated value.)" if not swept else "")
+    )
+
 
 
 class SweepSummary(Callback):
@@ -42,6 +125,9 @@ class SweepSummary(Callback):
         self.started: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Before any job runs or any folder exists: jobs must not share a member folder.
+        if clash := member_folder_clashes(config):
+            sys.exit(clash)  # Hydra turns exceptions raised in callbacks into warnings
         # Pickled with the launcher after this, so Ray and submitit workers see the same start time.
         self.started = time.time()
 

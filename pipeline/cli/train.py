@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from pipeline.cli import CONF_DIR
 from pipeline.cli.config import register, to_container, to_dataclass
+from pipeline.cli.errors import TRAIN_PATHS, compact_errors, explain
 from pipeline.cli.sweep import continue_sweep_on_failure
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
@@ -60,21 +61,30 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train the member; a failure is recorded in its folder (``error.txt``, status ``failed``).
 
-    A single run then fails; in a sweep the other members go on and
-    :class:`pipeline.cli.sweep.SweepSummary` reports the failure and exits non-zero at the end.
+    A single run then fails (one message for a problem the user can fix, see :mod:`pipeline.cli.errors`);
+    in a sweep the other members go on and :class:`pipeline.cli.sweep.SweepSummary` reports the failure
+    and exits non-zero at the end.
     """
     from pipeline.member.manifest import mark_failed
     from pipeline.train.fit import MemberConflict, train_member
 
+    member_dir = Path(cfg.paths.output_dir)
     try:
-        return train_member(train_spec(cfg))
+        try:
+            spec = train_spec(cfg)
+        except Exception as err:  # a config that cannot be instantiated: train_member never started
+            mark_failed(member_dir, err)
+            raise
+        return train_member(spec)  # records its own failures
     except MemberConflict:
-        raise  # the folder belongs to another member: record nothing in it
+        raise  # the folder belongs to another member: nothing was recorded in it
     except Exception as err:
-        mark_failed(Path(cfg.paths.output_dir), err)
         if not continue_sweep_on_failure():
             raise
-        log.exception("Member %s failed (recorded in %s); the sweep goes on.", cfg.member_name, cfg.paths.output_dir)
+        if (message := explain(err, cfg, TRAIN_PATHS)) is not None:
+            log.error("Member %s failed (recorded in %s): %s The sweep goes on.", cfg.member_name, member_dir, message)
+        else:
+            log.exception("Member %s failed (recorded in %s); the sweep goes on.", cfg.member_name, member_dir)
         return {}
 
 
@@ -145,7 +155,7 @@ def relaunch_as_this_member(member_dir: Path) -> Iterator[None]:
 def main() -> None:
     """Hydra entry point of ``pipeline-train`` (the console script is :func:`pipeline.cli.entry.train`)."""
     register()
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(run)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(compact_errors(TRAIN_PATHS)(run))()
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "errors": [
-            "MISSING", "PipelineError", "ConfigError", "DataError", "MemberError", "examples", "duplicates",
-            "id_differences",
+            "MISSING", "PipelineError", "ConfigError", "DataError", "MemberError", "TrainError", "OutputError",
+            "examples", "duplicates", "id_differences", "pickle_refusal",
         ],
         "io": [
             "AtomicFile", "atomic_path", "write_json", "read_json", "read_csv_as_text", "safe_name", "short_hash",
+            "clean_stale_temps", "ensure_writable_dir", "STALE_TEMP_AGE_S",
         ],
         "metrics": [
             "LOG_LOSS_EPS", "METRICS", "BootstrapResult", "Metric", "accuracy", "balanced_accuracy", "get_metric",

@@ -1,20 +1,27 @@
 """Experiment tracking: Weights & Biases runs (offline by default) for every stage.
 
-W&B runs live inside the member (or predict) folder. Online mode is opt-in; when the service cannot be
-reached, ``init`` gives up within ``init_timeout`` seconds and the run falls back to offline mode with
-a warning, so a sweep on a machine without network never hangs.
+W&B runs live inside the member (or predict) folder. Online mode is opt-in, and W&B may never cost a
+member more than ``logger.init_timeout`` seconds at start and ``logger.finish_timeout`` at exit:
+
+- before going online, one HTTP request to the service (through the user's proxy settings) must be
+  answered within a few seconds. A refused port, a missing network, or an endpoint that accepts
+  connections but never answers (a dead proxy) fails this probe, and the run is offline at once; W&B's
+  own client would wait on such an endpoint for its init timeout and, at exit, once more for its
+  telemetry flush (measured: 12–25 s at start and ~21 s at exit with wandb 0.31);
+- ``wandb.init`` gets what is left of ``init_timeout``; if it still fails, the run falls back offline;
+- ``finish_timeout`` bounds ``run.finish()`` (and W&B's exit hook) when uploads stall; unsent data
+  stays on disk for ``wandb sync``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlparse
 
 __all__ = ["LoggerSpec", "init_wandb", "resume_wandb"]
 
@@ -30,7 +37,8 @@ class LoggerSpec:
     entity: str | None = None
     mode: str = "offline"  # offline | online | disabled
     tags: list[str] = field(default_factory=list)
-    init_timeout: float = 10.0
+    init_timeout: float = 10.0  # the most seconds W&B may add at start when online mode cannot be reached
+    finish_timeout: float = 10.0  # the most seconds an online run's finish may wait for uploads (0: no limit)
 
 
 def _has_api_key() -> bool:
@@ -40,15 +48,62 @@ def _has_api_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def _reachable(base_url: str, timeout: float) -> str | None:
-    """None if a TCP connection to the W&B host opens within ``timeout``, else the reason."""
-    parsed = urlparse(base_url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+def _probe_seconds(init_timeout: float) -> float:
+    return max(0.5, min(3.0, init_timeout / 3))
+
+
+def _unanswered(base_url: str, timeout: float) -> str | None:
+    """None if the W&B service answers an HTTP request within ``timeout`` seconds, else why not.
+
+    Any HTTP status counts as an answer. The request honours the proxy environment variables, as W&B
+    does, and runs in a daemon thread joined with a deadline, so no DNS or proxy stall can exceed it.
+    """
+    import requests
+
+    outcome: dict[str, str | None] = {}
+
+    def probe() -> None:
+        try:
+            requests.get(base_url.rstrip("/") + "/healthz", timeout=(timeout, timeout), allow_redirects=False)
+            outcome["problem"] = None
+        except requests.RequestException as err:
+            outcome["problem"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+
+    worker = threading.Thread(target=probe, name="wandb-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if "problem" not in outcome:
+        return f"{base_url} accepted the connection but sent no answer within {timeout:.1f} s"
+    problem = outcome["problem"]
+    return None if problem is None else f"{base_url} did not answer ({problem})"
+
+
+def _no_network_telemetry() -> None:
+    """Stop W&B's own usage telemetry for this process: an offline run must not touch the network.
+
+    wandb (0.31) records telemetry even for offline runs and, at exit, posts it to ``WANDB_BASE_URL`` with
+    a 10 s timeout: a dead proxy or endpoint then holds every member's exit for 10 s.
+    """
     try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"{parsed.hostname}:{port} unreachable ({err})"
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+    except ImportError:  # other wandb versions: nothing to stop
+        return
+    disable = getattr(opentelemetry_proxy, "disable", None)
+    if callable(disable):
+        disable()
+
+
+def _online_settings(spec: LoggerSpec, seconds_left: float) -> Any:
+    import wandb
+
+    return wandb.Settings(init_timeout=max(1.0, seconds_left), finish_timeout=max(0.0, float(spec.finish_timeout)))
+
+
+def _go_online(spec: LoggerSpec) -> tuple[str | None, float]:
+    """Whether online mode can be tried (None) or why not, and the seconds the probe took."""
+    start = time.monotonic()
+    problem = _unanswered(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), _probe_seconds(spec.init_timeout))
+    return problem, time.monotonic() - start
 
 
 def init_wandb(
@@ -82,19 +137,20 @@ def init_wandb(
     )
     if mode == "online":
         start = time.monotonic()
-        # A cheap socket probe first: wandb's own retries can take minutes without network.
-        problem = _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), min(5.0, spec.init_timeout))
+        problem, spent = _go_online(spec)
         if problem is None:
             try:
-                return wandb.init(mode="online", settings=wandb.Settings(init_timeout=spec.init_timeout), **kwargs)
+                return wandb.init(mode="online", settings=_online_settings(spec, spec.init_timeout - spent), **kwargs)
             except Exception as err:  # wandb raises several error types for an unreachable service
                 problem = str(err).splitlines()[0]
                 wandb.teardown()  # the half-started service would block the offline run
         log.warning(
-            "W&B online init failed after %.0f s (%s); falling back to offline mode. Upload later with `wandb sync %s`.",
+            "W&B online mode unavailable after %.1f s (%s); logging offline. Upload later with `wandb sync %s`.",
             time.monotonic() - start, problem, run_dir / "wandb",
         )
         mode = "offline"
+    if mode != "online":
+        _no_network_telemetry()
     return wandb.init(mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
@@ -110,9 +166,15 @@ def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: st
         )
 
     if spec.mode == "online":
-        try:
-            return init("online", wandb.Settings(init_timeout=spec.init_timeout))
-        except Exception as err:  # wandb raises several error types for an unreachable service
-            log.warning("W&B online resume failed (%s); logging offline.", err)
-            return init("offline")
+        problem, spent = _go_online(spec)
+        if problem is None:
+            try:
+                return init("online", _online_settings(spec, spec.init_timeout - spent))
+            except Exception as err:  # wandb raises several error types for an unreachable service
+                problem = str(err).splitlines()[0]
+                wandb.teardown()
+        log.warning("W&B online resume unavailable (%s); logging offline.", problem)
+        _no_network_telemetry()
+        return init("offline")
+    _no_network_telemetry()
     return init(spec.mode)

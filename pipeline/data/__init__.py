@@ -9,13 +9,16 @@ from pipeline.core.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "spec": ["DataSpec"],
+        "spec": ["DataSpec", "PIL_MAX_IMAGE_PIXELS"],
         "tables": [
             "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
-            "check_sample_ids",
+            "check_sample_ids", "clean_label", "MISSING_LABELS",
         ],
-        "decode": ["load_rgb", "load_image", "to_channels", "verify_images"],
-        "folds": ["make_folds", "load_or_create_folds", "split_indices"],
+        "decode": ["load_rgb", "load_image", "to_channels", "verify_images", "decode_notes"],
+        "folds": [
+            "make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "check_split", "resolve_folds",
+            "save_folds",
+        ],
         "dataset": ["ImageDataset"],
         "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],
         "augment": [

@@ -46,7 +46,7 @@ __all__ = ["ImageCache", "open_cache", "cache_for_spec", "resize_square"]
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1  # bump when the layout changes, so old caches are rebuilt rather than misread
+_FORMAT = 2  # bump when the layout or the decoding rules change, so old caches are rebuilt rather than misread
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -101,14 +101,14 @@ class ImageCache:
 class _Decode(Dataset):
     """Decode + channel conversion + resize of one file; run by DataLoader workers while building."""
 
-    def __init__(self, paths: Sequence[str], size: int, in_chans: int) -> None:
-        self.paths, self.size, self.in_chans = paths, size, in_chans
+    def __init__(self, paths: Sequence[str], size: int, in_chans: int, max_pixels: int | None) -> None:
+        self.paths, self.size, self.in_chans, self.max_pixels = paths, size, in_chans, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        return i, resize_square(load_image(self.paths[i], self.in_chans), self.size)
+        return i, resize_square(load_image(self.paths[i], self.in_chans, self.max_pixels), self.size)
 
 
 def _as_is(item: Any) -> Any:
@@ -116,10 +116,12 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: int, workers: int) -> None:
+def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: int, workers: int,
+           max_pixels: int | None) -> None:
     """Fill ``<stem>.npy`` in worker processes; rename it, then the index, into place."""
     start = time.perf_counter()
-    loader = DataLoader(_Decode(paths, size, in_chans), batch_size=None, num_workers=workers, collate_fn=_as_is)
+    loader = DataLoader(_Decode(paths, size, in_chans, max_pixels), batch_size=None, num_workers=workers,
+                        collate_fn=_as_is)
     with atomic_path(stem.with_suffix(".npy")) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, in_chans))
         for i, image in loader:
@@ -163,7 +165,7 @@ def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: in
     stem = folder / f"{table_key}-{key}"
     if not (stem.with_suffix(".json").is_file() and stem.with_suffix(".npy").is_file()):
         folder.mkdir(parents=True, exist_ok=True)
-        _build(paths, list(table.ids), stem, size, in_chans, workers)
+        _build(paths, list(table.ids), stem, size, in_chans, workers, table.max_pixels)
         _remove_stale(folder, table_key, stem.name)
     index = read_json(stem.with_suffix(".json"))
     return ImageCache(stem.with_suffix(".npy"), {p: r for r, p in enumerate(index["paths"])}, size, in_chans, key)

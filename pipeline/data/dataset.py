@@ -41,7 +41,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.cache is None or self.cache_rows is None:
-            image = load_image(self.table.paths[i], self.in_chans)
+            image = load_image(self.table.paths[i], self.in_chans, self.table.max_pixels)
         else:
             image = self.cache.read(int(self.cache_rows[i]))
         if self.transform is not None:

@@ -1,7 +1,13 @@
-"""Folds: which training rows validate which member, fixed once per sweep and saved as ``folds.csv``."""
+"""Folds: which training rows validate which member, checked, fixed once per sweep and saved as ``folds.csv``.
+
+The split is checked before anything is written: the fold index must exist, stratified K-fold needs
+``data.n_folds`` rows of every class and a holdout two, and the holdout's validation and training parts
+must each hold every class. The error names the classes (not their indices) and their counts.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,21 +15,111 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, read_csv_as_text
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable
 
-__all__ = ["make_folds", "load_or_create_folds", "split_indices"]
+__all__ = [
+    "make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "check_split", "resolve_folds", "save_folds",
+]
 
 
-def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, holdout_fraction: float) -> pd.DataFrame:
+def check_fold_index(fold: int, n_folds: int) -> None:
+    """Refuse a ``data.n_folds`` below 0 or a ``data.fold`` the split does not have."""
+    if n_folds < 0:
+        raise DataError(f"data.n_folds={n_folds} is not valid: use 0 (a holdout split) or K >= 2 (K-fold).")
+    n_valid = max(n_folds, 1)
+    if not 0 <= fold < n_valid:
+        raise DataError(f"data.fold={fold} is out of range: accepted 0..{n_valid - 1} for data.n_folds={n_folds}.")
+
+
+def _counts(labels: np.ndarray, classes: Sequence[str] | None) -> dict[str, int]:
+    values, counts = np.unique(labels, return_counts=True)
+    name = (lambda v: classes[int(v)]) if classes else (lambda v: str(v))
+    return {name(v): int(c) for v, c in zip(values, counts)}
+
+
+def _listed(counts: dict[str, int]) -> str:
+    shown = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    text = ", ".join(f"{name!r} ({n} row{'s' if n != 1 else ''})" for name, n in shown[:8])
+    return text + (f", ... ({len(shown)} classes)" if len(shown) > 8 else "")
+
+
+def _check_holdout(counts: dict[str, int], n: int, holdout_fraction: float, n_folds: int, source: str) -> None:
+    if not 0.0 < holdout_fraction < 1.0:
+        raise DataError(f"data.holdout_fraction={holdout_fraction} must lie strictly between 0 and 1.")
+    few = {c: k for c, k in counts.items() if k < 2}
+    if few:
+        raise DataError(
+            f"A stratified holdout (data.n_folds={n_folds}) needs at least 2 rows of every class (one to train on, "
+            f"one to validate), and {source} has a single row of {len(few)} class(es): {_listed(few)}. Add images "
+            "of these classes or drop them from the data."
+        )
+    k = len(counts)
+    n_val = math.ceil(holdout_fraction * n)  # scikit-learn's rule for a float test_size
+    if n_val < k or n - n_val < k:
+        low, high = math.ceil(k / n * 1000) / 1000, math.floor((n - k) / n * 1000) / 1000
+        raise DataError(
+            f"data.holdout_fraction={holdout_fraction} puts {n_val} of {n} rows of {source} into validation and "
+            f"{n - n_val} into training; a stratified holdout needs at least one row of each of the {k} classes on "
+            f"each side. Choose data.holdout_fraction between {low} and {high}."
+        )
+
+
+def check_split(labels: np.ndarray, n_folds: int, holdout_fraction: float, classes: Sequence[str] | None = None,
+                source: str = "the training data") -> None:
+    """The class counts a member's stratified split needs; the error names the classes, counts and what to change.
+
+    Stratified K-fold needs ``n_folds`` rows of every class (scikit-learn only warns, and a fold then
+    validates without that class); a holdout needs two rows of every class and room for each class on
+    both sides.
+
+    Raises:
+        DataError: naming the classes by name (``classes``) with their counts.
+    """
+    if n_folds < 0:
+        raise DataError(f"data.n_folds={n_folds} is not valid: use 0 (a holdout split) or K >= 2 (K-fold).")
+    counts = _counts(np.asarray(labels), classes)
+    if n_folds < 2:
+        _check_holdout(counts, len(labels), holdout_fraction, n_folds, source)
+        return
+    few = {c: k for c, k in counts.items() if k < n_folds}
+    if few:
+        smallest = min(few.values())
+        lower = f"lower data.n_folds to at most {smallest}, " if smallest >= 2 else ""
+        raise DataError(
+            f"data.n_folds={n_folds}: stratified {n_folds}-fold needs at least {n_folds} rows of every class, "
+            f"and {source} has fewer of {len(few)} class(es): {_listed(few)}. To fix it, {lower}add images of "
+            "these classes, or drop them from the data."
+        )
+
+
+def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, holdout_fraction: float,
+               classes: Sequence[str] | None = None, source: str = "the training data") -> pd.DataFrame:
     """Assign every training row a fold; a member with ``data.fold=f`` validates on ``fold == f``.
 
     ``n_folds >= 2`` gives stratified K-fold; ``n_folds`` of 0 or 1 gives a stratified holdout where
     validation rows have fold 0 and training-only rows fold -1.
+
+    Args:
+        ids: row ids.
+        labels: integer labels, one per row.
+        n_folds: K, or 0/1 for a holdout.
+        seed: the split's seed (``data.split_seed``).
+        holdout_fraction: the validation share of a holdout.
+        classes: class names, so errors name classes instead of indices.
+        source: what the rows are (the training CSV), for errors.
+
+    Raises:
+        DataError: a holdout with a class of one row, or a fraction that cannot hold every class (a
+            member's split is checked more strictly first, see :func:`check_split`).
     """
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
+    if n_folds < 0:
+        raise DataError(f"data.n_folds={n_folds} is not valid: use 0 (a holdout split) or K >= 2 (K-fold).")
+    if n_folds < 2:  # scikit-learn would refuse these splits too, naming class indices
+        _check_holdout(_counts(np.asarray(labels), classes), len(labels), holdout_fraction, n_folds, source)
     fold = np.full(len(ids), -1, dtype=np.int64)
     idx = np.arange(len(ids))
     if n_folds >= 2:
@@ -31,45 +127,68 @@ def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, 
         for f, (_, val_idx) in enumerate(skf.split(idx, labels)):
             fold[val_idx] = f
     else:
-        if not 0.0 < holdout_fraction < 1.0:
-            raise DataError(f"data.holdout_fraction={holdout_fraction} must lie strictly between 0 and 1.")
         _, val_idx = train_test_split(idx, test_size=holdout_fraction, random_state=seed, stratify=labels)
         fold[val_idx] = 0
     return pd.DataFrame({"id": list(ids), "label": labels, "fold": fold})
+
+
+def _read_saved(path: Path) -> pd.DataFrame:
+    saved = read_csv_as_text(path, what="Saved folds file")
+    if list(saved.columns) != ["id", "label", "fold"]:
+        raise DataError(f"{path} is not a folds file: columns {list(saved.columns)}, expected ['id', 'label', 'fold'].")
+    try:
+        return saved.astype({"label": np.int64, "fold": np.int64})
+    except ValueError as err:
+        raise DataError(f"{path} is not a folds file: its label or fold column is not all integers ({err}).") from err
+
+
+def resolve_folds(path: Path, table: ImageTable, spec: DataSpec) -> tuple[pd.DataFrame, bool]:
+    """The sweep's folds: the saved ones, or new ones (not yet written); and whether they are new.
+
+    Raises:
+        DataError: the split does not fit the data (see :func:`make_folds`), or a saved fold file does
+            not describe this training table or fold scheme.
+    """
+    if table.labels is None:
+        raise DataError("Folds need a labelled training table.")
+    check_fold_index(spec.fold, spec.n_folds)
+    source = str(spec.root_path / (spec.train_csv if spec.layout == "csv" else spec.train_dir))
+    check_split(table.labels, spec.n_folds, spec.holdout_fraction, table.classes, source)
+    wanted = make_folds(table.ids, table.labels, spec.n_folds, spec.split_seed, spec.holdout_fraction,
+                        table.classes, source)
+    if not path.exists():
+        return wanted, True
+    saved = _read_saved(path)
+    same = saved["id"].tolist() == wanted["id"].tolist() and saved["fold"].tolist() == wanted["fold"].tolist()
+    if not same:
+        raise DataError(
+            f"{path} holds folds for different data or a different fold scheme "
+            f"(data.n_folds={spec.n_folds}, data.split_seed={spec.split_seed}). "
+            "Use a new sweep_name, or delete the file if the data really changed."
+        )
+    return saved, False
+
+
+def save_folds(path: Path, folds: pd.DataFrame) -> None:
+    """Write ``folds.csv`` atomically."""
+    with atomic_path(path) as tmp:
+        folds.to_csv(tmp, index=False)
 
 
 def load_or_create_folds(path: Path, table: ImageTable, spec: DataSpec) -> pd.DataFrame:
     """Read the sweep's saved folds, or create and save them, so every member sees the same split.
 
     Raises:
-        DataError: if a saved fold file does not describe this training table or fold scheme.
+        DataError: see :func:`resolve_folds`.
     """
-    if table.labels is None:
-        raise DataError("Folds need a labelled training table.")
-    wanted = make_folds(table.ids, table.labels, spec.n_folds, spec.split_seed, spec.holdout_fraction)
-    if path.exists():
-        saved = pd.read_csv(path, dtype={"id": str})
-        same = (
-            list(saved.columns) == ["id", "label", "fold"]
-            and saved["id"].tolist() == wanted["id"].tolist()
-            and saved["fold"].tolist() == wanted["fold"].tolist()
-        )
-        if not same:
-            raise DataError(
-                f"{path} holds folds for different data or a different fold scheme "
-                f"(data.n_folds={spec.n_folds}, data.split_seed={spec.split_seed}). "
-                "Use a new sweep_name, or delete the file if the data really changed."
-            )
-        return saved
-    with atomic_path(path) as tmp:
-        wanted.to_csv(tmp, index=False)
-    return wanted
+    folds, new = resolve_folds(path, table, spec)
+    if new:
+        save_folds(path, folds)
+    return folds
 
 
 def split_indices(folds: pd.DataFrame, fold: int, n_folds: int) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation row indices of one member."""
-    n_valid = max(n_folds, 1)
-    if not 0 <= fold < n_valid:
-        raise DataError(f"data.fold={fold} is out of range: accepted 0..{n_valid - 1} for data.n_folds={n_folds}.")
+    check_fold_index(fold, n_folds)
     is_val = folds["fold"].to_numpy() == fold
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

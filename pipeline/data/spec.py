@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DataSpec"]
+__all__ = ["DataSpec", "PIL_MAX_IMAGE_PIXELS"]
+
+PIL_MAX_IMAGE_PIXELS = 89_478_485
+"""Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), the default of ``data.max_image_pixels``."""
 
 
 @dataclass
@@ -40,6 +43,8 @@ class DataSpec:
     num_workers: int = 2
     check_images: bool = True
     skip_bad_images: bool = False
+    max_image_pixels: int | None = PIL_MAX_IMAGE_PIXELS  # larger images are refused (decompression bombs); null: no limit
+    allow_outside_root: bool = False  # image paths (path_col, ids, symlinks) may lead outside data.root
     cache_dir: str | None = None  # set: decode + resize once into a memmap here (pipeline.data.cache)
     cache_size: int | None = None  # side of the cached images; None: image_size
 

@@ -1,4 +1,4 @@
-"""Tables of images: competition folders → ids, image paths and labels, in a fixed order.
+"""Tables of images: competition folders → ids, image paths and labels, in a fixed order, checked.
 
 One module reads every layout the pipeline supports, so training, prediction and the report all see
 the same ids, paths and labels:
@@ -6,41 +6,54 @@ the same ids, paths and labels:
 - ``layout: csv`` — a CSV (id column, label column, and either a path column or ``<dir>/<id><ext>``);
 - ``layout: imagefolder`` — one sub-folder per class;
 - the test set — an unlabelled folder, a test CSV, or the ids of ``sample_submission.csv``.
+
+Everything is checked here, before any stage writes a file: labels are stripped of surrounding
+whitespace and must not be empty or a missing-value word (``nan``, ``None``, ``null``); ids must be
+unique and non-empty; and every image path must stay inside ``data.root`` (``..``, absolute paths and
+symlinks that lead elsewhere are refused unless ``data.allow_outside_root`` is set).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError, duplicates, examples, id_differences
 from pipeline.core.io import read_csv_as_text
-from pipeline.data.spec import DataSpec
+from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
-    "check_sample_ids",
+    "check_sample_ids", "clean_label", "MISSING_LABELS",
 ]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
+MISSING_LABELS = frozenset({"", "nan", "none", "null"})
+"""Label strings (stripped, lower-cased) that mean "no label": a spreadsheet's or pandas' missing value."""
+
 
 @dataclass
 class ImageTable:
-    """Ids, image paths and (for training data) integer labels, in a fixed order."""
+    """Ids, image paths and (for training data) integer labels, in a fixed order.
+
+    ``max_pixels`` is how large an image of this table may be (``data.max_image_pixels``); every
+    decoder of the table's images honours it.
+    """
 
     ids: list[str]
     paths: list[Path]
     labels: np.ndarray | None = None
     classes: list[str] = field(default_factory=list)
+    max_pixels: int | None = PIL_MAX_IMAGE_PIXELS
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,7 +62,17 @@ class ImageTable:
         """Rows where ``keep`` (boolean mask or index array) selects them."""
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         labels = None if self.labels is None else self.labels[idx]
-        return ImageTable([self.ids[i] for i in idx], [self.paths[i] for i in idx], labels, self.classes)
+        return ImageTable([self.ids[i] for i in idx], [self.paths[i] for i in idx], labels, self.classes,
+                          self.max_pixels)
+
+
+def clean_label(value: Any) -> str:
+    """A label as the pipeline compares it: text without surrounding whitespace (``"Dress "`` → ``"Dress"``)."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _is_missing(label: str) -> bool:
+    return label.lower() in MISSING_LABELS
 
 
 def _require_dir(path: Path, key: str) -> None:
@@ -57,24 +80,92 @@ def _require_dir(path: Path, key: str) -> None:
         raise DataError(f"Data folder {path} does not exist (config key {key}).")
 
 
-def _read_csv(path: Path, key: str, required: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"CSV file {path} does not exist (config key {key}).")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+def _read_csv(path: Path, key: str, required: Sequence[str], what: str) -> pd.DataFrame:
+    """A table through the project's one CSV rule, with the required columns."""
+    df = read_csv_as_text(path, key=key, require_rows=True, what=what)
     for col in required:
         if col not in df.columns:
+            spaced = [c for c in df.columns if c.strip() == col]
+            hint = f" Column {spaced[0]!r} has surrounding spaces; rename it in the file." if spaced else ""
             raise DataError(
                 f"{path}: no column '{col}'. Columns found: {list(df.columns)}. "
-                f"Set data.id_col / data.label_col / data.path_col to the right names."
+                f"Set data.id_col / data.label_col / data.path_col to the right names.{hint}"
             )
     return df
 
 
+def _rows(df: pd.DataFrame, positions: Sequence[int], id_col: str) -> str:
+    """``line N (id X)`` for the first few rows, counting the header as line 1."""
+    shown = [f"line {p + 2} (id {df[id_col].iat[p]!r})" for p in positions[:5]]
+    return ", ".join(shown) + (", ..." if len(positions) > 5 else "")
+
+
+def _check_ids(df: pd.DataFrame, path: Path, id_col: str) -> list[str]:
+    ids = df[id_col].tolist()
+    empty = [i for i, v in enumerate(ids) if not str(v).strip()]
+    if empty:
+        lines = ", ".join(f"line {p + 2}" for p in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise DataError(f"{path}: {len(empty)} row(s) with an empty id in column '{id_col}': {lines}.")
+    if dupes := duplicates(ids):
+        raise DataError(f"{path}: {len(dupes)} duplicate id(s) in column '{id_col}', e.g. {examples(dupes)}.")
+    return ids
+
+
+def _csv_labels(df: pd.DataFrame, path: Path, spec: DataSpec) -> list[str]:
+    """The label column, stripped; empty or missing-value labels are refused, naming their rows."""
+    labels = [clean_label(v) for v in df[spec.label_col]]
+    missing = [i for i, v in enumerate(labels) if _is_missing(v)]
+    if missing:
+        values = sorted({repr(str(df[spec.label_col].iat[i])) for i in missing})
+        raise DataError(
+            f"{path}: {len(missing)} row(s) have an empty or missing label ({', '.join(values[:5])}) in column "
+            f"'{spec.label_col}': {_rows(df, missing, spec.id_col)}. Every training image needs a class: fix or "
+            "drop these rows."
+        )
+    return labels
+
+
+def _outside_root(paths: Sequence[Path], spec: DataSpec) -> list[tuple[int, Path]]:
+    """Positions and resolved targets of the paths that lead outside ``data.root`` (symlinks followed)."""
+    if spec.allow_outside_root:
+        return []
+    root = spec.root_path.resolve()
+    found = []
+    for i, path in enumerate(paths):
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            found.append((i, real))
+    return found
+
+
+def _refuse_outside(outside: list[tuple[int, Path]], paths: Sequence[Path], ids: Sequence[str], source: Path,
+                    spec: DataSpec, what: str) -> None:
+    if not outside:
+        return
+    shown = "; ".join(f"id {ids[i]!r}: {paths[i]} → {real}" for i, real in outside[:3])
+    raise DataError(
+        f"{source}: {len(outside)} {what} lead outside data.root ({spec.root_path.resolve()}), e.g. {shown}. "
+        "Image paths ('..', absolute paths, symlinks) must stay inside the data folder; set "
+        "data.allow_outside_root=true if these images really live elsewhere."
+    )
+
+
 def _paths_from_df(df: pd.DataFrame, image_dir: Path, spec: DataSpec, csv_path: Path) -> list[Path]:
+    ids = df[spec.id_col].tolist()
     if spec.path_col:
-        paths = [Path(p) if Path(p).is_absolute() else image_dir / p for p in df[spec.path_col]]
+        raw = [str(p).strip() for p in df[spec.path_col]]
+        empty = [i for i, p in enumerate(raw) if not p]
+        if empty:
+            raise DataError(
+                f"{csv_path}: {len(empty)} row(s) with an empty path in column '{spec.path_col}': "
+                f"{_rows(df, empty, spec.id_col)}."
+            )
+        paths = [Path(p) if Path(p).is_absolute() else image_dir / p for p in raw]
+        what = f"path(s) in column '{spec.path_col}'"
     else:
-        paths = [image_dir / f"{i}{spec.ext}" for i in df[spec.id_col]]
+        paths = [image_dir / f"{i}{spec.ext}" for i in ids]
+        what = f"image path(s) made from column '{spec.id_col}' (<dir>/<id>{spec.ext})"
+    _refuse_outside(_outside_root(paths, spec), paths, ids, csv_path, spec, what)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])
@@ -85,10 +176,27 @@ def _paths_from_df(df: pd.DataFrame, image_dir: Path, spec: DataSpec, csv_path: 
     return paths
 
 
+def _class_order(name: str) -> tuple[bool, int, str]:
+    """Numeric labels in numeric order ("2" before "10"), then the others alphabetically."""
+    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+def _configured_classes(spec: DataSpec) -> list[str] | None:
+    """``data.classes`` stripped; empty, missing-value or repeated entries are refused."""
+    if not spec.classes:
+        return None
+    classes = [clean_label(c) if isinstance(c, str) else str(c).strip() for c in spec.classes]
+    if bad := [c for c in classes if _is_missing(c)]:
+        raise DataError(f"data.classes has empty or missing-value entries {bad}: {list(spec.classes)}.")
+    if dupes := duplicates(classes):
+        raise DataError(f"data.classes lists {dupes} more than once (after stripping spaces): {list(spec.classes)}.")
+    return classes
+
+
 def _resolve_classes(raw: Sequence[str], spec: DataSpec, source: Path) -> tuple[list[str], np.ndarray]:
-    """Map raw label strings to indices into an explicit class list."""
-    found = sorted(set(raw), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-    classes = list(spec.classes) if spec.classes else found
+    """Map (stripped) label strings to indices into an explicit class list."""
+    found = sorted(set(raw), key=_class_order)
+    classes = _configured_classes(spec) or found
     if spec.num_classes is not None and spec.num_classes != len(classes):
         raise DataError(
             f"data.num_classes={spec.num_classes} contradicts the data: {source} has "
@@ -101,37 +209,53 @@ def _resolve_classes(raw: Sequence[str], spec: DataSpec, source: Path) -> tuple[
     return classes, np.array([index[r] for r in raw], dtype=np.int64)
 
 
+def _imagefolder_table(spec: DataSpec, root: Path) -> ImageTable:
+    image_root = root / spec.train_dir
+    _require_dir(image_root, "data.train_dir")
+    rows = [
+        (p.relative_to(image_root).with_suffix("").as_posix(), p, p.parent.name)
+        for p in sorted(image_root.glob("*/*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    if not rows:
+        raise DataError(f"No images with extensions {IMAGE_EXTENSIONS} in class sub-folders of {image_root}.")
+    ids, paths, folders = (list(x) for x in zip(*rows))
+    if bad := sorted({f for f in folders if _is_missing(clean_label(f))}):
+        raise DataError(
+            f"{image_root}: class folder(s) {bad} have an empty or missing-value name ({sorted(MISSING_LABELS)}); "
+            "rename them to their class."
+        )
+    _refuse_outside(_outside_root(paths, spec), paths, ids, image_root, spec, "image(s)")
+    classes, labels = _resolve_classes([clean_label(f) for f in folders], spec, image_root)
+    return ImageTable(ids, paths, labels, classes, spec.max_image_pixels)
+
+
 def read_train_table(spec: DataSpec) -> ImageTable:
-    """Read the labelled training images of a competition (CSV or ImageFolder layout)."""
+    """Read and check the labelled training images of a competition (CSV or ImageFolder layout).
+
+    Raises:
+        DataError: naming the file, column, rows or key: a missing folder or file, an unreadable CSV,
+            missing columns, empty or duplicate ids, empty or missing-value labels, labels outside
+            ``data.classes``, a contradicting ``data.num_classes``, paths outside ``data.root``, or
+            listed images missing on disk.
+    """
     root = spec.root_path
     _require_dir(root, "data.root")
     if spec.layout == "imagefolder":
-        image_root = root / spec.train_dir
-        _require_dir(image_root, "data.train_dir")
-        rows = [
-            (p.relative_to(image_root).with_suffix("").as_posix(), p, p.parent.name)
-            for p in sorted(image_root.glob("*/*"))
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-        ]
-        if not rows:
-            raise DataError(f"No images with extensions {IMAGE_EXTENSIONS} in class sub-folders of {image_root}.")
-        ids, paths, raw = (list(x) for x in zip(*rows))
-        classes, labels = _resolve_classes(raw, spec, image_root)
-        return ImageTable(ids, paths, labels, classes)
+        return _imagefolder_table(spec, root)
     if spec.layout != "csv":
         raise DataError(f"Unknown data.layout '{spec.layout}'. Accepted: csv, imagefolder.")
     csv_path = root / spec.train_csv
     required = [spec.id_col, spec.label_col] + ([spec.path_col] if spec.path_col else [])
-    df = _read_csv(csv_path, "data.train_csv", required)
-    dup = df[spec.id_col][df[spec.id_col].duplicated()]
-    if len(dup):
-        raise DataError(f"{csv_path}: duplicate ids in column '{spec.id_col}', first: {list(dup[:5])}.")
+    df = _read_csv(csv_path, "data.train_csv", required, "Training CSV")
+    ids = _check_ids(df, csv_path, spec.id_col)
+    labels = _csv_labels(df, csv_path, spec)
     image_dir = root / spec.train_dir
     if not spec.path_col:
         _require_dir(image_dir, "data.train_dir")
     paths = _paths_from_df(df, image_dir, spec, csv_path)
-    classes, labels = _resolve_classes(list(df[spec.label_col]), spec, csv_path)
-    return ImageTable(list(df[spec.id_col]), paths, labels, classes)
+    classes, indices = _resolve_classes(labels, spec, csv_path)
+    return ImageTable(ids, paths, indices, classes, spec.max_image_pixels)
 
 
 def read_test_table(spec: DataSpec, classes: Sequence[str] = ()) -> ImageTable:
@@ -147,15 +271,23 @@ def read_test_table(spec: DataSpec, classes: Sequence[str] = ()) -> ImageTable:
     image_dir = root / (spec.test_dir or "")
     if spec.test_csv:
         csv_path = root / spec.test_csv
-        df = _read_csv(csv_path, "data.test_csv", [spec.id_col] + ([spec.path_col] if spec.path_col else []))
-        if df.empty:
-            raise DataError(f"Test CSV {csv_path} has no rows.")
-        return ImageTable(list(df[spec.id_col]), _paths_from_df(df, image_dir, spec, csv_path), None, list(classes))
+        df = _read_csv(csv_path, "data.test_csv", [spec.id_col] + ([spec.path_col] if spec.path_col else []),
+                       "Test CSV")
+        ids = _check_ids(df, csv_path, spec.id_col)
+        return ImageTable(ids, _paths_from_df(df, image_dir, spec, csv_path), None, list(classes), spec.max_image_pixels)
     _require_dir(image_dir, "data.test_dir")
     paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise DataError(f"Test folder {image_dir} contains no images with extensions {IMAGE_EXTENSIONS}.")
-    return ImageTable([p.stem for p in paths], paths, None, list(classes))
+    ids = [p.stem for p in paths]
+    if dupes := duplicates(ids):
+        same = [p.name for p in paths if p.stem == dupes[0]]
+        raise DataError(
+            f"Test folder {image_dir}: {len(dupes)} id(s) belong to several files (the id is the file name "
+            f"without its extension), e.g. {same}. Keep one file per id."
+        )
+    _refuse_outside(_outside_root(paths, spec), paths, ids, image_dir, spec, "image(s)")
+    return ImageTable(ids, paths, None, list(classes), spec.max_image_pixels)
 
 
 def read_test_in_sample_order(spec: DataSpec, classes: Sequence[str]) -> tuple[ImageTable, list[str] | None]:
@@ -164,21 +296,69 @@ def read_test_in_sample_order(spec: DataSpec, classes: Sequence[str]) -> tuple[I
     if not spec.sample_submission:
         return table, None
     sample_path = spec.root_path / spec.sample_submission
-    if not sample_path.is_file():
-        raise FileNotFoundError(f"Sample submission {sample_path} does not exist (config key data.sample_submission).")
-    sample = read_csv_as_text(sample_path)
+    sample = read_csv_as_text(sample_path, key="data.sample_submission", require_rows=True, what="Sample submission")
     sample_ids = sample.iloc[:, 0].tolist() if spec.id_col not in sample.columns else sample[spec.id_col].tolist()
-    check_sample_ids(sample_ids, table.ids, sample_path)
+    check_sample_ids(sample_ids, table.ids, sample_path, test_csv=spec.test_csv, sample_setting=spec.sample_submission)
     pos = {i: r for r, i in enumerate(table.ids)}
     return table.subset(np.array([pos[i] for i in sample_ids])), sample_ids
 
 
-def check_sample_ids(sample_ids: Sequence[str], test_ids: Sequence[str], sample_path: str | Path) -> None:
+def _strip_image_ext(ids: Sequence[str]) -> tuple[set[str], list[str]]:
+    """The ids without an image extension, and the ids that had one."""
+    stems, with_ext = set(), []
+    for i in ids:
+        path = Path(i)
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            stems.add(i[: -len(path.suffix)])
+            with_ext.append(i)
+        else:
+            stems.add(i)
+    return stems, with_ext
+
+
+def _id_hint(sample: list[str], test: list[str], only_test: list[str], only_sample: list[str],
+             test_csv: str | None, sample_setting: str) -> str:
+    """Which way the ids differ and the setting that fixes it."""
+    sample_stems, sample_ext = _strip_image_ext(sample)
+    test_stems, test_ext = _strip_image_ext(test)
+    if sample_ext and not test_ext and sample_stems == set(test):
+        return (
+            f". The sample's ids keep their file extension (e.g. {sample_ext[0]!r}) and the test ids do not (they "
+            f"are file names without the extension): set data.test_csv={sample_setting} and data.ext='' so the "
+            "test ids are the sample's ids and name the files as they are"
+        )
+    if test_ext and not sample_ext and test_stems == set(sample):
+        source = f"data.test_csv ({test_csv})" if test_csv else "the test table"
+        return (
+            f". The test ids carry a file extension (e.g. {test_ext[0]!r}) and the sample's ids do not: remove the "
+            f"extension from the ids in {source}, or leave data.test_csv unset so the ids are the file names "
+            "without extension"
+        )
+    if only_test and not only_sample and not test_csv:
+        return (
+            f". The test folder holds {len(only_test)} image(s) the sample does not list (are train and test "
+            f"images in one folder?): set data.test_csv={sample_setting} to take the test ids from the sample "
+            "submission"
+        )
+    return ""
+
+
+def check_sample_ids(sample_ids: Sequence[str], test_ids: Sequence[str], sample_path: str | Path, *,
+                     test_csv: str | None = None, sample_setting: str | None = None) -> None:
     """Check that the sample submission lists exactly the test images.
+
+    Args:
+        sample_ids: the sample submission's ids.
+        test_ids: the test table's ids.
+        sample_path: the sample submission file, named in the error.
+        test_csv: ``data.test_csv`` when the test ids came from a CSV (None: from the test folder).
+        sample_setting: ``data.sample_submission`` as configured, for the suggested fix (default: the
+            file's name).
 
     Raises:
         DataError: Naming ``sample_path``, with counts and examples of ids only in the sample
-            and only in the test folder, and of duplicated sample ids.
+            and only in the test folder, and of duplicated sample ids, plus which way the ids differ
+            (a file extension on one side, extra images in the test folder) and the setting that fixes it.
     """
     sample = [str(i) for i in sample_ids]
     test = [str(i) for i in test_ids]
@@ -186,16 +366,15 @@ def check_sample_ids(sample_ids: Sequence[str], test_ids: Sequence[str], sample_
     if dupes := duplicates(sample):
         problems.append(f"{len(dupes)} ids occur more than once in the sample, e.g. {examples(dupes)}")
     only_test, only_sample = id_differences(test, sample)
+    source = "the test CSV" if test_csv else "the test folder"
     if only_sample:
         problems.append(f"{len(only_sample)} ids only in the sample, e.g. {examples(only_sample)}")
     if only_test:
-        problems.append(f"{len(only_test)} ids only in the test folder, e.g. {examples(only_test)}")
+        problems.append(f"{len(only_test)} ids only in {source}, e.g. {examples(only_test)}")
     if not problems:
         return
-    hint = ""
-    if {os.path.splitext(i)[0] for i in sample} == {os.path.splitext(i)[0] for i in test}:
-        hint = "; they match once file extensions are removed, so strip the extension from the ids"
+    hint = _id_hint(sample, test, only_test, only_sample, test_csv, sample_setting or Path(sample_path).name)
     raise DataError(
         f"{sample_path}: the {len(sample)} sample submission ids do not match the {len(test)} test "
-        f"images: {'; '.join(problems)}{hint}"
+        f"images: {'; '.join(problems)}{hint}."
     )

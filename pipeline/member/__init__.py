@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "check_member_name",
         ],
         "folder": ["Member", "find_members", "inside"],
-        "weights": ["WEIGHTS", "META", "load_state_dict", "build_model", "model_meta", "export_member"],
+        "weights": ["WEIGHTS", "META", "load_checkpoint", "load_state_dict", "build_model", "model_meta", "export_member"],
         "predictions": ["PredictionWriter", "write_predictions", "read_predictions", "PROB_PREFIX"],
         "cache": [
             "PREDICTIONS", "FALLBACK", "CacheDirs", "cache_dirs", "cache_name", "checkpoint_hash", "writable",

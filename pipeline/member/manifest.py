@@ -21,18 +21,21 @@ A folder is a usable member only when its status is ``completed``.
 """
 from __future__ import annotations
 
+import logging
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import MemberError
-from pipeline.core.io import read_json, safe_name, write_json
+from pipeline.core.io import atomic_path, read_json, safe_name, write_json
 
 __all__ = [
     "MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed",
     "check_member_name",
 ]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "member.json"
 STATUSES = ("running", "completed", "failed")
@@ -149,11 +152,21 @@ def member_status(folder: Path) -> str:
         return "failed" if (folder / "error.txt").is_file() else "missing"
 
 
-def mark_failed(member_dir: Path, err: BaseException) -> None:
-    """Mark a member failed, keeping the exception and traceback in ``error.txt``."""
-    member_dir.mkdir(parents=True, exist_ok=True)
-    (member_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
-    if (member_dir / MANIFEST).is_file():
-        manifest = read_manifest(member_dir)
-        manifest.status = "failed"
-        write_manifest(member_dir, manifest)
+def mark_failed(member_dir: Path, err: BaseException) -> bool:
+    """Mark a member failed, keeping the exception and traceback in ``error.txt``; return whether it worked.
+
+    Best effort: the failure may be that the folder cannot be written at all, and the original error
+    must not be hidden behind a second one, so a write that fails is only logged.
+    """
+    try:
+        member_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(member_dir / "error.txt") as tmp:
+            tmp.write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        if (member_dir / MANIFEST).is_file():
+            manifest = read_manifest(member_dir)
+            manifest.status = "failed"
+            write_manifest(member_dir, manifest)
+    except (OSError, ValueError) as second:  # OutputError is a ValueError
+        log.warning("Could not record the failure in %s: %s", member_dir, second)
+        return False
+    return True

@@ -16,6 +16,7 @@ with ``timm.create_model("local-dir:/path/to/member", pretrained=True)`` (:mod:`
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +24,58 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pipeline.core.errors import MemberError
+from pipeline.core.errors import MemberError, pickle_refusal
 from pipeline.core.io import atomic_path, write_json
 from pipeline.member.folder import Member
 from pipeline.member.manifest import read_manifest
 from pipeline.models.factory import create_model, strip_model_prefix
 
-__all__ = ["WEIGHTS", "META", "load_state_dict", "build_model", "model_meta", "export_member"]
+__all__ = ["WEIGHTS", "META", "load_checkpoint", "load_state_dict", "build_model", "model_meta", "export_member"]
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+
+
+def load_checkpoint(path: Path, fix: str = "", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and never run pickled code.
+
+    A file holding pickled Python objects is refused; the message says what it references and not to
+    switch ``weights_only`` off (torch's own message suggests exactly that).
+
+    Args:
+        path: the checkpoint.
+        fix: what the user can do instead, appended to the refusal.
+        mmap: map tensor data instead of reading it (enough to check the file; needs the zip format).
+
+    Raises:
+        MemberError: the file is missing, truncated or corrupt, or holds pickled objects.
+    """
+    if not path.is_file():
+        raise MemberError(f"Checkpoint {path} does not exist.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        # `from None`: torch's message advises retrying with weights_only=False, which is exactly what not to do.
+        raise MemberError(pickle_refusal(path, err, fix)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise MemberError(f"Cannot read checkpoint {path}: truncated or not a PyTorch checkpoint ({err}).") from err
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint's model weights with ``weights_only=True`` and strip Lightning's ``model.`` prefix.
 
     Raises:
-        MemberError: for a missing file, or one that holds arbitrary pickled objects (refused, never run).
+        MemberError: for a missing or unreadable file, or one that holds arbitrary pickled objects
+            (refused, never run).
     """
-    if not path.is_file():
-        raise MemberError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":  # exported members: tensors only, nothing to unpickle
         from safetensors.torch import load_file
 
+        if not path.is_file():
+            raise MemberError(f"Checkpoint {path} does not exist.")
         return load_file(str(path))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise MemberError(
-            f"Refusing to load {path}: it contains pickled objects that are not plain tensors or containers, "
-            f"and loading it could run arbitrary code. Only weights_only checkpoints are accepted. ({err})"
-        ) from err
+    ckpt = load_checkpoint(path, fix="Re-create the file from the member's training run, or export plain weights "
+                                    "(model.safetensors).")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise MemberError(f"{path} holds no state_dict.")

@@ -26,6 +26,7 @@ from timm.models import clean_state_dict, get_model_traits, get_pretrained_cfg, 
 from torch import nn
 
 import pipeline.models.classic  # noqa: F401  (registers lenet5, alexnet, nin with timm)
+from pipeline.core.errors import ConfigError, pickle_refusal
 from pipeline.data.augment import match_channels
 
 __all__ = [
@@ -41,6 +42,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class WeightsFileNotFound(ConfigError, FileNotFoundError):
+    """``model.weights`` names a file that does not exist (a config error that is also a ``FileNotFoundError``)."""
+
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -79,7 +85,7 @@ def _check_model_name(name: str) -> None:
     arch, _ = split_model_name_tag(name)
     if not is_model(arch):
         closest = ", ".join(suggest_model_names(arch)) or "none"
-        raise ValueError(f"Unknown timm model {name!r}. Closest: {closest}")
+        raise ConfigError(f"Unknown timm model {name!r}. Closest: {closest}. Set model.name to one of them.")
 
 
 def min_input_size(name: str) -> int | None:
@@ -149,16 +155,22 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     accepted = ", ".join(WEIGHT_SUFFIXES)
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file not found: {path} (accepted suffixes: {accepted})")
+        raise WeightsFileNotFound(f"Weights file not found: {path} (model.weights; accepted suffixes: {accepted})")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"Unsupported weights file {path}: suffix {path.suffix!r}, accepted: {accepted}")
+        raise ConfigError(f"Unsupported weights file {path} (model.weights): suffix {path.suffix!r}, accepted: {accepted}")
     try:
         state = timm.models.load_state_dict(str(path), weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError) as err:
-        raise ValueError(f"Could not read weights file {path}: {err}") from err
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        if not isinstance(err, pickle.UnpicklingError) and not isinstance(err.__cause__, pickle.UnpicklingError):
+            raise ConfigError(f"Could not read weights file {path} (model.weights): {err}") from err
+        # `from None`: torch's and timm's messages advise weights_only=False, which would run the file's code.
+        raise ConfigError(pickle_refusal(path, err, "Save the weights as a plain state_dict or safetensors file "
+                                                    "(model.weights).")) from None
+    except (OSError, EOFError, ValueError, SafetensorError) as err:
+        raise ConfigError(f"Could not read weights file {path} (model.weights): {err}") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         top = list(state)[:_SHOWN_KEYS] if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"Weights file {path} does not hold a state dict of tensors (found: {top})")
+        raise ConfigError(f"Weights file {path} (model.weights) does not hold a state dict of tensors (found: {top})")
     prefixed = strip_model_prefix(state, only_prefixed=True)
     if prefixed:
         dropped = len(state) - len(prefixed)
@@ -224,12 +236,12 @@ def _create_from_file(
     except RuntimeError as err:  # strict load: missing/unexpected keys or shape mismatches
         reference = timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
         report = _mismatch_report(state, reference, head_replaced)
-        raise ValueError(_mismatch_message(path, name, num_classes, in_chans, report, err)) from err
+        raise ConfigError(_mismatch_message(path, name, num_classes, in_chans, report, err)) from err
     # timm loads non-strictly whenever it drops the head, so a file with the wrong key names would
     # silently leave a random backbone; compare the key sets ourselves.
     report = _mismatch_report(state, model, head_replaced)
     if report:
-        raise ValueError(_mismatch_message(path, name, num_classes, in_chans, report, None))
+        raise ConfigError(_mismatch_message(path, name, num_classes, in_chans, report, None))
     cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
     cfg.pop("state_dict", None)  # timm keeps a deep copy of the source tensors there
     cfg["file"] = str(path)
@@ -297,7 +309,7 @@ def check_input_size(model: nn.Module | str, in_chans: int = 3, size: int = 224,
     name = model if isinstance(model, str) else _model_name(model)
     expected_chans = get_model_traits(net).get("in_chans")
     if expected_chans is not None and expected_chans != in_chans:
-        raise ValueError(f"Model {name!r} was built for in_chans={expected_chans}; the data has {in_chans}")
+        raise ConfigError(f"Model {name!r} was built for in_chans={expected_chans}; the data has {in_chans}")
     param = next(net.parameters(), None)
     x = torch.zeros(1, in_chans, size, size, device=param.device if param is not None else None,
                     dtype=param.dtype if param is not None else None)  # fmt: skip
@@ -307,7 +319,7 @@ def check_input_size(model: nn.Module | str, in_chans: int = 3, size: int = 224,
         with torch.no_grad():
             net(x)
     except (RuntimeError, ValueError) as err:
-        raise ValueError(_size_message(name, in_chans, size, err)) from err
+        raise ConfigError(_size_message(name, in_chans, size, err)) from err
     finally:
         for module, training in modes.items():
             module.training = training

@@ -52,7 +52,7 @@ class GroupedDataset(Dataset):
                 image = cache.read(int(rows[i]))
             else:
                 if rgb is None:
-                    rgb = load_rgb(self.table.paths[i])  # decoded once, whatever the number of groups
+                    rgb = load_rgb(self.table.paths[i], self.table.max_pixels)  # decoded once, whatever the number of groups
                 image = to_channels(rgb, group.in_chans)
             out = transform(image=image)["image"]
             if not isinstance(out, torch.Tensor):

@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "spec": ["TrainSpec", "TransformFactory"],
-        "module": ["ClassifierModule"],
+        "module": ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"],
         "fit": ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"],
         "ddp": ["fit_other_rank", "distributed_scope"],
         "loggers": ["create_lightning_logger"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -24,33 +23,31 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from pipeline.core.io import atomic_path, read_json, short_hash, write_json
+from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, short_hash, write_json
 from pipeline.core.tracking import init_wandb
 from pipeline.data.augment import resolve_normalization, transform_to_dict
 from pipeline.data.cache import cache_for_spec
 from pipeline.data.dataset import ImageDataset
 from pipeline.data.decode import verify_images
-from pipeline.data.folds import load_or_create_folds, split_indices
+from pipeline.data.folds import check_fold_index, resolve_folds, save_folds, split_indices
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_train_table
-from pipeline.member.manifest import MemberManifest, member_status, read_manifest, write_manifest
+from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
 from pipeline.models.finetune import BackboneFreeze
+from pipeline.train.checks import ProgressGuard, check_progress, check_split_sizes, check_trainer_settings
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger
-from pipeline.train.module import ClassifierModule
+from pipeline.train.module import ClassifierModule, optimizer_lr
 from pipeline.train.spec import TrainSpec
+from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
 
 __all__ = ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"]
 
 log = logging.getLogger(__name__)
-
-
-class MemberConflict(ValueError):
-    """The member folder holds a member trained with another config; it is left untouched."""
 
 
 # The config keys that define a member's result; a completed member with another hash is not "the same".
@@ -92,13 +89,24 @@ def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
     return short_hash({k: view[k] for k in MEMBER_KEYS}, 16)
 
 
-def _prepare_data(spec: DataSpec, sweep_dir: Path) -> tuple[ImageTable, Any]:
-    """Read and check the training table and the sweep's folds, before any model is built."""
+def _fold_name(spec: DataSpec) -> str:
+    return f"fold {spec.fold} of {spec.n_folds}" if spec.n_folds >= 2 else "the holdout split"
+
+
+def _prepare_data(spec: DataSpec, sweep_dir: Path) -> tuple[ImageTable, Any, bool]:
+    """Read and check the training table and the sweep's folds (new ones are not written yet).
+
+    Returns:
+        The table, the folds, and whether the folds are new (to be saved once every check has passed).
+    """
+    check_fold_index(spec.fold, spec.n_folds)
     table = read_train_table(spec)
     if spec.check_images:
         table = verify_images(table, spec.skip_bad_images)
-    folds = load_or_create_folds(sweep_dir / "folds.csv", table, spec)
-    return table, folds
+    folds, new = resolve_folds(sweep_dir / "folds.csv", table, spec)
+    train_idx, val_idx = split_indices(folds, spec.fold, spec.n_folds)
+    check_split_sizes(len(train_idx), len(val_idx), spec.batch_size, _fold_name(spec))
+    return table, folds, new
 
 
 def _seed_augmentation(transform: Any, seed: int) -> None:
@@ -137,6 +145,7 @@ def _loaders(
 
 def _callbacks(spec: TrainSpec) -> list[Callback]:
     callbacks: list[Callback] = [
+        ProgressGuard(),
         ModelCheckpoint(
             dirpath=Path(spec.member_dir) / "checkpoints", filename="best", monitor=spec.monitor,
             mode=spec.monitor_mode, save_last=True, save_top_k=1, auto_insert_metric_name=False,
@@ -192,24 +201,6 @@ def _manifest(spec: TrainSpec, classes: list[str], module: ClassifierModule, dig
     )
 
 
-def _existing(member_dir: Path, digest: str, overwrite: bool) -> dict[str, float] | None:
-    """Metrics of an already completed identical member (skip it), else None; refuse a clash."""
-    status = member_status(member_dir)
-    if status == "missing":
-        return None
-    manifest = read_manifest(member_dir)
-    if manifest.config_hash != digest and not overwrite:
-        raise MemberConflict(
-            f"Member folder {member_dir} holds a member trained with a different config (hash {manifest.config_hash} "
-            f"!= {digest}). Use another sweep_name, or overwrite=true to retrain it."
-        )
-    if status == "completed" and manifest.config_hash == digest:
-        log.info("Member %s is already completed; skipping it.", member_dir)
-        metrics: dict[str, float] = read_json(member_dir / "metrics.json")
-        return metrics
-    return None
-
-
 def _write_setup(member_dir: Path, config: dict[str, Any], table: ImageTable, folds: Any, val_dl: DataLoader) -> None:
     """The member folder's files that do not depend on training: config, classes, folds, eval transform."""
     member_dir.mkdir(parents=True, exist_ok=True)
@@ -217,27 +208,8 @@ def _write_setup(member_dir: Path, config: dict[str, Any], table: ImageTable, fo
     with atomic_path(member_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     write_json(member_dir / "classes.json", table.classes)
-    folds.to_csv(member_dir / "folds.csv", index=False)
+    save_folds(member_dir / "folds.csv", folds)
     write_json(member_dir / "eval_transform.json", transform_to_dict(cast(ImageDataset, val_dl.dataset).transform))
-
-
-def _resume_checkpoint(member_dir: Path) -> Path | None:
-    """The newest complete checkpoint to resume from: ``checkpoints/last.ckpt`` or a SLURM requeue one.
-
-    Lightning's SLURM handler saves ``hpc_ckpt_<n>.ckpt`` mid-epoch before it requeues the job, so it
-    can be newer than ``last.ckpt`` (saved at epoch ends). A process killed while writing leaves a
-    truncated file (not a zip archive): it is skipped rather than failing every later attempt.
-    """
-    candidates = [member_dir / "checkpoints" / "last.ckpt", *member_dir.glob("hpc_ckpt_*.ckpt")]
-    usable = []
-    for path in candidates:
-        if not path.is_file():
-            continue
-        if zipfile.is_zipfile(path):
-            usable.append(path)
-        else:
-            log.warning("Ignoring incomplete checkpoint %s (the run was probably killed while saving it).", path)
-    return max(usable, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def _process_rank() -> int:
@@ -268,24 +240,73 @@ def _record_runtime(member_dir: Path, **fields: Any) -> None:
 def train_member(spec: TrainSpec) -> dict[str, float]:
     """Train one member as ``spec`` says and write its member folder; return its metrics.
 
+    Everything that can be checked is checked before the first file is written: the folders can be
+    written, the trainer settings allow training and validation, the data (labels, paths, images,
+    split, batch size), the model, and what the member folder already holds. A failure is recorded in
+    the folder (``error.txt``, status ``failed`` when there is a manifest) and raised; rerunning the
+    same command retries the member.
+
     >>> metrics = train_member(TrainSpec(member_dir=..., data=..., model=..., transforms=...))  # doctest: +SKIP
+
+    Raises:
+        MemberConflict: the folder holds another config's member (nothing is recorded in it).
+        PipelineError: a problem the message names (data, config, folder, training without progress).
     """
     start = time.time()
-    limit_threads_to_assigned_cpus()
     member_dir = Path(spec.member_dir)
+    is_zero = _process_rank() == 0
+    try:
+        return _train(spec, member_dir, start, is_zero)
+    except MemberConflict:
+        raise
+    except Exception as err:
+        if is_zero:
+            mark_failed(member_dir, err)
+        raise
+
+
+def _prepare_folder(member_dir: Path) -> None:
+    """Rank 0: the member and sweep folders can be written; temporary files of killed runs are removed."""
+    check_writable_dir(member_dir)
+    check_writable_dir(member_dir.parent)
+    clean_stale_temps(member_dir, recursive=True)
+    clean_stale_temps(member_dir.parent)
+
+
+def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> dict[str, float]:
+    limit_threads_to_assigned_cpus()
+    if is_zero:
+        _prepare_folder(member_dir)
     pl.seed_everything(int(spec.seed), workers=True)
-    table, folds = _prepare_data(spec.data, member_dir.parent)
+    check_trainer_settings(spec.trainer_settings)
+    if spec.optimizer is not None:
+        optimizer_lr(spec.optimizer)
+    table, folds, new_folds = _prepare_data(spec.data, member_dir.parent)
     module = _build_module(spec, len(table.classes))
     config = _record(spec, module.mean, module.std)
     digest = member_hash(spec, config)
-    done = _existing(member_dir, digest, spec.overwrite)
-    if done is not None:
-        return done
+    plan = plan_member(member_dir, digest, spec.overwrite)
+    if plan.action == "skip":
+        log.info("Member %s is already completed; skipping it.", member_dir)
+        return cast(dict[str, float], plan.metrics)
     manifest = _manifest(spec, table.classes, module, digest)
+    # Every check has passed: from here on files are written.
+    if is_zero and new_folds:
+        save_folds(member_dir.parent / "folds.csv", folds)
     train_dl, val_dl, val_table = _loaders(spec, table, folds, module.mean, module.std)
-    is_zero = _process_rank() == 0
     if is_zero:
+        if plan.action == "train":
+            clear_member(member_dir)
         _write_setup(member_dir, config, table, folds, val_dl)
+    return _fit(spec, member_dir, module, config, manifest, plan, (train_dl, val_dl, val_table), start, is_zero)
+
+
+def _fit(
+    spec: TrainSpec, member_dir: Path, module: ClassifierModule, config: dict[str, Any], manifest: MemberManifest,
+    plan: MemberPlan, loaders: tuple[DataLoader, DataLoader, ImageTable], start: float, is_zero: bool,
+) -> dict[str, float]:
+    """Fit (resuming when the plan says so), check that it trained and validated, and finish the member."""
+    train_dl, val_dl, val_table = loaders
     run = None
     try:
         if spec.logger.kind == "wandb" and is_zero:
@@ -298,7 +319,7 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
         if trainer.global_rank == 0:
             write_manifest(member_dir, manifest)
             _record_runtime(member_dir, **runtime_info(), world_size=trainer.world_size, started=start, ended=None)
-        resume = _resume_checkpoint(member_dir)
+        resume = plan.resume_from
         if resume is not None:
             log.info("Resuming %s from %s", manifest.name, resume)
         if trainer.global_rank != 0:
@@ -306,6 +327,8 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
             return {}
         with distributed_scope(trainer, member_dir, spec.relaunch):
             trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
+        guard = next(c for c in trainer.callbacks if isinstance(c, ProgressGuard))  # type: ignore[attr-defined]
+        check_progress(trainer, guard, _checkpoint_callback(trainer).best_model_score, member_dir)
         metrics = _finish(trainer, module, member_dir, val_dl, val_table, manifest, start, run)
         for stale in member_dir.glob("hpc_ckpt_*.ckpt"):  # requeue checkpoints are of no use once completed
             stale.unlink()
@@ -322,12 +345,16 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
                 wandb.teardown()
 
 
+def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
+    return next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))  # type: ignore[attr-defined]
+
+
 def _finish(
     trainer: pl.Trainer, module: ClassifierModule, member_dir: Path, val_dl: DataLoader, val_table: ImageTable,
     manifest: MemberManifest, start: float, run: Any,
 ) -> dict[str, float]:
     """Reload the best checkpoint, save validation predictions and metrics, mark the member completed."""
-    ckpt_cb = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))  # type: ignore[attr-defined]
+    ckpt_cb = _checkpoint_callback(trainer)
     best = Path(ckpt_cb.best_model_path or member_dir / "checkpoints" / "last.ckpt")
     if best.name != "best.ckpt":  # no monitored value was ever logged (e.g. no validation): keep the last weights
         best = member_dir / "checkpoints" / "best.ckpt"

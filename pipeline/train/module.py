@@ -19,14 +19,19 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from pipeline.core.errors import ConfigError, TrainError
 from pipeline.data.augment import center_crop, normalize_batch
 from pipeline.models.factory import create_model
 from pipeline.models.finetune import build_param_groups
 
-__all__ = ["ClassifierModule"]
+__all__ = ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+
+
+class NonFiniteLossError(TrainError, FloatingPointError):
+    """The training loss became NaN or infinite: the member failed (still a ``FloatingPointError``)."""
 
 
 class ClassifierModule(pl.LightningModule):
@@ -97,7 +102,7 @@ class ClassifierModule(pl.LightningModule):
         loss = F.cross_entropy(logits, batch["target"], label_smoothing=self.hparams["label_smoothing"])
         if not torch.isfinite(loss):
             # Training on from here would only produce garbage weights; stop this member now.
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}. "
                 "Lower the learning rate (optimizer.lr), enable gradient clipping (trainer.gradient_clip_val) "
                 "or check the inputs."
@@ -121,7 +126,7 @@ class ClassifierModule(pl.LightningModule):
         return {"index": batch["index"], "probs": self.eval_logits(batch["image"]).float().softmax(-1)}
 
     def configure_optimizers(self) -> Any:
-        base_lr = _factory_lr(self.optimizer_factory)
+        base_lr = optimizer_lr(self.optimizer_factory)
         groups = build_param_groups(
             self.model, lr=base_lr, head_lr=self.hparams["head_lr"], layer_decay=self.hparams["layer_decay"],
             weight_decay=float(getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)),
@@ -133,9 +138,9 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-def _factory_lr(factory: OptimizerFactory) -> float:
+def optimizer_lr(factory: OptimizerFactory) -> float:
     """The ``lr`` a partial optimizer was configured with (required, so the groups can carry it)."""
     lr = getattr(factory, "keywords", {}).get("lr")
     if lr is None or not math.isfinite(float(lr)):
-        raise ValueError("optimizer.lr must be set to a finite number.")
+        raise ConfigError(f"optimizer.lr={lr!r} must be set to a finite number.")
     return float(lr)
