@@ -50,9 +50,9 @@ def test_mixed_run_equals_each_member_predicted_alone(
 ) -> None:
     decoded: list[str] = []
 
-    def counting_load_rgb(path: str | Path) -> np.ndarray:
+    def counting_load_rgb(path: str | Path, *args: object) -> np.ndarray:
         decoded.append(str(path))
-        return load_rgb(path)
+        return load_rgb(path, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline.predict.loader, "load_rgb", counting_load_rgb)
     test = read_test_table(DataSpec(root=str(demo_slice)))
