@@ -316,3 +316,18 @@ def test_command_line_image_size_is_refused_with_exit_status(case: Case) -> None
     assert proc.returncode != 0
     assert "['data.crop_size'] on the command line" in proc.stderr and "tta.allow_crop_override" in proc.stderr
     assert_unchanged(before, case.root, ignore=lambda path: "/.hydra/" in path or path.endswith(".log"))  # Hydra's own run record
+
+
+def test_predict_cleans_the_temporary_files_a_killed_predict_left(case: Case) -> None:
+    """A predict killed by SIGKILL leaves ``.<file>.<host>.<pid>.<token>.tmp`` in a cache folder; the next run removes it."""
+    from pipeline.core.io import _HOST
+
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)  # that process has exited: its writer is gone
+    folder = case.members / S0 / "predictions"
+    folder.mkdir(exist_ok=True)
+    stale = folder / f".oof-none-prob_mean-x.csv.{_HOST}.{dead_pid}.0a1b2c3d.tmp"
+    stale.write_text("id,label\n")
+    case.run()
+    assert not stale.exists()
+    assert (case.out / "submission.csv").is_file()

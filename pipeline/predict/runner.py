@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.core import io as core_io
-from pipeline.core.io import write_json
+from pipeline.core.io import clean_stale_temps, write_json
 from pipeline.data.augment import normalize_batch
 from pipeline.data.tables import ImageTable
 from pipeline.member.folder import Member
@@ -60,14 +59,6 @@ class _Job:
     seconds: dict[str, float]
 
 
-def _clean_stale_temps(folder: Path) -> None:
-    # CALL SITE for engineer A's core.io.clean_stale_temps(folder): it removes the temporary files a killed
-    # run (SIGKILL) left in a cache folder. Until that helper lands on main this is a no-op.
-    clean = getattr(core_io, "clean_stale_temps", None)
-    if clean is not None:
-        clean(folder)
-
-
 def _run_batch(job: _Job, images: torch.Tensor, index: np.ndarray, table: ImageTable, opts: PredictOptions,
                device: torch.device) -> None:
     keep = np.ones(len(index), dtype=bool) if job.rows is None else np.isin(index, job.rows)
@@ -96,7 +87,7 @@ def _open_jobs(jobs: list[_Job], pending: list[MemberPlan], models: dict[str, nn
     for plan in pending:
         name = plan.member.name
         own = None if rows is None or needed is None else np.flatnonzero(np.isin(needed, rows[name]))
-        _clean_stale_temps(plan.dirs.write)
+        clean_stale_temps(plan.dirs.write)  # what a killed predict (SIGKILL) left in this cache folder
         writers = {k: PredictionWriter(plan.files[k], plan.member.manifest.classes, with_labels) for k in plan.todo}
         jobs.append(_Job(plan, models[name], group_of[plan.group.key], own, writers, dict.fromkeys(writers, 0.0)))
 
