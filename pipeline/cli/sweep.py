@@ -165,7 +165,7 @@ def _abspath(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers of the launch configs: ``${abspath:path}`` and ``${gpus_per_member:address}``.
+    """Resolvers of the launch configs: ``${abspath:path}``, ``${gpus_per_member:address}``, ``${search_direction:mode}``.
 
     ``abspath`` makes ``path`` absolute against the directory ``pipeline-train`` was started in.
 
@@ -174,6 +174,15 @@ def register_resolvers() -> None:
     """
     OmegaConf.register_new_resolver("abspath", _abspath, replace=True)
     OmegaConf.register_new_resolver("gpus_per_member", _gpus_per_member, replace=True)
+    OmegaConf.register_new_resolver("search_direction", search_direction, replace=True)
+
+
+def search_direction(monitor_mode: Any) -> str:
+    """``${search_direction:${monitor_mode}}``: Optuna's ``minimize``/``maximize`` for ``monitor_mode`` min/max."""
+    directions = {"min": "minimize", "max": "maximize"}
+    if str(monitor_mode) not in directions:
+        raise ValueError(f"monitor_mode={monitor_mode!r} is not one of: min, max (the search direction follows it).")
+    return directions[str(monitor_mode)]
 
 
 def _gpus_per_member(address: Any = None) -> int:
