@@ -12,10 +12,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli import CONF_DIR
-from pipeline.cli.sweep import search_direction
+from pipeline.cli.sweep import member_folder_clashes, search_direction
 from pipeline.cli.train import monitored_value
 from pipeline.core.io import read_json
 from pipeline.member.manifest import read_manifest
@@ -53,6 +54,29 @@ def test_search_config_direction_follows_monitor_mode_and_names_trials_apart() -
         names.add(str(job.member_name))
     assert names == {"resnet10t-lr0.001-wd0.01-light-s0-holdout", "resnet10t-lr0.002-wd0.01-light-s0-holdout",
                      "resnet10t-lr0.001-wd0.07-light-s0-holdout", "resnet10t-lr0.001-wd0.01-strong-s0-holdout"}
+
+
+def test_a_search_whose_trials_would_share_a_member_folder_is_refused() -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+
+        def master(*overrides: str) -> DictConfig:  # the search's config as `pipeline-train -m` composes it
+            return hydra.compose_config("train", ["hparams_search=optuna", *overrides], run_mode=RunMode.MULTIRUN,
+                                        with_log_configuration=False)
+
+        assert member_folder_clashes(master()) is None  # the shipped search names its trials apart
+        # the default member name drops the searched values: refused before any trial, naming the keys
+        clash = member_folder_clashes(master('member_name="${model.name}-s${seed}-${fold_tag:${data.n_folds},${data.fold}}"'))
+        assert clash is not None and "would write the same member folder" in clash
+        for token in ("-lr${optimizer.lr}", "-weight_decay${optimizer.weight_decay}", "-${hydra:runtime.choices.aug}"):
+            assert token in clash
+        # a value fixed on the command line is no longer searched, so it need not be in the name
+        fixed = 'member_name="${model.name}-lr${optimizer.lr}-${hydra:runtime.choices.aug}-s${seed}"'
+        assert "weight_decay" in str(member_folder_clashes(master(fixed)))
+        assert member_folder_clashes(master(fixed, "optimizer.weight_decay=0.01")) is None
+    GlobalHydra.instance().clear()
 
 
 def test_task_returns_the_members_best_monitored_value() -> None:
