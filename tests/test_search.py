@@ -21,7 +21,7 @@ from pipeline.cli.train import monitored_value
 from pipeline.core.io import read_json
 from pipeline.member.manifest import read_manifest
 from pipeline.train.sweep import SUMMARY_JSON
-from tests.test_sweep import TINY, case_configs, failure_message, run_train
+from tests.test_sweep import TINY, case_configs, failure_message, run_train, summary_rows
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -137,14 +137,20 @@ def test_the_best_trials_join_an_ensemble(search: Path, demo_slice: Path, tmp_pa
 
 @pytest.mark.slow
 def test_a_failed_trial_is_failed_for_optuna_and_the_search_goes_on(demo_slice: Path, tmp_path: Path) -> None:
-    # Grid sampler over two cases: one trains, one diverges (NaN loss) and returns None to the sweeper.
-    args = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "sweep_name=search",
+    # Two trials over two cases: one trains, one diverges (NaN loss) and returns None to the sweeper. The random
+    # sampler with seed 0 draws "diverge", then "ok" (not the grid sampler: hydra-optuna-sweeper 1.3 crashes
+    # when the grid's last trial fails, as Optuna's GridSampler stops the study while it is told the failure).
+    args = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+            "hydra.sweeper.n_trials=2", "sweep_name=search",
             "+case=choice(ok,diverge)", case_configs(tmp_path / "conf", ["ok", "diverge"]),
             "member_name=lenet5-${hydra:runtime.choices.case}", *TINY, f"data.root={demo_slice}", "experiment_name=fail"]
     proc = run_train(args, tmp_path)
     assert proc.returncode == 1, failure_message(proc)  # as any sweep with a failed member
     assert "1 of 2 members failed (lenet5-diverge)" in proc.stderr
     sweep = tmp_path / "outputs" / "fail" / "search"
+    assert {m: r["status"] for m, r in summary_rows(sweep).items()} == {"lenet5-ok": "completed", "lenet5-diverge": "failed"}
+    # the failed trial came first and the search went on to the next one
+    assert (sweep / "lenet5-diverge" / "error.txt").stat().st_mtime < (sweep / "lenet5-ok" / "metrics.json").stat().st_mtime
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_params"] == {"+case": "ok"}
     assert results["best_value"] == pytest.approx(read_json(sweep / "lenet5-ok" / "metrics.json")["best_score"], rel=1e-9)

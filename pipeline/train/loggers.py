@@ -15,7 +15,7 @@ import torch
 from pipeline.core.tracking import LoggerSpec, log_files_artifact
 from pipeline.member.weights import META, WEIGHTS
 
-__all__ = ["create_lightning_logger", "log_sample_grid", "log_member_artifacts", "SAMPLES_KEY"]
+__all__ = ["create_lightning_logger", "sample_grid", "log_sample_grid", "log_member_artifacts", "SAMPLES_KEY"]
 
 SAMPLES_KEY = "train/samples"
 """The W&B key of the grid of augmented training images (first batch of the first epoch)."""
