@@ -34,6 +34,7 @@ from pipeline.predict.ensemble import caruana_select
 from pipeline.report.build import build_report, compute_report
 from pipeline.report.score import CROSS_FIT_PARTS, cross_fit_predict
 from pipeline.report.text import render_table
+from tests.wandb_records import logged
 
 CLASSES = ["cat", "dog", "fox", "owl"]
 N_ROWS = 400
@@ -399,6 +400,10 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
     assert float(summary["tta_gain"]) == pytest.approx(gains["tta_gain"]["diff"])
     assert {"report/table", "report/score_vs_cost", "report/confusion_matrix"} <= history
     assert glob.glob(os.path.join(runs[-1], "files", "media", "table", "report", "*.table.json"))
+    # the report's files, as one artifact of the predict run (W&B stores the logged table as a run_table artifact)
+    artifacts = [a for a in logged(Path(runs[-1]))["artifacts"] if a["type"] != "run_table"]
+    assert [(a["name"], a["type"]) for a in artifacts] == [("report", "report")]
+    assert {"report.md", "report.csv", "report.json", "score_vs_cost.png", "confusion_matrix.png"} <= set(artifacts[0]["files"])
 
 
 # --------------------------------------------------------------------------- config and CLI

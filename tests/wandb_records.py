@@ -42,17 +42,36 @@ def records(path: Path) -> list[Any]:
     return out
 
 
+def _nested_row(items: Any) -> dict[str, Any]:
+    """One history row as key → value; media (an image's filenames, sizes…) come back as one nested dict."""
+    row: dict[str, Any] = {}
+    for item in items:
+        path = [item.key] if item.key else list(item.nested_key)
+        node = row
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = json.loads(item.value_json)
+    return row
+
+
 def logged(run_dir: Path) -> dict[str, Any]:
-    """History keys, summary values, config keys, group and job type of one offline run folder."""
+    """History keys and rows, summary values, config keys, group, job type and artifacts of one offline run folder.
+
+    ``rows`` holds every history row (key → decoded value); ``artifacts`` every logged artifact as
+    ``{"name", "type", "files"}`` (the files' names inside the artifact).
+    """
     (log_file,) = run_dir.glob("run-*.wandb")
     history: set[str] = set()
+    rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     config: set[str] = set()
+    artifacts: list[dict[str, Any]] = []
     group = job_type = ""
     for rec in records(log_file):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             history.update(item.key or "/".join(item.nested_key) for item in rec.history.item)
+            rows.append(_nested_row(rec.history.item))
         elif kind == "summary":
             for item in rec.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
@@ -61,4 +80,8 @@ def logged(run_dir: Path) -> dict[str, Any]:
         elif kind == "run":
             group, job_type = rec.run.run_group, rec.run.job_type
             config.update(item.key for item in rec.run.config.update)
-    return {"history": history, "summary": summary, "config": config, "group": group, "job_type": job_type}
+        elif kind == "artifact":
+            files = sorted(entry.path for entry in rec.artifact.manifest.contents)
+            artifacts.append({"name": rec.artifact.name, "type": rec.artifact.type, "files": files})
+    return {"history": history, "rows": rows, "summary": summary, "config": config, "group": group,
+            "job_type": job_type, "artifacts": artifacts}

@@ -5,9 +5,10 @@ Hydra 1.3's sweepers re-raise the first failed job after the whole batch has run
 member in its folder and lets the sweep go on; ``on_multirun_end`` writes the summary, prints the table
 and turns failures into a non-zero exit status.
 
-Before any job runs, ``on_multirun_start`` expands the sweep as Hydra's basic sweeper will and composes
-every job's member folder: a swept setting that is not part of ``member_name`` (``optimizer.lr=1e-3,2e-3``)
-would make jobs overwrite each other's member, so the command stops and says how to name them apart.
+Before any job runs, ``on_multirun_start`` expands the sweep as Hydra's basic sweeper will (for an Optuna
+search: trials that differ in one searched value each) and composes every job's member folder: a swept
+setting that is not part of ``member_name`` (``optimizer.lr=1e-3,2e-3``) would make jobs overwrite each
+other's member, so the command stops and says how to name them apart.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _CALLBACK_TARGET = "pipeline.cli.sweep.SweepSummary"
 _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
 
 def _sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -47,6 +49,35 @@ def _sweep_jobs(config: DictConfig) -> list[list[str]]:
     params = [f"{k}={v}" for k, v in raw.items()]
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + [str(o) for o in task])  # type: ignore[union-attr]
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _search_jobs(config: DictConfig) -> list[list[str]]:
+    """Trials an Optuna search can draw: a first one, then one per searched key that differs only there.
+
+    Each searched key takes two of its values (an interval's ends, a choice's or range's first two); fixed
+    keys keep theirs. Two trials that differ in any one searched value must land in different folders.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    loader = GlobalHydra.instance().config_loader()
+    raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params") or {}  # type: ignore[union-attr]
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(
+        [f"{k}={v}" for k, v in raw.items()] + [str(o) for o in task]  # type: ignore[union-attr]
+    )
+    values: dict[str, list[str]] = {}  # a later override of the same key wins, as in the sweeper
+    for override in parsed:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            values[key] = [override.get_value_element_as_str()]
+        elif isinstance(sweep := override.value(), IntervalSweep):
+            values[key] = [str(sweep.start), str(sweep.end)]
+        else:
+            values[key] = list(dict.fromkeys(override.sweep_string_iterator()))[:2]
+    first = {k: v[0] for k, v in values.items()}
+    jobs = [first] + [{**first, k: v[1]} for k, v in values.items() if len(v) > 1]
+    return [[f"{k}={v}" for k, v in job.items()] for job in jobs]
 
 
 def _job_folder(config: DictConfig, overrides: list[str], num: int) -> tuple[str, DictConfig]:
@@ -69,12 +100,17 @@ def _name_token(key: str, job: DictConfig) -> str:
 def member_folder_clashes(config: DictConfig) -> str | None:
     """Why the sweep's jobs would write the same member folder, or None when each has its own.
 
-    Only Hydra's basic sweeper (the default, also under the Ray, SLURM and submitit launchers) has a
-    sweep known in advance; other sweepers (Optuna…) are not checked.
+    Hydra's basic sweeper (the default, also under the Ray, SLURM and submitit launchers) has its jobs
+    known in advance; for the Optuna sweeper, trials that differ in one searched value each are checked
+    (:func:`_search_jobs`). Other sweepers are not checked.
     """
-    if str(config.hydra.sweeper.get("_target_", "")) != _BASIC_SWEEPER:
+    target = str(config.hydra.sweeper.get("_target_", ""))
+    if target == _BASIC_SWEEPER:
+        jobs = _sweep_jobs(config)
+    elif target == _OPTUNA_SWEEPER:
+        jobs = _search_jobs(config)
+    else:
         return None
-    jobs = _sweep_jobs(config)
     if len(jobs) < 2:
         return None
     by_folder: dict[str, list[list[str]]] = {}
@@ -165,7 +201,7 @@ def _abspath(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers of the launch configs: ``${abspath:path}`` and ``${gpus_per_member:address}``.
+    """Resolvers of the launch configs: ``${abspath:path}``, ``${gpus_per_member:address}``, ``${search_direction:mode}``.
 
     ``abspath`` makes ``path`` absolute against the directory ``pipeline-train`` was started in.
 
@@ -174,6 +210,15 @@ def register_resolvers() -> None:
     """
     OmegaConf.register_new_resolver("abspath", _abspath, replace=True)
     OmegaConf.register_new_resolver("gpus_per_member", _gpus_per_member, replace=True)
+    OmegaConf.register_new_resolver("search_direction", search_direction, replace=True)
+
+
+def search_direction(monitor_mode: Any) -> str:
+    """``${search_direction:${monitor_mode}}``: Optuna's ``minimize``/``maximize`` for ``monitor_mode`` min/max."""
+    directions = {"min": "minimize", "max": "maximize"}
+    if str(monitor_mode) not in directions:
+        raise ValueError(f"monitor_mode={monitor_mode!r} is not one of: min, max (the search direction follows it).")
+    return directions[str(monitor_mode)]
 
 
 def _gpus_per_member(address: Any = None) -> int:

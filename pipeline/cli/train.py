@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import shutil
 import sys
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from pipeline.data.spec import DataSpec
 from pipeline.models.spec import ModelSpec
 from pipeline.train.spec import TrainSpec
 
-__all__ = ["train_spec", "main"]
+__all__ = ["train_spec", "run", "monitored_value", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,28 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
     )
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train the member; a failure is recorded in its folder (``error.txt``, status ``failed``).
+def monitored_value(metrics: dict[str, Any]) -> float | None:
+    """The member's best ``monitor`` value (``metrics.json`` ``best_score``), or None when there is none.
 
-    A single run then fails (one message for a problem the user can fix, see :mod:`pipeline.cli.errors`);
-    in a sweep the other members go on and :class:`pipeline.cli.sweep.SweepSummary` reports the failure
+    This is what the task returns to Hydra, so a sweeper that optimises (``hydra/sweeper=optuna``) can
+    rank members. None (a failed member, a rank other than 0, no finite monitored value) is what
+    hydra-optuna-sweeper 1.3 records as a failed trial before the search goes on; a NaN would stop the
+    whole search (Optuna refuses it, and the sweeper then fails telling it the trial's failure).
+    """
+    value = metrics.get("best_score")
+    try:
+        number = float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train the member and return its best ``monitor`` value (:func:`monitored_value`).
+
+    A failure is recorded in the member folder (``error.txt``, status ``failed``). A single run then fails
+    (one message for a problem the user can fix, see :mod:`pipeline.cli.errors`); in a sweep the other
+    members go on, this one returns None, and :class:`pipeline.cli.sweep.SweepSummary` reports the failure
     and exits non-zero at the end.
     """
     from pipeline.member.manifest import mark_failed
@@ -75,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         except Exception as err:  # a config that cannot be instantiated: train_member never started
             mark_failed(member_dir, err)
             raise
-        return train_member(spec)  # records its own failures
+        return monitored_value(train_member(spec))  # records its own failures
     except MemberConflict:
         raise  # the folder belongs to another member: nothing was recorded in it
     except Exception as err:
@@ -85,7 +103,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             log.error("Member %s failed (recorded in %s): %s The sweep goes on.", cfg.member_name, member_dir, message)
         else:
             log.exception("Member %s failed (recorded in %s); the sweep goes on.", cfg.member_name, member_dir)
-        return {}
+        return None
 
 
 def _entry_script() -> str:

@@ -22,6 +22,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "log_loss", "macro_f1", "paired_bootstrap", "register_metric", "score_all", "top_k_accuracy",
         ],
         "reduce": ["REDUCTIONS", "check_weights", "merge_members", "reduce_probs", "stack_members"],
-        "tracking": ["LoggerSpec", "init_wandb", "resume_wandb"],
+        "tracking": ["LoggerSpec", "init_wandb", "resume_wandb", "default_mode", "log_files_artifact"],
     },
 )

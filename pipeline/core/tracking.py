@@ -11,21 +11,46 @@ member more than ``logger.init_timeout`` seconds at start and ``logger.finish_ti
 - ``wandb.init`` gets what is left of ``init_timeout``; if it still fails, the run falls back offline;
 - ``finish_timeout`` bounds ``run.finish()`` (and W&B's exit hook) when uploads stall; unsent data
   stays on disk for ``wandb sync``.
+
+The mode's precedence: ``logger.mode`` given explicitly (command line, experiment file, ``LoggerSpec(mode=...)``)
+> the ``WANDB_MODE`` environment variable > ``offline``. The packaged config's default is
+``${oc.env:WANDB_MODE,offline}`` and :class:`LoggerSpec`'s default reads the same variable.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-__all__ = ["LoggerSpec", "init_wandb", "resume_wandb"]
+__all__ = ["LoggerSpec", "init_wandb", "resume_wandb", "default_mode", "log_files_artifact"]
 
 log = logging.getLogger(__name__)
+
+MODES = ("offline", "online", "disabled")
+_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's own older spellings of WANDB_MODE
+
+
+def default_mode() -> str:
+    """The mode when none is given explicitly: ``WANDB_MODE`` if set, else ``offline``."""
+    return os.environ.get("WANDB_MODE") or "offline"
+
+
+def _checked_mode(mode: str) -> str:
+    """``mode`` as one of :data:`MODES` (W&B's aliases accepted), or a ValueError naming both places it comes from."""
+    value = _ALIASES.get(str(mode).strip().lower(), str(mode).strip().lower())
+    if value not in MODES:
+        raise ValueError(
+            f"logger.mode='{mode}' is not one of: {', '.join(MODES)}. The default comes from the WANDB_MODE "
+            f"environment variable (now {os.environ.get('WANDB_MODE')!r}); logger.mode=... overrides it."
+        )
+    return value
 
 
 @dataclass
@@ -35,7 +60,7 @@ class LoggerSpec:
     kind: str = "wandb"  # wandb | csv | none
     project: str = "pipeline"
     entity: str | None = None
-    mode: str = "offline"  # offline | online | disabled
+    mode: str = field(default_factory=default_mode)  # offline | online | disabled; default: WANDB_MODE, else offline
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 10.0  # the most seconds W&B may add at start when online mode cannot be reached
     finish_timeout: float = 10.0  # the most seconds an online run's finish may wait for uploads (0: no limit)
@@ -124,10 +149,8 @@ def init_wandb(
     """
     import wandb
 
-    if spec.mode not in ("offline", "online", "disabled"):
-        raise ValueError(f"logger.mode='{spec.mode}' is not one of: offline, online, disabled.")
+    mode = _checked_mode(spec.mode)
     run_dir.mkdir(parents=True, exist_ok=True)
-    mode = spec.mode
     if mode == "online" and not _has_api_key():
         log.warning("logger.mode=online but no W&B API key is configured (WANDB_API_KEY); logging offline.")
         mode = "offline"
@@ -165,7 +188,8 @@ def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: st
             project=project or spec.project, entity=entity or spec.entity, mode=cast(Any, mode), settings=settings,
         )
 
-    if spec.mode == "online":
+    mode = _checked_mode(spec.mode)
+    if mode == "online":
         problem, spent = _go_online(spec)
         if problem is None:
             try:
@@ -177,4 +201,25 @@ def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: st
         _no_network_telemetry()
         return init("offline")
     _no_network_telemetry()
-    return init(spec.mode)
+    return init(mode)
+
+
+def log_files_artifact(
+    run: Any, name: str, kind: str, files: Sequence[str | Path], metadata: dict[str, Any] | None = None
+) -> None:
+    """Log ``files`` (those that exist) as one W&B artifact ``name`` of type ``kind`` in ``run``.
+
+    Artifact names allow letters, digits, ``-``, ``_`` and ``.``; anything else in ``name`` becomes ``-``.
+    A disabled run (``mode=disabled``) logs nothing. Offline, the files are recorded in the run and
+    uploaded by ``wandb sync``.
+    """
+    import wandb
+
+    present = [Path(f) for f in files if Path(f).is_file()]
+    if run is None or not present or getattr(run, "disabled", False) or getattr(run.settings, "mode", "") == "disabled":
+        return
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:128]
+    artifact = wandb.Artifact(clean, type=kind, metadata=metadata or {})
+    for path in present:
+        artifact.add_file(str(path), name=path.name)
+    run.log_artifact(artifact)

@@ -24,7 +24,7 @@ import pandas as pd
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.metrics import get_metric
 from pipeline.core.reduce import merge_members
-from pipeline.core.tracking import LoggerSpec, resume_wandb
+from pipeline.core.tracking import LoggerSpec, log_files_artifact, resume_wandb
 from pipeline.report.load import PredictRun, load_predict_run
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost
 from pipeline.report.score import baseline_row, candidate_rows, score_rows
@@ -109,13 +109,13 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(df, summary, [p.name for p in plots]))
     if wandb_spec is not None:
-        _log_wandb(pr.info, wandb_spec, df, summary, plots)
+        _log_wandb(pr.info, wandb_spec, df, summary, [out / f"report.{ext}" for ext in ("md", "csv", "json")] + plots)
     return df
 
 
 def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary: dict[str, Any],
-               plots: list[Path]) -> None:
-    """Log the table, the plots and the gains to the predict stage's W&B run."""
+               files: list[Path]) -> None:
+    """Log the table, the plots and the gains to the predict stage's W&B run; every file as the ``report`` artifact."""
     if not info.get("wandb_run_id") or not info.get("wandb_dir"):
         log.info("predict.json records no W&B run (wandb_run_id, wandb_dir); not logging to W&B.")
         return
@@ -125,9 +125,10 @@ def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary
                       info.get("wandb_entity"))
     try:
         wb.log({"report/table": wandb.Table(dataframe=df),
-                 **{f"report/{p.stem}": wandb.Image(str(p)) for p in plots}})
+                 **{f"report/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})
         for name in ("ensemble_gain", "tta_gain"):
             wb.summary[name] = summary[name]["diff"] if summary[name] else None
         wb.summary["report/best_row"] = summary["best_row"]
+        log_files_artifact(wb, "report", "report", files)
     finally:
         wb.finish()

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "module": ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"],
         "fit": ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"],
         "ddp": ["fit_other_rank", "distributed_scope"],
-        "loggers": ["create_lightning_logger"],
+        "loggers": ["create_lightning_logger", "log_sample_grid", "log_member_artifacts", "sample_grid", "SAMPLES_KEY"],
         "sweep": [
             "SUMMARY_CSV", "SUMMARY_JSON", "RUNTIME", "MemberRow", "scan_sweep", "write_summary", "print_summary",
             "in_ray_task", "limit_threads_to_assigned_cpus", "runtime_info",

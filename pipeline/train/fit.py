@@ -39,7 +39,7 @@ from pipeline.models.factory import check_input_size, create_model, model_data_c
 from pipeline.models.finetune import BackboneFreeze
 from pipeline.train.checks import ProgressGuard, check_progress, check_split_sizes, check_trainer_settings
 from pipeline.train.ddp import distributed_scope, fit_other_rank
-from pipeline.train.loggers import create_lightning_logger
+from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
 from pipeline.train.module import ClassifierModule, optimizer_lr
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
@@ -383,5 +383,7 @@ def _finish(
         manifest.status = "failed"
         write_manifest(member_dir, manifest)
         raise
+    if run is not None:
+        log_member_artifacts(run, member_dir, manifest.name, manifest.sweep, metrics)
     log.info("Member %s completed: val_acc=%.4f val_log_loss=%.4f → %s", manifest.name, acc, log_loss, member_dir)
     return metrics  # type: ignore[return-value]

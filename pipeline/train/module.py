@@ -23,6 +23,7 @@ from pipeline.core.errors import ConfigError, TrainError
 from pipeline.data.augment import center_crop, normalize_batch
 from pipeline.models.factory import create_model
 from pipeline.models.finetune import build_param_groups
+from pipeline.train.loggers import log_sample_grid
 
 __all__ = ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"]
 
@@ -87,6 +88,7 @@ class ClassifierModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_log_loss = MeanMetric()  # mean per-sample NLL over the epoch (multiclass log loss)
+        self.samples_logged = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for already normalised, already cropped images."""
@@ -97,7 +99,18 @@ class ClassifierModule(pl.LightningModule):
         # contiguous, as the TTA views are: the network sees the same memory layout at validation and inference
         return self.model(center_crop(normalize_batch(images, self.mean, self.std), self.crop_size).contiguous())
 
+    def on_train_epoch_start(self) -> None:
+        # train/lr: the largest rate among the parameter groups (optimizer.lr as scheduled, unless head_lr is larger);
+        # the schedulers step per epoch, so the rate at the epoch's start is the epoch's rate.
+        optimizers = self.trainer.optimizers
+        if optimizers:
+            lr = max(float(group["lr"]) for group in optimizers[0].param_groups)
+            self.log("train/lr", lr, on_step=False, on_epoch=True, batch_size=1)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0 and self.current_epoch == 0 and not self.samples_logged:
+            # once: the first batch the network trains on, after augmentation (W&B only)
+            self.samples_logged = log_sample_grid(self.logger, batch["image"], self.mean, self.std, self.global_step)
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["target"], label_smoothing=self.hparams["label_smoothing"])
         if not torch.isfinite(loss):
