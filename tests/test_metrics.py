@@ -266,7 +266,7 @@ def test_roc_auc_bootstrap_skips_resamples_of_one_class() -> None:
     labels = np.array([0, 0, 1])
     good = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
     bad = good[:, ::-1].copy()
-    assert np.isnan(get_metric("roc_auc").weighted(labels, good, np.array([[1.0, 1.0, 0.0]])))[0]
+    assert np.isnan(get_metric("roc_auc").weighted(labels, good, np.array([[1, 1, 0]])))[0]
     result = paired_bootstrap(labels, good, bad, "roc_auc", n_boot=200, seed=0)
     assert result.diff == 1.0 and result.low == result.high == 1.0
 

@@ -260,7 +260,7 @@ def _plain(weighted: WeightedFn) -> MetricFn:
 
     def fn(labels: np.ndarray, probs: np.ndarray) -> float:
         labels, probs = _check_inputs(labels, probs)
-        return float(weighted(labels, probs, np.ones((1, len(labels))))[0])
+        return float(weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
 
     return fn
 
@@ -341,7 +341,7 @@ def _boot_diffs(
         out = []
         for idx in chunks:  # row counts of each resample: the same resamples as the other paths
             counts = np.bincount((idx + n * np.arange(len(idx))[:, None]).ravel(), minlength=idx.size)
-            counts = counts.reshape(len(idx), n).astype(np.float64)
+            counts = counts.reshape(len(idx), n)
             out.append(metric.weighted(labels, probs_a, counts) - metric.weighted(labels, probs_b, counts))
         return np.concatenate(out)
     return np.array(
