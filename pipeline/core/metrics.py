@@ -255,17 +255,18 @@ def balanced_accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(tp[present] / n_true[present]))
 
 
-def _plain(weighted: WeightedFn) -> MetricFn:
-    """The plain metric of a weighted form: every row counted once."""
-
-    def fn(labels: np.ndarray, probs: np.ndarray) -> float:
-        labels, probs = _check_inputs(labels, probs)
-        return float(weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
-
-    return fn
+def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC, one-vs-rest, macro; binary: class 1's (:func:`pipeline.core.ranked.roc_auc_weighted`)."""
+    labels, probs = _check_inputs(labels, probs)
+    return float(roc_auc_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
 
 
-roc_auc, qwk = _plain(roc_auc_weighted), _plain(qwk_weighted)  # documented in pipeline.core.ranked
+def qwk(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Quadratic weighted kappa of the top-1 class, classes ordinal (:func:`pipeline.core.ranked.qwk_weighted`)."""
+    labels, probs = _check_inputs(labels, probs)
+    return float(qwk_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
+
+
 METRICS["roc_auc"] = Metric("roc_auc", roc_auc, True, weighted=roc_auc_weighted)
 METRICS["qwk"] = Metric("qwk", qwk, True, weighted=qwk_weighted)
 
