@@ -313,6 +313,9 @@ CASES = [
     Case("fewer_groups_than_folds", r"train\.csv has 3 group\(s\) in data\.group_col, fewer than the 4 folds of "
          r"data\.n_folds=4", column("patient", lambda i: f"p{i // 8}"), {"group_col": "patient", "n_folds": 4},
          reader="folds"),
+    Case("group_column_without_a_csv", r"data\.group_col / data\.fold_col need data\.layout=csv \(a train\.csv\); got "
+         r"'imagefolder'", imagefolder(), {"layout": "imagefolder", "train_dir": "train_if", "group_col": "patient",
+                                          "n_folds": 2}, reader="folds"),
     Case("saved_folds_of_another_rule", r"folds\.csv holds folds for different data or a different fold scheme .*made by "
          r"rule 'stratified k=2 seed=42', this run's by 'stratified_group k=2 group=patient seed=42'",
          saved_folds_then(2, column("patient", lambda i: f"p{i // 2}")), {"group_col": "patient", "n_folds": 2},
