@@ -84,6 +84,9 @@ def test_older_folds_file_without_rule_is_reused_by_the_same_rule_only(comp: Pat
     with pytest.raises(DataError, match=r"made by rule 'stratified \(an older folds\.csv\)', this run's by "
                                         r"'fold_col col=kfold k=3'\. Use a new sweep_name"):
         _folds(comp, tmp_path, fold_col="kfold", n_folds=3)
+    with pytest.raises(DataError, match=r"its folds differ \(an older folds\.csv, without a rule: the data, "
+                                        r"data\.n_folds or data\.split_seed changed\)"):
+        _folds(comp, tmp_path, n_folds=4)
     assert (tmp_path / "folds.csv").read_bytes() == before
 
 

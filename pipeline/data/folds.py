@@ -262,8 +262,9 @@ def resolve_folds(path: Path, table: ImageTable, spec: DataSpec) -> tuple[pd.Dat
                                                         and not spec.fold_col)
     same = saved["id"].tolist() == wanted["id"].tolist() and saved["fold"].tolist() == wanted["fold"].tolist()
     if not (same_rule and same):
-        why = ("the data changed" if same_rule else
-               f"the file's folds were made by rule '{saved_rule}', this run's by '{wanted['rule'].iat[0]}'")
+        why = (f"the file's folds were made by rule '{saved_rule}', this run's by '{wanted['rule'].iat[0]}'"
+               if not same_rule else "the data changed" if "rule" in saved.columns else
+               "its folds differ (an older folds.csv, without a rule: the data, data.n_folds or data.split_seed changed)")
         raise DataError(
             f"{path} holds folds for different data or a different fold scheme "
             f"(data.n_folds={spec.n_folds}, data.split_seed={spec.split_seed}, data.group_col={spec.group_col!r}, "
