@@ -158,6 +158,15 @@ def saved_folds(n_folds: int) -> Callable[[Path], None]:
     return damage
 
 
+def column(name: str, value: Callable[[int], str]) -> Callable[[Path], None]:
+    """A new train.csv column ``name`` whose row ``i`` holds ``value(i)``."""
+    return edit_train(lambda df: df.assign(**{name: [value(i) for i in range(len(df))]}))
+
+
+def saved_folds_then(n_folds: int, extra: Callable[[Path], None]) -> Callable[[Path], None]:
+    return both(saved_folds(n_folds), extra)
+
+
 def ids_csv(ids: list[str]) -> Callable[[Path], None]:
     return write_text("test.csv", "id\n" + "".join(f"{i}\n" for i in ids))
 
@@ -283,6 +292,34 @@ CASES = [
          spec={"n_folds": -2}, reader="folds"),
     Case("saved_folds_of_another_scheme", r"folds\.csv holds folds for different data or a different fold scheme "
          r"\(data\.n_folds=3", saved_folds(2), {"n_folds": 3}, reader="folds"),
+    # group and fold columns (data.group_col, data.fold_col)
+    Case("group_column_missing", r"train\.csv: no column 'patient' \(data\.group_col\)\. Columns found: \['id', 'label'\]",
+         spec={"group_col": "patient", "n_folds": 2}, reader="folds"),
+    Case("fold_column_missing", r"train\.csv: no column 'kfold' \(data\.fold_col\)\. Columns found: \['id', 'label'\]",
+         spec={"fold_col": "kfold", "n_folds": 2}, reader="folds"),
+    Case("fold_column_with_gaps", r"train\.csv: the fold column 'kfold' \(data\.fold_col\) holds folds \[0, 1, 3\]; "
+         r"folds must be 0\.\.K-1 .*fold\(s\) \[2\] are missing", column("kfold", lambda i: str([0, 1, 3][i % 3])),
+         {"fold_col": "kfold", "n_folds": 4}, reader="folds"),
+    Case("fold_column_not_integer", r"train\.csv: 2 row\(s\) have a fold that is not a non-negative integer "
+         r"\('', '1\.5'\) in column 'kfold' \(data\.fold_col\): line 4 \(id 'tr0002'\), line 7 \(id 'tr0005'\)",
+         column("kfold", lambda i: {2: "", 5: "1.5"}.get(i, str(i % 2))), {"fold_col": "kfold", "n_folds": 2},
+         reader="folds"),
+    Case("fold_column_contradicts_n_folds", r"holds 3 folds \(0\.\.2\), but data\.n_folds=2\. Set data\.n_folds=3",
+         column("kfold", lambda i: str(i % 3)), {"fold_col": "kfold", "n_folds": 2}, reader="folds"),
+    Case("group_values_empty", r"train\.csv: 2 row\(s\) have an empty group \('', 'nan'\) in column 'patient' "
+         r"\(data\.group_col\): line 3 \(id 'tr0001'\), line 6 \(id 'tr0004'\)",
+         column("patient", lambda i: {1: "", 4: "nan"}.get(i, f"p{i // 2}")), {"group_col": "patient", "n_folds": 2},
+         reader="folds"),
+    Case("fewer_groups_than_folds", r"train\.csv has 3 group\(s\) in data\.group_col, fewer than the 4 folds of "
+         r"data\.n_folds=4", column("patient", lambda i: f"p{i // 8}"), {"group_col": "patient", "n_folds": 4},
+         reader="folds"),
+    Case("group_column_without_a_csv", r"data\.group_col / data\.fold_col need data\.layout=csv \(a train\.csv\); got "
+         r"'imagefolder'", imagefolder(), {"layout": "imagefolder", "train_dir": "train_if", "group_col": "patient",
+                                          "n_folds": 2}, reader="folds"),
+    Case("saved_folds_of_another_rule", r"folds\.csv holds folds for different data or a different fold scheme .*made by "
+         r"rule 'stratified k=2 seed=42', this run's by 'stratified_group k=2 group=patient seed=42'",
+         saved_folds_then(2, column("patient", lambda i: f"p{i // 2}")), {"group_col": "patient", "n_folds": 2},
+         reader="folds"),
     # the test set and the sample submission
     Case("sample_submission_missing", r"Sample submission .*sample_submission\.csv does not exist \(config key "
          r"data\.sample_submission\)", remove("sample_submission.csv"), reader="sample"),

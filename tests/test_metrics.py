@@ -17,7 +17,11 @@ from pipeline.core.metrics import (
     get_metric,
     log_loss,
     macro_f1,
+    map_at_k,
     paired_bootstrap,
+    qwk,
+    register_custom_metric,
+    roc_auc,
     score_all,
     top_k_accuracy,
 )
@@ -196,3 +200,93 @@ def test_bootstrap_rejects_mismatched_shapes(data: tuple[np.ndarray, np.ndarray]
     labels, probs = data
     with pytest.raises(ValueError, match="differ in shape"):
         paired_bootstrap(labels, probs, np.hstack([probs, np.zeros((len(probs), 1))]), "accuracy")
+
+
+# --- competition metrics: ROC AUC, quadratic weighted kappa, MAP@k, a user's own -------------------------
+
+
+def test_roc_auc_matches_sklearn_multiclass_and_binary(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, probs = data
+    assert roc_auc(labels, probs) == pytest.approx(
+        skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"), rel=1e-12)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=200)
+    p1 = np.round(rng.random(200), 1)  # rounded: many ties, which count half
+    binary = np.stack([1 - p1, p1], axis=1)
+    assert roc_auc(y, binary) == pytest.approx(skm.roc_auc_score(y, p1), rel=1e-12)
+    assert get_metric("roc_auc").greater_is_better
+
+
+def test_qwk_matches_sklearn_quadratic_kappa_on_argmax(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, probs = data
+    expected = skm.cohen_kappa_score(labels, probs.argmax(axis=1), weights="quadratic")
+    assert qwk(labels, probs) == pytest.approx(expected, rel=1e-12)
+    # A class nobody has or predicts still counts in the distances (the full ordinal scale): sklearn with labels=.
+    y, pred = np.array([0, 0, 4, 4, 1]), np.array([0, 1, 4, 1, 1])  # classes 2 and 3 absent
+    onehot = np.eye(5)[pred]
+    full = skm.cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(5)))
+    assert qwk(y, onehot) == pytest.approx(full, rel=1e-12)
+    assert qwk(y, onehot) != pytest.approx(skm.cohen_kappa_score(y, pred, weights="quadratic"))
+
+
+def test_map_at_3_by_hand() -> None:
+    labels = np.array([0, 1, 2, 3])
+    probs = np.array([
+        [0.5, 0.3, 0.1, 0.1],   # true class first: 1
+        [0.5, 0.3, 0.15, 0.05],  # second: 1/2
+        [0.5, 0.3, 0.15, 0.05],  # third: 1/3
+        [0.5, 0.3, 0.15, 0.05],  # fourth, outside the top 3: 0
+    ])
+    expected = (1 + 1 / 2 + 1 / 3 + 0) / 4
+    assert map_at_k(labels, probs, 3) == pytest.approx(expected)
+    assert get_metric("map@3")(labels, probs) == get_metric("map_at_3")(labels, probs) == pytest.approx(expected)
+    assert get_metric("map@1")(labels, probs) == accuracy(labels, probs) == 0.25
+    assert get_metric("map@7").name == "map@7" and get_metric("map@3").greater_is_better
+
+
+@pytest.mark.parametrize("name", ["roc_auc", "qwk"])
+def test_bootstrap_of_non_decomposable_metrics_equals_recomputing_per_resample(
+    data: tuple[np.ndarray, np.ndarray], name: str
+) -> None:
+    """The batched form scores exactly what re-running the metric on each resample scores."""
+    labels, probs_a = data
+    probs_b = np.random.default_rng(9).dirichlet(np.ones(N_CLASSES), size=len(labels))
+    metric = get_metric(name)
+    assert metric.weighted is not None and metric.per_row is None
+    looped = Metric(name + "_loop", metric.fn, metric.greater_is_better)
+    fast = paired_bootstrap(labels, probs_a, probs_b, metric, n_boot=100, seed=4)
+    slow = paired_bootstrap(labels, probs_a, probs_b, looped, n_boot=100, seed=4)
+    assert (fast.low, fast.high) == pytest.approx((slow.low, slow.high), rel=1e-9)
+    assert fast.diff == pytest.approx(metric(labels, probs_a) - metric(labels, probs_b))
+    assert fast.low < fast.diff < fast.high
+
+
+def test_roc_auc_bootstrap_skips_resamples_of_one_class() -> None:
+    """Three rows, two of one class: some resamples hold a single class and have no AUC; they are left out."""
+    labels = np.array([0, 0, 1])
+    good = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    bad = good[:, ::-1].copy()
+    assert np.isnan(get_metric("roc_auc").weighted(labels, good, np.array([[1, 1, 0]])))[0]
+    result = paired_bootstrap(labels, good, bad, "roc_auc", n_boot=200, seed=0)
+    assert result.diff == 1.0 and result.low == result.high == 1.0
+
+
+def user_metric(labels: np.ndarray, probs: np.ndarray) -> float:
+    """A user's metric: the mean probability given to the true class."""
+    return float(probs[np.arange(len(labels)), labels].mean())
+
+
+def test_custom_metric_is_registered_by_name_with_its_direction(data: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, probs = data
+    metric = register_custom_metric("tests.test_metrics.user_metric", user_metric, greater_is_better=True)
+    try:
+        assert get_metric("tests.test_metrics.user_metric") is metric
+        assert metric(labels, probs) == user_metric(labels, probs)
+        same = paired_bootstrap(labels, probs, probs, metric.name, n_boot=20)
+        assert (same.low, same.high) == (0.0, 0.0)
+        with pytest.raises(ValueError, match="'accuracy' is a built-in metric's"):
+            register_custom_metric("accuracy", user_metric, True)
+        with pytest.raises(ValueError, match="greater_is_better true/false"):
+            register_custom_metric("x.y", user_metric, "yes")  # type: ignore[arg-type]
+    finally:
+        METRICS.pop("tests.test_metrics.user_metric")

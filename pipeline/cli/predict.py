@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.cli import CONF_DIR
-from pipeline.cli.config import register, to_container, to_dataclass
+from pipeline.cli.config import metric_name, register, to_container, to_dataclass
 from pipeline.cli.errors import PREDICT_PATHS, compact_errors
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_json
@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     submit_policy = create_policy(tta.name, crop_size=tta.crop_size, **tta.policy_fields())
     extra = [create_policy(name, crop_size=tta.crop_size) for name in cfg.policies if name != submit_policy.name]
     opts = options(cfg, spec, tta)
+    metric = metric_name(cfg.metric)
     out_dir = Path(cfg.predict_dir)
     logger = to_dataclass(LoggerSpec, cfg.logger)
     run = None
@@ -72,8 +73,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             run = init_wandb(logger, out_dir, "predict", f"{cfg.experiment_name}/{cfg.sweep_name}", "predict", to_container(cfg))
         summary = submit(
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
-            to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), cfg.metric,
+            to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), metric,
         )
+        if isinstance(cfg.metric, DictConfig):  # so that pipeline-report can import the user's metric again
+            summary["metric_target"] = to_container(cfg.metric)
+            write_json(out_dir / "predict.json", summary)
         if run is not None:
             _log_wandb(run, summary)
             # The report stage logs its table and plots into this same run.
@@ -85,6 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             run.finish()
     lb = summary["leaderboard"]
     print(f"Submission written: {summary['submission']}")
+    print(f"Metric: {summary['metric']} ({summary['metric_reason']})")
     if lb:
         print(f"Demo leaderboard ({lb['metric']}, {lb['rows']} test images): {lb['score']:.4f}")
     return summary

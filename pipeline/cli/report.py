@@ -9,8 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.cli import CONF_DIR
-from pipeline.cli.config import register, to_dataclass
+from pipeline.cli.config import metric_name, register, to_dataclass
 from pipeline.cli.errors import REPORT_PATHS, compact_errors
+from pipeline.core.io import read_json
 from pipeline.core.tracking import LoggerSpec
 
 __all__ = ["run", "main"]
@@ -23,7 +24,14 @@ def run(cfg: DictConfig) -> Any:
 
     logger = to_dataclass(LoggerSpec, cfg.logger) if "logger" in cfg else LoggerSpec(mode="offline")
     spec = logger if cfg.wandb and logger.kind == "wandb" else None
-    df = build_report(Path(cfg.predict_dir), cfg.metric, int(cfg.n_boot), int(cfg.seed), wandb_spec=spec)
+    info_file = Path(cfg.predict_dir) / "predict.json"
+    if info_file.is_file() and (target := read_json(info_file).get("metric_target")):
+        metric_name(target, "predict.json metric_target")  # the user's metric pipeline-predict used, imported again
+    metric = metric_name(cfg.metric)
+    df = build_report(Path(cfg.predict_dir), metric, int(cfg.n_boot), int(cfg.seed), wandb_spec=spec)
+    print(f"Metric: {df.attrs['metric']} ({df.attrs['metric_reason']})")
+    for warning in df.attrs["warnings"]:
+        print(f"WARNING: {warning}")
     print(render_table(df))
     print(f"\nReport written: {Path(cfg.predict_dir) / 'report.md'}")
     return df

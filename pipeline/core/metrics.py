@@ -4,9 +4,12 @@ Every metric takes integer labels ``[N]`` and class probabilities ``[N, K]`` and
 Metrics live in a plain registry (:data:`METRICS`) of :class:`Metric` records, so the report and the
 ensemble selector can ask whether bigger is better instead of hard-coding it.
 
-Metrics that are a mean over rows (accuracy, log loss, top-k) also carry a ``per_row`` function.
-:func:`paired_bootstrap` uses it to resample a precomputed vector instead of re-running the metric,
-which makes 1000 resamples of 100k rows cheap; other metrics fall back to a loop.
+Row-mean metrics (accuracy, log loss, top-k, MAP@k) carry a ``per_row`` function, so
+:func:`paired_bootstrap` resamples a precomputed vector; ROC AUC and QWK carry a ``weighted`` form
+(:mod:`pipeline.core.ranked`) scoring a batch of resamples from row counts; others fall back to a loop.
+Resamples where a metric is undefined (NaN: AUC on rows of one class) are left out of the interval.
+Competition metrics: ``roc_auc``, ``qwk``, ``map@<k>`` (or ``map_at_<k>``), ``top<k>``, and a user's own
+through :func:`register_custom_metric` (``metric: {_target_: …, greater_is_better: …}`` in config).
 
 >>> import numpy as np
 >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
@@ -23,6 +26,8 @@ from functools import partial
 
 import numpy as np
 
+from pipeline.core.ranked import map_at_k_rows, qwk_weighted, roc_auc_weighted, true_class_rank
+
 __all__ = [
     "LOG_LOSS_EPS",
     "METRICS",
@@ -31,10 +36,14 @@ __all__ = [
     "accuracy",
     "balanced_accuracy",
     "get_metric",
+    "map_at_k",
     "log_loss",
     "macro_f1",
     "paired_bootstrap",
+    "qwk",
+    "register_custom_metric",
     "register_metric",
+    "roc_auc",
     "score_all",
     "top_k_accuracy",
 ]
@@ -44,6 +53,7 @@ LOG_LOSS_EPS = 1e-15
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 RowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+WeightedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 # Bound on the number of resampled indices held in memory at once (about 16 MB of int64).
 _BOOT_CHUNK_ELEMS = 2_000_000
@@ -59,12 +69,15 @@ class Metric:
         greater_is_better: Direction, for model selection and for reading bootstrap differences.
         per_row: Optional ``per_row(labels, probs) -> [N]`` whose mean equals ``fn``; lets the
             bootstrap resample a vector instead of recomputing the metric.
+        weighted: Optional ``weighted(labels, probs, counts[B, N]) -> [B]``, the metric with row ``i``
+            counted ``counts[b, i]`` times; lets the bootstrap score a batch of resamples at once.
     """
 
     name: str
     fn: MetricFn
     greater_is_better: bool
     per_row: RowFn | None = None
+    weighted: WeightedFn | None = None
 
     def __call__(self, labels: np.ndarray, probs: np.ndarray) -> float:
         """Score ``probs`` against ``labels``."""
@@ -97,7 +110,7 @@ METRICS: dict[str, Metric] = {}
 
 
 def register_metric(
-    name: str, greater_is_better: bool, per_row: RowFn | None = None
+    name: str, greater_is_better: bool, per_row: RowFn | None = None, weighted: WeightedFn | None = None
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator that adds ``fn`` to :data:`METRICS` under ``name``.
 
@@ -105,6 +118,7 @@ def register_metric(
         name: Registry key; must be new.
         greater_is_better: Direction of the metric.
         per_row: Optional per-row contributions whose mean is the metric.
+        weighted: Optional batched form over row counts (see :class:`Metric`).
 
     Returns:
         A decorator returning the function unchanged.
@@ -113,10 +127,34 @@ def register_metric(
     def decorator(fn: MetricFn) -> MetricFn:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = Metric(name, fn, greater_is_better, per_row)
+        METRICS[name] = Metric(name, fn, greater_is_better, per_row, weighted)
         return fn
 
     return decorator
+
+
+_CUSTOM: set[str] = set()
+
+
+def register_custom_metric(name: str, fn: MetricFn, greater_is_better: bool) -> Metric:
+    """Add (or replace) a user's metric ``fn(labels, probs) -> float`` under ``name`` (how a config's
+    ``metric: {_target_: mypkg.fn, greater_is_better: true}`` reaches every stage); return it.
+
+    Raises:
+        ValueError: ``name`` is a built-in metric's, ``fn`` is not callable or the direction not a bool.
+    """
+    if name in METRICS and name not in _CUSTOM or _TOP_K_NAME.fullmatch(name) or _MAP_K_NAME.fullmatch(name):
+        raise ValueError(f"metric name {name!r} is a built-in metric's; give the custom metric another name")
+    if not callable(fn) or not isinstance(greater_is_better, bool):
+        raise ValueError(f"a custom metric needs a callable and greater_is_better true/false; got {fn!r}, {greater_is_better!r}")
+
+    def checked(labels: np.ndarray, probs: np.ndarray) -> float:
+        labels, probs = _check_inputs(labels, probs)
+        return float(fn(labels, probs))
+
+    METRICS[name] = Metric(name, checked, greater_is_better)
+    _CUSTOM.add(name)
+    return METRICS[name]
 
 
 def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,12 +189,8 @@ def _nll_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def _top_k_rows(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
-    # Rank of the true class in a stable descending sort: classes scored strictly higher, plus tied
-    # classes with a lower index. This makes top1 agree exactly with accuracy's argmax tie rule.
-    true_p = probs[np.arange(len(labels)), labels][:, None]
-    lower_index = np.arange(probs.shape[1])[None, :] < labels[:, None]
-    rank = (probs > true_p).sum(axis=1) + ((probs == true_p) & lower_index).sum(axis=1)
-    return (rank < min(k, probs.shape[1])).astype(np.float64)
+    # Ties go to the lower class index, so top1 agrees exactly with accuracy's argmax tie rule.
+    return (true_class_rank(labels, probs) < min(k, probs.shape[1])).astype(np.float64)
 
 
 @register_metric("accuracy", greater_is_better=True, per_row=_correct_rows)
@@ -221,6 +255,38 @@ def balanced_accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(tp[present] / n_true[present]))
 
 
+def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC, one-vs-rest, macro; binary: class 1's (:func:`pipeline.core.ranked.roc_auc_weighted`)."""
+    labels, probs = _check_inputs(labels, probs)
+    return float(roc_auc_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
+
+
+def qwk(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Quadratic weighted kappa of the top-1 class, classes ordinal (:func:`pipeline.core.ranked.qwk_weighted`)."""
+    labels, probs = _check_inputs(labels, probs)
+    return float(qwk_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
+
+
+METRICS["roc_auc"] = Metric("roc_auc", roc_auc, True, weighted=roc_auc_weighted)
+METRICS["qwk"] = Metric("qwk", qwk, True, weighted=qwk_weighted)
+
+
+def map_at_k(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """MAP@k with one true label per row: the mean of ``1 / rank`` of the true class if it is among the
+    ``k`` most probable classes (rank 1 = first), else 0. Ties go to the lower class index."""
+    if k < 1:
+        raise ValueError(f"MAP@k needs k >= 1; got {k}")
+    labels, probs = _check_inputs(labels, probs)
+    return float(map_at_k_rows(labels, probs, k).mean())
+
+
+def _map_k_metric(k: int) -> Metric:
+    return Metric(f"map@{k}", partial(map_at_k, k=k), True, partial(map_at_k_rows, k=k))
+
+
+METRICS["map@3"] = _map_k_metric(3)
+
+
 def _top_k_metric(k: int) -> Metric:
     name = f"top{k}"
     return Metric(name, partial(top_k_accuracy, k=k), True, partial(_top_k_rows, k=k))
@@ -230,20 +296,23 @@ for _k in (2, 3, 5):
     METRICS[f"top{_k}"] = _top_k_metric(_k)
 
 _TOP_K_NAME = re.compile(r"top(\d+)")
+_MAP_K_NAME = re.compile(r"map(?:@|_at_)(\d+)")
 
 
 def get_metric(name: str) -> Metric:
-    """Look up a metric by name; ``top<k>`` works for any ``k >= 1`` even if not registered.
+    """Look up a metric by name; ``top<k>`` and ``map@<k>`` (or ``map_at_<k>``) work for any ``k >= 1``.
 
     Raises:
         KeyError: The name is unknown; the message lists the accepted names.
     """
     if name in METRICS:
         return METRICS[name]
-    match = _TOP_K_NAME.fullmatch(name)
-    if match and int(match.group(1)) >= 1:
-        return _top_k_metric(int(match.group(1)))
-    raise KeyError(f"unknown metric {name!r}; accepted: {sorted(METRICS)} or top<k> with k >= 1")
+    for pattern, make in ((_TOP_K_NAME, _top_k_metric), (_MAP_K_NAME, _map_k_metric)):
+        match = pattern.fullmatch(name)
+        if match and int(match.group(1)) >= 1:
+            return make(int(match.group(1)))
+    raise KeyError(f"unknown metric {name!r}; accepted: {sorted(METRICS)}, top<k> or map@<k> with k >= 1, "
+                   "or a custom metric {_target_: module.function, greater_is_better: true|false}")
 
 
 def score_all(labels: np.ndarray, probs: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
@@ -268,6 +337,14 @@ def _boot_diffs(
     if metric.per_row is not None:
         row_diff = metric.per_row(labels, probs_a) - metric.per_row(labels, probs_b)
         return np.concatenate([row_diff[idx].mean(axis=1) for idx in chunks])
+    if metric.weighted is not None:
+        n = len(labels)
+        out = []
+        for idx in chunks:  # row counts of each resample: the same resamples as the other paths
+            counts = np.bincount((idx + n * np.arange(len(idx))[:, None]).ravel(), minlength=idx.size)
+            counts = counts.reshape(len(idx), n)
+            out.append(metric.weighted(labels, probs_a, counts) - metric.weighted(labels, probs_b, counts))
+        return np.concatenate(out)
     return np.array(
         [
             metric.fn(labels[idx], probs_a[idx]) - metric.fn(labels[idx], probs_b[idx])
@@ -318,5 +395,8 @@ def paired_bootstrap(
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1; got n_boot={n_boot}, alpha={alpha}")
     diff = metric.fn(labels, probs_a) - metric.fn(labels, probs_b)
     diffs = _boot_diffs(metric, labels, probs_a, probs_b, n_boot, seed)
+    diffs = diffs[np.isfinite(diffs)]  # resamples where the metric is undefined (AUC on rows of one class)
+    if not len(diffs):
+        raise ValueError(f"{metric.name} is undefined on every bootstrap resample of these {len(labels)} rows")
     low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     return BootstrapResult(diff=float(diff), low=float(low), high=float(high), n_boot=n_boot)

@@ -12,12 +12,12 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "spec": ["DataSpec", "PIL_MAX_IMAGE_PIXELS"],
         "tables": [
             "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
-            "check_sample_ids", "clean_label", "MISSING_LABELS",
+            "check_sample_ids", "clean_label", "MISSING_LABELS", "read_split_columns",
         ],
         "decode": ["load_rgb", "load_image", "to_channels", "verify_images", "decode_notes"],
         "folds": [
             "make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "check_split", "resolve_folds",
-            "save_folds",
+            "save_folds", "fold_rule", "straddling_groups",
         ],
         "dataset": ["ImageDataset"],
         "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],

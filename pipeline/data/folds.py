@@ -1,5 +1,12 @@
 """Folds: which training rows validate which member, checked, fixed once per sweep and saved as ``folds.csv``.
 
+Three rules make folds (:func:`fold_rule`): stratified (K-fold, or a holdout), stratified *group* folds
+when ``data.group_col`` names a column of groups (scikit-learn's StratifiedGroupKFold: no group in two
+folds; a holdout takes one of ``round(1 / holdout_fraction)`` group folds), and the user's own folds
+when ``data.fold_col`` names a column of integers ``0..K-1``. ``folds.csv`` holds ``id,label,fold``, then
+``group`` when there is a group column, and ``rule``, the rule that made them; a sweep that asks for
+another rule than its saved file's is refused instead of silently reusing the old folds.
+
 The split is checked before anything is written: the fold index must exist, stratified K-fold needs
 ``data.n_folds`` rows of every class and a holdout two, and the holdout's validation and training parts
 must each hold every class. The error names the classes (not their indices) and their counts.
@@ -7,6 +14,7 @@ must each hold every class. The error names the classes (not their indices) and 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +25,14 @@ import pandas as pd
 from pipeline.core.errors import DataError
 from pipeline.core.io import atomic_path, read_csv_as_text
 from pipeline.data.spec import DataSpec
-from pipeline.data.tables import ImageTable
+from pipeline.data.tables import ImageTable, read_split_columns
 
 __all__ = [
     "make_folds", "load_or_create_folds", "split_indices", "check_fold_index", "check_split", "resolve_folds", "save_folds",
+    "fold_rule", "straddling_groups",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def check_fold_index(fold: int, n_folds: int) -> None:
@@ -95,11 +106,13 @@ def check_split(labels: np.ndarray, n_folds: int, holdout_fraction: float, class
 
 
 def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, holdout_fraction: float,
-               classes: Sequence[str] | None = None, source: str = "the training data") -> pd.DataFrame:
+               classes: Sequence[str] | None = None, source: str = "the training data",
+               groups: Sequence[str] | None = None) -> pd.DataFrame:
     """Assign every training row a fold; a member with ``data.fold=f`` validates on ``fold == f``.
 
     ``n_folds >= 2`` gives stratified K-fold; ``n_folds`` of 0 or 1 gives a stratified holdout where
-    validation rows have fold 0 and training-only rows fold -1.
+    validation rows have fold 0 and training-only rows fold -1. With ``groups`` the folds are stratified
+    group folds (a ``group`` column is added): no group is split between folds.
 
     Args:
         ids: row ids.
@@ -109,10 +122,11 @@ def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, 
         holdout_fraction: the validation share of a holdout.
         classes: class names, so errors name classes instead of indices.
         source: what the rows are (the training CSV), for errors.
+        groups: one group per row (``data.group_col``), or None.
 
     Raises:
         DataError: a holdout with a class of one row, or a fraction that cannot hold every class (a
-            member's split is checked more strictly first, see :func:`check_split`).
+            member's split is checked more strictly first, see :func:`check_split`); fewer groups than folds.
     """
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -122,6 +136,9 @@ def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, 
         _check_holdout(_counts(np.asarray(labels), classes), len(labels), holdout_fraction, n_folds, source)
     fold = np.full(len(ids), -1, dtype=np.int64)
     idx = np.arange(len(ids))
+    if groups is not None:
+        fold = _group_folds(np.asarray(labels), list(groups), n_folds, seed, holdout_fraction, source)
+        return pd.DataFrame({"id": list(ids), "label": labels, "fold": fold, "group": list(groups)})
     if n_folds >= 2:
         skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         for f, (_, val_idx) in enumerate(skf.split(idx, labels)):
@@ -132,10 +149,92 @@ def make_folds(ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int, 
     return pd.DataFrame({"id": list(ids), "label": labels, "fold": fold})
 
 
+def _group_folds(labels: np.ndarray, groups: list[str], n_folds: int, seed: int, holdout_fraction: float,
+                 source: str) -> np.ndarray:
+    """StratifiedGroupKFold folds; a holdout is fold 0 of ``round(1 / holdout_fraction)`` group folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = n_folds if n_folds >= 2 else max(2, round(1 / holdout_fraction))
+    n_groups = len(set(groups))
+    if n_groups < n_splits:
+        what = (f"data.n_folds={n_folds}" if n_folds >= 2 else
+                f"a group holdout (data.holdout_fraction={holdout_fraction}: {n_splits} group folds, one validates)")
+        raise DataError(f"{source} has {n_groups} group(s) in data.group_col, fewer than the {n_splits} folds of "
+                        f"{what}; every fold needs a group of its own. Lower data.n_folds (or raise "
+                        "data.holdout_fraction), or use a finer group column.")
+    fold = np.full(len(groups), -1, dtype=np.int64)
+    splits = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(labels, labels, groups)
+    for f, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = f
+        if n_folds < 2:
+            break
+    if n_folds < 2 and (lost := set(labels.tolist()) - set(labels[fold == -1].tolist())):
+        log.warning("The group holdout of %s leaves class(es) %s out of training (all their groups validate).",
+                    source, sorted(lost))
+    return fold
+
+
+def fold_rule(spec: DataSpec) -> str:
+    """The rule that makes a spec's folds, as written in ``folds.csv``'s ``rule`` column."""
+    if spec.fold_col:
+        return f"fold_col col={spec.fold_col} k={spec.n_folds}"
+    split = f"k={spec.n_folds}" if spec.n_folds >= 2 else f"holdout fraction={spec.holdout_fraction}"
+    kind = "stratified_group" if spec.group_col else "stratified"
+    return f"{kind} {split}" + (f" group={spec.group_col}" if spec.group_col else "") + f" seed={spec.split_seed}"
+
+
+def straddling_groups(folds: pd.DataFrame) -> dict[str, list[int]]:
+    """Groups whose rows lie in more than one fold (training-only rows count as fold -1): group → folds."""
+    if "group" not in folds.columns:
+        return {}
+    per_group = folds.groupby(folds["group"].astype(str))["fold"].unique()
+    return {str(g): sorted(int(f) for f in fs) for g, fs in per_group.items() if len(fs) > 1}
+
+
+def _user_folds(table: ImageTable, spec: DataSpec, columns: pd.DataFrame, source: str) -> np.ndarray:
+    """The fold column's values for the table's rows, checked: folds 0..K-1 without gaps, K = data.n_folds."""
+    values = columns["fold"].to_numpy()
+    k = int(values.max()) + 1
+    missing = sorted(set(range(k)) - set(values.tolist()))
+    if missing or k < 2:
+        found = sorted(set(values.tolist()))
+        raise DataError(f"{source}: the fold column '{spec.fold_col}' (data.fold_col) holds folds {found}; folds must "
+                        f"be 0..K-1 with K >= 2 and every fold present" + (f", and fold(s) {missing} are missing." if
+                                                                            missing else "."))
+    if spec.n_folds != k:
+        raise DataError(f"{source}: the fold column '{spec.fold_col}' (data.fold_col) holds {k} folds (0..{k - 1}), "
+                        f"but data.n_folds={spec.n_folds}. Set data.n_folds={k} (and data.fold to 0..{k - 1}).")
+    return columns.loc[table.ids, "fold"].to_numpy()
+
+
+def _wanted_folds(table: ImageTable, spec: DataSpec, source: str) -> pd.DataFrame:
+    """The folds ``spec`` asks for, on the table's rows, with their ``rule`` column."""
+    assert table.labels is not None
+    columns = read_split_columns(spec) if spec.group_col or spec.fold_col else None
+    groups = None if columns is None or "group" not in columns else columns.loc[table.ids, "group"].tolist()
+    if spec.fold_col and columns is not None:
+        folds = pd.DataFrame({"id": table.ids, "label": table.labels, "fold": _user_folds(table, spec, columns, source)})
+        if groups is not None:
+            folds["group"] = groups
+            if straddle := straddling_groups(folds):
+                log.warning("%d group(s) of data.group_col lie in more than one of your folds (data.fold_col), e.g. "
+                            "%r in folds %s: validation scores will be optimistic.", len(straddle),
+                            *next(iter(straddle.items())))
+    else:
+        check_split(table.labels, spec.n_folds, spec.holdout_fraction, table.classes, source)
+        folds = make_folds(table.ids, table.labels, spec.n_folds, spec.split_seed, spec.holdout_fraction,
+                           table.classes, source, groups)
+    folds["rule"] = fold_rule(spec)
+    return folds
+
+
+_COLUMNS = (["id", "label", "fold"], ["id", "label", "fold", "rule"], ["id", "label", "fold", "group", "rule"])
+
+
 def _read_saved(path: Path) -> pd.DataFrame:
     saved = read_csv_as_text(path, what="Saved folds file")
-    if list(saved.columns) != ["id", "label", "fold"]:
-        raise DataError(f"{path} is not a folds file: columns {list(saved.columns)}, expected ['id', 'label', 'fold'].")
+    if list(saved.columns) not in _COLUMNS:
+        raise DataError(f"{path} is not a folds file: columns {list(saved.columns)}, expected one of {list(_COLUMNS)}.")
     try:
         return saved.astype({"label": np.int64, "fold": np.int64})
     except ValueError as err:
@@ -153,17 +252,23 @@ def resolve_folds(path: Path, table: ImageTable, spec: DataSpec) -> tuple[pd.Dat
         raise DataError("Folds need a labelled training table.")
     check_fold_index(spec.fold, spec.n_folds)
     source = str(spec.root_path / (spec.train_csv if spec.layout == "csv" else spec.train_dir))
-    check_split(table.labels, spec.n_folds, spec.holdout_fraction, table.classes, source)
-    wanted = make_folds(table.ids, table.labels, spec.n_folds, spec.split_seed, spec.holdout_fraction,
-                        table.classes, source)
+    wanted = _wanted_folds(table, spec, source)
     if not path.exists():
         return wanted, True
     saved = _read_saved(path)
+    # A file without a rule column predates group and fold columns: it was made by the stratified rule.
+    saved_rule = str(saved["rule"].iat[0]) if "rule" in saved.columns else "stratified (an older folds.csv)"
+    same_rule = saved_rule == wanted["rule"].iat[0] or ("rule" not in saved.columns and not spec.group_col
+                                                        and not spec.fold_col)
     same = saved["id"].tolist() == wanted["id"].tolist() and saved["fold"].tolist() == wanted["fold"].tolist()
-    if not same:
+    if not (same_rule and same):
+        why = (f"the file's folds were made by rule '{saved_rule}', this run's by '{wanted['rule'].iat[0]}'"
+               if not same_rule else "the data changed" if "rule" in saved.columns else
+               "its folds differ (an older folds.csv, without a rule: the data, data.n_folds or data.split_seed changed)")
         raise DataError(
             f"{path} holds folds for different data or a different fold scheme "
-            f"(data.n_folds={spec.n_folds}, data.split_seed={spec.split_seed}). "
+            f"(data.n_folds={spec.n_folds}, data.split_seed={spec.split_seed}, data.group_col={spec.group_col!r}, "
+            f"data.fold_col={spec.fold_col!r}): {why}. "
             "Use a new sweep_name, or delete the file if the data really changed."
         )
     return saved, False

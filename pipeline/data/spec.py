@@ -39,6 +39,8 @@ class DataSpec:
     fold: int = 0
     holdout_fraction: float = 0.2
     split_seed: int = 42
+    group_col: str | None = None  # train.csv column of groups (patient, source photo): a group never straddles folds
+    fold_col: str | None = None  # train.csv column of the user's own folds 0..K-1 (data.n_folds must be K)
     batch_size: int = 64
     num_workers: int = 2
     check_images: bool = True

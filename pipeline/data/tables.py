@@ -30,7 +30,7 @@ from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
-    "check_sample_ids", "clean_label", "MISSING_LABELS",
+    "check_sample_ids", "clean_label", "MISSING_LABELS", "read_split_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,35 @@ def read_train_table(spec: DataSpec) -> ImageTable:
     paths = _paths_from_df(df, image_dir, spec, csv_path)
     classes, indices = _resolve_classes(labels, spec, csv_path)
     return ImageTable(ids, paths, indices, classes, spec.max_image_pixels)
+
+
+def read_split_columns(spec: DataSpec) -> pd.DataFrame:
+    """``data.group_col`` / ``data.fold_col`` of the training CSV, indexed by id (columns ``group``, ``fold``).
+
+    Raises:
+        DataError: the layout is not csv; a column is missing (naming the file, the column and the columns
+            found); empty group values or fold values that are not non-negative integers (naming the rows).
+    """
+    if spec.layout != "csv":
+        raise DataError(f"data.group_col / data.fold_col need data.layout=csv (a train.csv); got '{spec.layout}'.")
+    path = spec.root_path / spec.train_csv
+    wanted = {"group": spec.group_col, "fold": spec.fold_col}
+    df = _read_csv(path, "data.train_csv", [spec.id_col], "Training CSV")
+    out = pd.DataFrame(index=pd.Index(df[spec.id_col], name="id"))
+    for name, col in wanted.items():
+        if col is None:
+            continue
+        if col not in df.columns:
+            raise DataError(f"{path}: no column '{col}' (data.{name}_col). Columns found: {list(df.columns)}.")
+        values = [str(v).strip() for v in df[col]]
+        bad = [i for i, v in enumerate(values) if (_is_missing(v) if name == "group" else not v.isdigit())]
+        if bad:
+            what = "an empty group" if name == "group" else "a fold that is not a non-negative integer"
+            shown = sorted({repr(values[i]) for i in bad})[:5]
+            raise DataError(f"{path}: {len(bad)} row(s) have {what} ({', '.join(shown)}) in column '{col}' "
+                            f"(data.{name}_col): {_rows(df, bad, spec.id_col)}.")
+        out[name] = np.array(values) if name == "group" else np.array(values, dtype=np.int64)
+    return out
 
 
 def read_test_table(spec: DataSpec, classes: Sequence[str] = ()) -> ImageTable:

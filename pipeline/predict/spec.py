@@ -68,15 +68,16 @@ class EnsembleSpec:
         weights: equal, given (``given_weights``) or caruana (fitted on OOF/holdout predictions).
         given_weights: One non-negative number per member, for ``weights: given``.
         caruana_rounds: Greedy rounds of Caruana selection, for ``weights: caruana``.
-        fit_metric: Metric the Caruana weights are fitted for. Log loss by default: greedy selection
-            stalls on a step metric such as accuracy even when that is the competition metric.
+        fit_metric: Metric the Caruana weights are fitted for (any registered name). Log loss by default:
+            greedy selection stalls on a step metric such as accuracy even when that is the competition
+            metric. None: the competition metric (``metric``).
     """
 
     method: str = "prob_mean"
     weights: str = "equal"
     given_weights: list[float] | None = None
     caruana_rounds: int = 50
-    fit_metric: str = "log_loss"
+    fit_metric: str | None = "log_loss"
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pipeline.core.io import atomic_path, write_json
 from pipeline.core.metrics import get_metric
 from pipeline.core.reduce import merge_members
 from pipeline.core.tracking import LoggerSpec, log_files_artifact, resume_wandb
+from pipeline.report.groups import group_warnings
 from pipeline.report.load import PredictRun, load_predict_run
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost
 from pipeline.report.score import baseline_row, candidate_rows, score_rows
@@ -52,6 +53,11 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
                     baseline_index=next(i for i, r in enumerate(rows) if r is base))
     summary = summarize(pr, df, m, n_boot, seed)
     summary["paragraph"] = paragraph(summary)
+    # Which metric and why (predict chooses one from the submission format when none is set), and leaky folds.
+    summary["metric_reason"] = ("set by the report's metric setting" if metric else
+                                pr.info.get("metric_reason") or "the metric pipeline-predict used")
+    summary["warnings"] = group_warnings(pr)
+    df.attrs.update(metric_reason=summary["metric_reason"], warnings=summary["warnings"])
     return df, summary, pr
 
 

@@ -164,7 +164,9 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str
     lines = [
         "# Ensemble and TTA report", "",
         f"**Metric:** {m} ({'higher' if summary['greater_is_better'] else 'lower'} is better), on "
-        f"{summary['n_rows']} out-of-fold rows, {summary['n_classes']} classes.", "",
+        f"{summary['n_rows']} out-of-fold rows, {summary['n_classes']} classes. Why this metric: "
+        f"{summary.get('metric_reason', 'as recorded in predict.json')}.", "",
+        *(f"**Warning:** {w}\n" for w in summary.get("warnings", [])),
         "**Baseline:** the best single model without TTA (policy `none`, or the policy with the fewest "
         f"views when `none` was not predicted): `{summary['baseline']['row']}`. Δ is each row minus the "
         f"baseline, with a 95% paired bootstrap interval ({summary['n_boot']} resamples, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pipeline.submission.build import build_submission, write_submission
 from pipeline.submission.format import SubmissionError, SubmissionFormat, format_from_config, infer_format
 from pipeline.submission.spec import SubmissionOptions
 
-__all__ = ["submission_format", "solution_score", "submit"]
+__all__ = ["submission_format", "solution_score", "submit", "default_metric"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,20 @@ def submission_format(spec: DataSpec, opts: SubmissionOptions, classes: Sequence
                               opts.label_as, classes, sample_csv=sample, k=opts.k)
 
 
+def default_metric(fmt: SubmissionFormat, sample: str | None) -> tuple[str, str]:
+    """The metric to judge a submission by when ``metric`` is not set, and why (said in the report).
+
+    One probability column per class and no label (how log-loss competitions ask): ``log_loss``;
+    a space-separated top-k label: ``map@<k>``; otherwise (a label, or label + probabilities): ``accuracy``.
+    """
+    where = f"the sample submission ({sample})" if sample else "the submission format (submission.kind)"
+    if fmt.kind == "probabilities":
+        return "log_loss", f"log loss: {where} has one probability column per class"
+    if fmt.kind == "topk":
+        return f"map@{fmt.k}", f"MAP@{fmt.k}: {where} asks for the {fmt.k} most probable classes per row"
+    return "accuracy", f"accuracy: {where} asks for a class label ({fmt.kind})"
+
+
 def solution_score(
     spec: DataSpec, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], metric: str
 ) -> dict[str, Any] | None:
@@ -66,9 +81,12 @@ def solution_score(
 
 def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
-    out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str = "accuracy",
+    out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
+
+    ``metric`` None picks one from the submission format (:func:`default_metric`); ``ens.fit_metric`` None
+    fits the weights for the metric. ``predict.json`` records both and ``metric_reason``.
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -79,10 +97,14 @@ def submit(
         log.warning("Skipping %s: %s", folder, why)
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
+    metric, reason = (metric, "set by the metric setting") if metric else default_metric(fmt, spec.sample_submission)
+    ens = replace(ens, fit_metric=ens.fit_metric or metric)
+    log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
     result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric)
     ids, probs, _ = read_predictions(result.ensemble_path, classes)
     frame = build_submission(ids, probs, classes, fmt, result.sample_ids)
     summary = result.summary
+    summary["metric_reason"] = reason
     expected = result.sample_ids or result.test.ids
     summary["submission"] = str(write_submission(frame, out_dir / sub.filename, fmt, expected, classes))
     summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)

@@ -83,7 +83,8 @@ def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
     view = {
         "model": config.get("model"), "aug": config.get("aug"), "optimizer": config.get("optimizer"),
         "scheduler": config.get("scheduler"), "seed": spec.seed, "label_smoothing": spec.label_smoothing,
-        "data_split": {k: getattr(spec.data, k) for k in _SPLIT_KEYS},
+        "data_split": {**{k: getattr(spec.data, k) for k in _SPLIT_KEYS},  # group/fold columns only when set: old
+                       **{k: v for k in ("group_col", "fold_col") if (v := getattr(spec.data, k))}},  # hashes stay
         "max_epochs": spec.trainer_settings.get("max_epochs"),
     }
     return short_hash({k: view[k] for k in MEMBER_KEYS}, 16)
