@@ -67,8 +67,11 @@ def solution_score(
 def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
     out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str = "accuracy",
+    candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
+
+    ``candidates`` and ``max_passes`` are ``tta=auto``'s (see :func:`pipeline.predict.stage.predict`).
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -79,7 +82,7 @@ def submit(
         log.warning("Skipping %s: %s", folder, why)
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
-    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric)
+    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes)
     ids, probs, _ = read_predictions(result.ensemble_path, classes)
     frame = build_submission(ids, probs, classes, fmt, result.sample_ids)
     summary = result.summary
