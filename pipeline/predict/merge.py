@@ -134,7 +134,8 @@ def rank_average(probs: Sequence[np.ndarray], weights: np.ndarray | None = None)
             ranks = (rankdata(p, method="average", axis=0) - 1) / max(n - 1, 1) if n > 1 else np.full(p.shape, 0.5)
             total += np.float32(wm) * ranks.astype(np.float32)
     sums = total.sum(axis=1, keepdims=True)
-    return np.where(sums > 0, total / np.where(sums > 0, sums, 1), np.float32(1.0 / total.shape[1]))
+    n_classes: int = arrays[0].shape[1]
+    return np.where(sums > 0, total / np.where(sums > 0, sums, 1), np.float32(1.0 / n_classes))
 
 
 def _stack_features(probs: Sequence[np.ndarray]) -> np.ndarray:

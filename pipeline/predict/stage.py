@@ -260,6 +260,9 @@ def predict(
     need_none = opts.mode == "submit" or ens.combine == "auto"
     extra = [create_policy("none")] if need_none and not any(p.name == "none" for p in policies) else []
     auto = [canonical_policy(p) for p in candidates]
+    if auto and max_passes is not None and min(map(views_per_image, auto)) > max_passes:
+        raise ConfigError(f"tta.max_passes={max_passes}: no candidate policy fits; the cheapest costs "
+                          f"{min(map(views_per_image, auto))} passes per image")
     submit_policy = canonical_policy(submit_policy)
     templates = {policy_key(p): p for p in map(canonical_policy, [*policies, *extra, *auto, submit_policy])}
     submit_key = policy_key(submit_policy)
