@@ -132,6 +132,27 @@ def test_ensemble_auto_submits_the_single_model_with_one_view_when_nothing_beats
     np.testing.assert_allclose(submitted, single, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("ens", [EnsembleSpec(combine="stack", temperature=True), EnsembleSpec(combine="rank"),
+                                 EnsembleSpec(weights="optimize", temperature=True)], ids=["stack+T", "rank", "optimize+T"])
+def test_fitted_merges_run_in_the_stage_and_record_an_honest_score(
+    left_right: tuple[Path, Path], tmp_path: Path, ens: EnsembleSpec
+) -> None:
+    from pipeline.member.predictions import read_predictions
+
+    comp, sweep = left_right
+    summary = _run(comp, sweep, tmp_path / "predict", max_passes=1, ens=ens)
+    fit = summary["submitted"]["combine"]
+    assert fit["kind"] == ens.combine
+    if ens.temperature:
+        (t,) = fit["temperatures"]
+        assert t > 0
+    assert 0.9 <= fit["cross_fitted_score"]["accuracy"] <= 1.0  # out of sample, on a task the member solved
+    _, probs, _ = read_predictions(tmp_path / "predict" / "ensemble_test.csv", summary["classes"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs.argmax(axis=1) == 1 - np.arange(len(probs)) % 2).mean() > 0.9  # classes: left=0, right=1
+
+
 def test_bad_candidates_name_the_entry() -> None:
     with pytest.raises(ConfigError, match=r"tta.candidates\[1\].*hflip always mirrors left-right"):
         candidate_policies([{"name": "none"}, {"name": "hflip", "flip": "vertical"}])

@@ -36,6 +36,7 @@ import pandas as pd
 
 from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import read_json, safe_name, short_hash, write_json
+from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
@@ -43,7 +44,7 @@ from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, write_predictions
 from pipeline.predict.choose import choose_ensemble, choose_policies
 from pipeline.predict.ensemble import check_ensemble, fit_weights, group_models, merge_files, model_oof, resolve_weights
-from pipeline.predict.merge import Combiner, fit_combiner
+from pipeline.predict.merge import Combiner, cross_fit_predict, fit_combiner
 from pipeline.predict.offline import cached_oof_sets
 from pipeline.predict.options import check_options
 from pipeline.predict.plan import eval_group, member_policy, policy_key
@@ -206,7 +207,14 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
     labels = next(iter(oofs.values()))["label"].to_numpy()
     probs = {g: f.filter(like=PROB_PREFIX).to_numpy(np.float32) for g, f in oofs.items()}
     if ens.combine != "auto":
-        return fit_combiner(list(probs.values()), labels, ens, metric), model_keys, None
+        combiner = fit_combiner(list(probs.values()), labels, ens, metric)
+        if ens.combine != "weighted" or ens.weights in ("caruana", "fitted", "optimize") or ens.temperature:
+            # A fit scored on its own rows flatters it: record the honest, cross-fitted OOF score too.
+            crossed = cross_fit_predict(list(probs.values()), labels, lambda p, y: fit_combiner(p, y, ens, metric),
+                                        ens.cross_fit_parts, ens.seed)
+            combiner.info["cross_fitted_score"] = {metric: float(get_metric(metric)(labels, crossed)),
+                                                   "parts": ens.cross_fit_parts}
+        return combiner, model_keys, None
     none_key = next(k for k, per in frames.items() if k.startswith("none."))
     singles = {g: frames[none_key][g].filter(like=PROB_PREFIX).to_numpy(np.float32) for g in model_keys}
     combiner, record = choose_ensemble(probs, labels, singles, ens, metric)

@@ -49,7 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.core.reduce import reduce_probs
-from pipeline.data.augment import center_offset
+from pipeline.predict.crops import crop as _crop
+from pipeline.predict.crops import flip as _flip
+from pipeline.predict.crops import multiscale_views
 
 __all__ = [
     "CROPS",
@@ -194,26 +196,7 @@ def list_policies() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole-batch primitives. All act on the last two dims, so they take [B, C, H, W] in one call.
-
-
-def _offsets(height: int, width: int, size: int, where: str) -> tuple[int, int]:
-    """(top, left) of a ``size``×``size`` crop; the centre follows :func:`pipeline.data.augment.center_offset`."""
-    if where == "center":
-        return center_offset(height, width, size)
-    bottom, right = height - size, width - size
-    return {"tl": (0, 0), "tr": (0, right), "bl": (bottom, 0), "br": (bottom, right)}[where]
-
-
-def _crop(batch: Tensor, size: int, where: str) -> Tensor:
-    top, left = _offsets(batch.shape[-2], batch.shape[-1], size, where)
-    return batch[..., top : top + size, left : left + size]
-
-
-def _flip(batch: Tensor, axis: str) -> Tensor:
-    if axis == "none":
-        return batch
-    return batch.flip(-1 if axis == "horizontal" else -2)
+# Helpers over the whole-batch primitives of pipeline.predict.crops.
 
 
 def _side(policy: TTAPolicy) -> int:
@@ -261,6 +244,11 @@ def _rot90_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
 def _d4_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
     centre = _crop(batch, _side(policy), "center")
     return [torch.rot90(image, k, dims=(-2, -1)) for image in (centre, centre.flip(-1)) for k in range(4)]
+
+
+@register_policy("multiscale", count=lambda p: len(p.scales) * p.squares * len(p.crops) * len(p.flips))
+def _multiscale_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    return multiscale_views(batch, policy.scales, policy.squares, policy.crops, policy.flips, _side(policy))
 
 
 @register_policy("five_crop", count=lambda p: len(_FIVE))
@@ -410,7 +398,3 @@ def predict_with_tta(
             probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
             merged.append(merge_views(probs, n_views, method))
     return torch.cat(merged)
-
-
-# multiscale registers itself on import; it needs the primitives above.
-from pipeline.predict import multiscale as _multiscale  # noqa: E402,F401
