@@ -215,7 +215,10 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
             combiner.info["cross_fitted_score"] = {metric: float(get_metric(metric)(labels, crossed)),
                                                    "parts": ens.cross_fit_parts}
         return combiner, model_keys, None
-    none_key = next(k for k, per in frames.items() if k.startswith("none."))
+    none_key = next((k for k in frames if k.startswith("none.")), None)
+    if none_key is None:
+        raise ConfigError("ensemble.combine=auto compares every method with the best single model without TTA, which "
+                          "needs OOF predictions under policy none; no member has them (mode=submit without cached OOF)")
     singles = {g: frames[none_key][g].filter(like=PROB_PREFIX).to_numpy(np.float32) for g in model_keys}
     combiner, record = choose_ensemble(probs, labels, singles, ens, metric)
     if record["chosen"] == "single":
