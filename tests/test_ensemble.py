@@ -371,3 +371,20 @@ def test_auto_keeps_the_single_model_when_the_others_are_noise_and_mixes_complem
     _, record = choose_ensemble(pair, labels, pair, EnsembleSpec(combine="auto"), "log_loss")
     assert record["chosen"] != "single" and "rank" not in record["scores"]
     assert record["scores"][record["chosen"]] < record["scores"]["single"]
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"combine": "blend"}, r"ensemble.combine='blend' is not one of \['weighted', 'rank', 'stack', 'auto'\]"),
+    ({"bags": 0}, r"ensemble.bags must be a positive integer.*got bags=0"),
+    ({"bag_fraction": 1.5}, r"bag_fraction in \(0, 1\].*bag_fraction=1.5"),
+    ({"weights": "optimize", "method": "max"}, r"optimize cannot weight ensemble.method=max"),
+    ({"cross_fit_parts": 1}, r"ensemble.cross_fit_parts must be an integer of at least 2"),
+    ({"combine": "auto", "candidates": ["mean", "blend"]}, r"ensemble.candidates \['blend'\] are unknown"),
+])
+def test_bad_merge_settings_are_named_before_any_work(change: dict, match: str) -> None:
+    from pipeline.core.errors import ConfigError
+    from pipeline.predict.ensemble import check_ensemble
+    from pipeline.predict.spec import EnsembleSpec
+
+    with pytest.raises(ConfigError, match=match):
+        check_ensemble(EnsembleSpec(**change), ["a", "b"], "accuracy")
