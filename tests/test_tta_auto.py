@@ -153,6 +153,32 @@ def test_fitted_merges_run_in_the_stage_and_record_an_honest_score(
     assert (probs.argmax(axis=1) == 1 - np.arange(len(probs)) % 2).mean() > 0.9  # classes: left=0, right=1
 
 
+@pytest.mark.slow
+def test_pipeline_predict_config_runs_tta_auto_and_ensemble_auto(left_right: tuple[Path, Path], tmp_path: Path) -> None:
+    """The composed ``pipeline-predict`` config (tta=auto, ensemble=auto) through the CLI's own ``run``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline.cli import CONF_DIR
+    from pipeline.cli.predict import run
+
+    comp, sweep = left_right
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="predict", overrides=[
+                "tta=auto", "tta.max_passes=5", "ensemble=auto", "logger=none", f"paths.root={tmp_path}",
+                f"data.root={comp}", "data.solution=null", f"members={sweep}", f"predict_dir={tmp_path / 'predict'}",
+                "device=cpu", "num_workers=0", "batch_size=32", "policies=[none]"])
+    finally:
+        GlobalHydra.instance().clear()
+    summary = run(cfg)
+    (choice,) = summary["tta_choice"].values()
+    assert choice["views"] <= 5 and summary["policies"][choice["chosen"]]["name"] in ("none", "vflip", "five_crop")
+    assert summary["ensemble_choice"]["chosen"] in ("single", "mean")
+    assert Path(summary["submission"]).is_file()
+
+
 def test_bad_candidates_name_the_entry() -> None:
     with pytest.raises(ConfigError, match=r"tta.candidates\[1\].*hflip always mirrors left-right"):
         candidate_policies([{"name": "none"}, {"name": "hflip", "flip": "vertical"}])
@@ -160,3 +186,24 @@ def test_bad_candidates_name_the_entry() -> None:
         candidate_policies(["flip"])
     with pytest.raises(ConfigError, match="needs tta.candidates"):
         candidate_policies([])
+
+
+def test_policy_rule_takes_the_cheaper_policy_when_the_halves_disagree() -> None:
+    from pipeline.predict.choose import choose_policies
+    from pipeline.predict.merge import stratified_parts
+
+    labels = np.repeat([0, 1], 20)
+    half = stratified_parts(labels, 2, seed=0)
+    right, wrong = np.eye(2)[labels], np.eye(2)[1 - labels]
+    policies = {"cheap": {"name": "none", "views": 1}, "dear": {"name": "five_crop", "views": 5},
+                "mid": {"name": "vflip", "views": 2}}
+    # "dear" wins on half 0 only, "mid" on half 1 only; "cheap" is never best: the halves disagree.
+    probs = {"cheap": np.full((40, 2), 0.5) + 0.1 * (right - wrong) * (np.arange(40) % 4 == 0)[:, None],
+             "dear": np.where((half == 0)[:, None], right, wrong), "mid": np.where((half == 1)[:, None], right, wrong)}
+    out = choose_policies({"m": {k: (labels, p) for k, p in probs.items()}}, policies, "accuracy")["m"]
+    assert sorted(out["half_choices"]) == ["dear", "mid"] and out["chosen"] == "mid"  # the cheaper of the two
+    assert "halves disagreed" in out["reason"]
+    assert out["cross_fitted_score"] == 0.0  # each half's pick is wrong on the other half: the honest score says so
+    probs["dear"], probs["mid"] = right, wrong  # now best on both halves: chosen although dearest
+    out = choose_policies({"m": {k: (labels, p) for k, p in probs.items()}}, policies, "accuracy")["m"]
+    assert out["chosen"] == "dear" and out["reason"] == "both halves of the OOF rows chose it"
