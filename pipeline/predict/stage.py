@@ -200,6 +200,9 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
     ``ensemble.combine=auto`` may fall back to the best single model under policy ``none``: the keys then
     name that model alone.
     """
+    if ens.combine == "weighted" and ens.weights in ("equal", "given") and not ens.temperature:  # nothing to fit
+        fixed = resolve_weights(ens.weights, len(model_keys), ens.given_weights)
+        return Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights}), model_keys, None
     oofs = {g: frames[k][g] for g, k in model_keys.items()}
     ids = [set(f["id"]) for f in oofs.values()]
     if any(s != ids[0] for s in ids):
