@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 
 from pipeline.core.metrics import get_metric, log_loss
 from pipeline.core.reduce import REDUCTIONS, merge_members, reduce_probs
-from pipeline.predict.ensemble import caruana_select, resolve_weights
+from pipeline.predict.ensemble import caruana_bagged, caruana_select, resolve_weights
 
 CONF = Path(__file__).resolve().parents[1] / "pipeline" / "conf"
 
@@ -210,7 +210,8 @@ def test_resolve_weights_errors(kind: str, given: list[float] | None, match: str
 
 
 def test_ensemble_yamls_compose_into_weights(conf_dir: Path) -> None:
-    assert sorted(p.stem for p in (CONF / "ensemble").glob("*.yaml")) == ["caruana", "mean", "weighted"]
+    assert sorted(p.stem for p in (CONF / "ensemble").glob("*.yaml")) == [
+        "auto", "caruana", "mean", "optimize", "rank", "stack", "weighted"]
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         mean = compose(config_name="config").ensemble
         weighted = compose(
@@ -220,10 +221,170 @@ def test_ensemble_yamls_compose_into_weights(conf_dir: Path) -> None:
     assert (mean.method, mean.weights) == ("prob_mean", "equal")
     given = list(weighted.ensemble.given_weights)
     np.testing.assert_allclose(resolve_weights(weighted.ensemble.weights, 3, given=given), [0.5, 0.25, 0.25])
-    assert (caruana.weights, caruana.caruana_rounds) == ("caruana", 50)
+    assert (caruana.weights, caruana.caruana_rounds, caruana.bags) == ("caruana", 50, 1)
+
+
+@pytest.mark.parametrize(("name", "combine", "weights"), [
+    ("rank", "rank", "equal"), ("stack", "stack", "equal"), ("optimize", "weighted", "optimize"),
+    ("auto", "auto", "equal"), ("mean", "weighted", "equal"),
+])
+def test_new_ensemble_yamls_compose_and_pass_the_checks(conf_dir: Path, name: str, combine: str, weights: str) -> None:
+    from pipeline.cli.config import to_dataclass
+    from pipeline.predict.ensemble import check_ensemble
+    from pipeline.predict.spec import EnsembleSpec
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        spec = to_dataclass(EnsembleSpec, compose(config_name="config", overrides=[f"ensemble={name}"]).ensemble)
+    assert (spec.combine, spec.weights) == (combine, weights)
+    check_ensemble(spec, ["a", "b"], "accuracy")
 
 
 def test_ensemble_key_typo_fails_at_composition(conf_dir: Path) -> None:
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         with pytest.raises(ConfigCompositionException, match="methd"):
             compose(config_name="config", overrides=["ensemble.methd=max"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge methods beyond the weighted mean (pipeline.predict.merge) and ensemble=auto.
+
+
+def _noisy(labels: np.ndarray, rng: np.random.Generator, accuracy: float, k: int = N_CLASSES,
+           p_top: float = 0.7) -> np.ndarray:
+    """Confident predictions that are right on about ``accuracy`` of the rows."""
+    wrong = rng.random(len(labels)) > accuracy
+    guess = np.where(wrong, (labels + rng.integers(1, k, len(labels))) % k, labels)
+    probs = np.full((len(labels), k), (1 - p_top) / (k - 1))
+    probs[np.arange(len(labels)), guess] = p_top
+    return probs
+
+
+def test_stacking_learns_a_permuted_model_that_equal_weights_are_hurt_by() -> None:
+    from pipeline.predict.merge import cross_fit_predict, fit_combiner
+    from pipeline.predict.spec import EnsembleSpec
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, N_CLASSES, 600)
+
+    def model() -> np.ndarray:  # logits: signal on the true class plus independent noise, so two models help
+        logits = 1.5 * np.eye(N_CLASSES)[labels] + rng.normal(size=(len(labels), N_CLASSES))
+        return torch.tensor(logits).softmax(-1).numpy()
+
+    a = model()
+    b = model()[:, [1, 2, 3, 0]]  # a second good model whose class columns are shuffled
+    acc = get_metric("accuracy")
+    spec = EnsembleSpec(combine="stack")
+    stacked = cross_fit_predict([a, b], labels, lambda p, y: fit_combiner(p, y, spec, "accuracy"), 5, 0)
+    equal = merge_members([a, b]).numpy()
+    assert acc(labels, equal) < acc(labels, a) - 0.05  # equal averaging is hurt by the permuted copy
+    assert acc(labels, stacked) > acc(labels, a) + 0.05  # the meta-model undoes the permutation and gains from b
+    assert log_loss(labels, stacked) < min(log_loss(labels, equal), log_loss(labels, a))
+
+
+def test_bagged_caruana_is_deterministic_under_its_seed() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, N_CLASSES, 300)
+    members = [_noisy(labels, rng, acc) for acc in (0.6, 0.62, 0.64, 0.66, 0.68, 0.7)]
+    runs = {seed: caruana_bagged(members, labels, bags=8, bag_fraction=0.5, seed=seed, n_rounds=10)
+            for seed in range(4)}
+    np.testing.assert_array_equal(runs[0], caruana_bagged(members, labels, 8, 0.5, 0, n_rounds=10))
+    assert all(w.sum() == pytest.approx(1.0) and (w >= 0).all() for w in runs.values())
+    assert len({tuple(w.round(6)) for w in runs.values()}) > 1  # other seeds draw other bags
+    plain = caruana_select(members, labels, 10)
+    np.testing.assert_array_equal(caruana_bagged(members, labels, 1, 0.5, 0, n_rounds=10), plain)
+    with pytest.raises(ValueError, match="bag_fraction"):
+        caruana_bagged(members, labels, 2, 0.0, 0)
+
+
+def test_caruana_holds_no_float64_members_by_rows_by_classes_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    import pipeline.predict.ensemble as ensemble
+
+    monkeypatch.setattr(ensemble, "_CHUNK_ELEMS", 20_000)  # score 2,000 rows at a time, as 400k rows of 10 would be
+    rng = np.random.default_rng(0)
+    n, k, m = 20_000, 10, 6
+    labels = rng.integers(0, k, n)
+    members = [rng.dirichlet(np.ones(k), n).astype(np.float32) for _ in range(m)]
+    tracemalloc.start()
+    caruana_select(members, labels, n_rounds=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Beyond the members' own float32 arrays: the running float32 sum and chunk-sized buffers, well under two
+    # N×K float32 arrays (a float64 members×rows×classes stack would be 9.6 MB, float64 N×K alone 1.6 MB).
+    assert peak < 2 * n * k * 4, f"peak {peak / 1e6:.2f} MB"
+
+
+def test_rank_average_by_hand() -> None:
+    from pipeline.predict.merge import rank_average
+
+    a = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    b = np.array([[0.6, 0.4], [0.7, 0.3], [0.1, 0.9]])
+    # ranks over rows, scaled to [0, 1]: a → class 0 [1, .5, 0], class 1 [0, .5, 1]; b → [.5, 1, 0], [.5, 0, 1]
+    mean = np.array([[0.75, 0.25], [0.75, 0.25], [0.0, 1.0]])
+    np.testing.assert_allclose(rank_average([a, b]), mean / mean.sum(1, keepdims=True), atol=1e-6)
+    weighted = 0.25 * np.array([[1, 0], [.5, .5], [0, 1]]) + 0.75 * np.array([[.5, .5], [1, 0], [0, 1]])
+    np.testing.assert_allclose(rank_average([a, b], np.array([0.25, 0.75])), weighted, atol=1e-6)
+
+
+def test_optimized_weights_lie_on_the_simplex_and_beat_equal_and_singles() -> None:
+    from pipeline.predict.merge import optimize_weights
+
+    members, labels = _complementary_case()
+    weights = optimize_weights(members, labels)
+    assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
+    fitted = log_loss(labels, merge_members(members, weights).numpy())
+    assert fitted < log_loss(labels, merge_members(members).numpy())
+    assert fitted < min(log_loss(labels, m) for m in members)
+    assert weights[3] < 0.05 and weights[0] > 0.3 and weights[2] > 0.3  # the random-label member is dropped
+
+
+def test_temperature_scaling_lowers_the_log_loss_of_an_overconfident_model() -> None:
+    from pipeline.predict.merge import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, N_CLASSES, 500)
+    over = _noisy(labels, rng, 0.7, p_top=0.99)
+    t = fit_temperature(over, labels)
+    assert t > 1.5
+    assert log_loss(labels, apply_temperature(over, t)) < log_loss(labels, over) - 0.3
+    np.testing.assert_allclose(apply_temperature(over, 1.0), over, atol=1e-6)
+
+
+def test_auto_keeps_the_single_model_when_the_others_are_noise_and_mixes_complementary_ones() -> None:
+    from pipeline.predict.choose import choose_ensemble
+    from pipeline.predict.spec import EnsembleSpec
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, N_CLASSES, 400)
+    good = _noisy(labels, rng, 0.8, p_top=0.97)
+    noise = {f"noise{i}": _noisy(rng.integers(0, N_CLASSES, 400), rng, 1.0, p_top=0.4) for i in range(2)}
+    oof = {"good": good, **noise}
+    combiner, record = choose_ensemble(oof, labels, oof, EnsembleSpec(combine="auto"), "accuracy")
+    assert record["chosen"] == "single", record
+    assert "good alone, one view" in record["reason"]
+    np.testing.assert_array_equal(combiner.apply([good, *noise.values()]), good.astype(np.float32))
+    assert set(record["scores"]) == {"single", "mean", "caruana", "optimize", "stack", "rank"}
+
+    members, labels = _complementary_case()
+    pair = {"a": members[0], "b": members[2]}
+    _, record = choose_ensemble(pair, labels, pair, EnsembleSpec(combine="auto"), "log_loss")
+    assert record["chosen"] != "single" and "rank" not in record["scores"]
+    assert record["scores"][record["chosen"]] < record["scores"]["single"]
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"combine": "blend"}, r"ensemble.combine='blend' is not one of \['weighted', 'rank', 'stack', 'auto'\]"),
+    ({"bags": 0}, r"ensemble.bags must be a positive integer.*got bags=0"),
+    ({"bag_fraction": 1.5}, r"bag_fraction in \(0, 1\].*bag_fraction=1.5"),
+    ({"weights": "optimize", "method": "max"}, r"optimize cannot weight ensemble.method=max"),
+    ({"cross_fit_parts": 1}, r"ensemble.cross_fit_parts must be an integer of at least 2"),
+    ({"combine": "auto", "candidates": ["mean", "blend"]}, r"ensemble.candidates \['blend'\] are unknown"),
+])
+def test_bad_merge_settings_are_named_before_any_work(change: dict, match: str) -> None:
+    from pipeline.core.errors import ConfigError
+    from pipeline.predict.ensemble import check_ensemble
+    from pipeline.predict.spec import EnsembleSpec
+
+    with pytest.raises(ConfigError, match=match):
+        check_ensemble(EnsembleSpec(**change), ["a", "b"], "accuracy")

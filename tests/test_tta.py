@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from pipeline.predict.tta import (
     TTAPolicy,
+    canonical_policy,
     create_policy,
     list_policies,
     make_views,
@@ -93,7 +94,44 @@ def test_hflip_is_centre_crop_and_its_mirror() -> None:
     centre = TF.center_crop(batch, [28, 28])
     assert torch.equal(views[:, 0], centre)
     assert torch.equal(views[:, 1], TF.hflip(centre))
-    assert views_per_image(create_policy("hflip", 28, flip="none")) == 1
+    vertical = make_views(batch, create_policy("vflip", 28)).view(2, 2, 3, 28, 28)
+    assert torch.equal(vertical[:, 0], centre)
+    assert torch.equal(vertical[:, 1], TF.vflip(centre))
+
+
+@pytest.mark.parametrize("flip", ["vertical", "none"])
+def test_hflip_names_its_axis_honestly(flip: str) -> None:
+    # hflip used to mirror along tta.flip; a vertical (or no) mirror now has its own name.
+    with pytest.raises(ValueError, match="hflip always mirrors left-right.*tta=vflip.*tta=none"):
+        create_policy("hflip", 28, flip=flip)
+
+
+@pytest.mark.parametrize(("height", "width", "crop"), [(32, 32, 28), (31, 34, 27), (24, 24, 24)])
+def test_rot90_and_d4_equal_torch_rot90_and_flips(height: int, width: int, crop: int) -> None:
+    batch = _batch(3, height, width)
+    rot = make_views(batch, create_policy("rot90", crop)).view(3, 4, 3, crop, crop)
+    d4 = make_views(batch, create_policy("d4", crop)).view(3, 8, 3, crop, crop)
+    for b in range(3):
+        centre = TF.center_crop(batch[b], [crop, crop])
+        rotations = [torch.rot90(centre, k, dims=(1, 2)) for k in range(4)]
+        mirrored = [torch.rot90(TF.hflip(centre), k, dims=(1, 2)) for k in range(4)]
+        for v, ref in enumerate(rotations):
+            assert torch.equal(rot[b, v], ref), f"rot90 image {b}, view {v}"
+        for v, ref in enumerate(rotations + mirrored):
+            assert torch.equal(d4[b, v], ref), f"d4 image {b}, view {v}"
+        # The 8 views are the whole dihedral group: all distinct on a generic image, and vflip is among them.
+        assert len({tuple(view.flatten().tolist()) for view in d4[b]}) == 8
+        assert any(torch.equal(view, TF.vflip(centre)) for view in d4[b])
+
+
+def test_ten_crop_without_flip_is_five_crop_under_one_name() -> None:
+    plain = create_policy("ten_crop", 28, flip="none")
+    five = canonical_policy(plain)
+    assert five == create_policy("five_crop", 28)
+    batch = _batch(2, 32, 32)
+    assert torch.equal(make_views(batch, plain), make_views(batch, five))
+    flipped = create_policy("ten_crop", 28, flip="vertical")
+    assert canonical_policy(flipped) is flipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,11 +280,23 @@ def test_predict_with_tta_none_policy_is_softmax_of_centre_crop() -> None:
 # ---------------------------------------------------------------------------------------------
 # Hydra configs.
 
-EXPECTED_VIEWS = {"none": 1, "hflip": 2, "five_crop": 5, "ten_crop": 10, "multiscale": 48}
+EXPECTED_VIEWS = {"none": 1, "hflip": 2, "vflip": 2, "rot90": 4, "d4": 8, "five_crop": 5, "ten_crop": 10,
+                  "multiscale": 48}
 
 
 def test_every_tta_yaml_has_an_expectation() -> None:
-    assert sorted(p.stem for p in (CONF / "tta").glob("*.yaml")) == sorted(EXPECTED_VIEWS)
+    assert sorted(p.stem for p in (CONF / "tta").glob("*.yaml")) == sorted([*EXPECTED_VIEWS, "auto"])
+
+
+def test_tta_auto_yaml_lists_every_flip_axis(conf_dir: Path) -> None:
+    from pipeline.predict.choose import candidate_policies
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["tta=auto", "tta.max_passes=5"])
+    assert cfg.tta.name == "auto" and cfg.tta.max_passes == 5
+    found = [(p.name, p.flip if p.name == "ten_crop" else None) for p in candidate_policies(cfg.tta.candidates, 28)]
+    assert found == [("none", None), ("hflip", None), ("vflip", None), ("five_crop", None),
+                     ("ten_crop", "horizontal"), ("ten_crop", "vertical")]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_VIEWS))
@@ -256,7 +306,7 @@ def test_tta_yaml_composes_into_a_policy(conf_dir: Path, name: str) -> None:
     tta = OmegaConf.to_container(cfg.tta, resolve=True)
     assert isinstance(tta, dict)
     assert tta["crop_size"] is None and tta["allow_crop_override"] == []  # each member's own crop by default
-    run_keys = ("reduce", "chunk_size", "allow_crop_override")
+    run_keys = ("reduce", "chunk_size", "allow_crop_override", "candidates", "max_passes")
     template = create_policy(**{str(k): v for k, v in tta.items() if k not in run_keys})
     with pytest.raises(ValueError, match="no crop size"):
         make_views(torch.zeros(2, 3, 32, 32), template)

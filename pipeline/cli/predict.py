@@ -55,13 +55,17 @@ def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
+    from pipeline.predict.choose import candidate_policies
     from pipeline.predict.tta import create_policy
     from pipeline.submission.stage import submit
 
     _check_overrides()
     spec = to_dataclass(DataSpec, cfg.data)
     tta = to_dataclass(TTASpec, cfg.tta)
-    submit_policy = create_policy(tta.name, crop_size=tta.crop_size, **tta.policy_fields())
+    auto = tta.name == "auto"  # a policy per model, chosen among tta.candidates on the OOF rows
+    candidates = candidate_policies(tta.candidates, tta.crop_size) if auto else []
+    submit_policy = create_policy("none" if auto else tta.name, crop_size=tta.crop_size,
+                                  **({} if auto else tta.policy_fields()))
     extra = [create_policy(name, crop_size=tta.crop_size) for name in cfg.policies if name != submit_policy.name]
     opts = options(cfg, spec, tta)
     metric = metric_name(cfg.metric)
@@ -74,6 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = submit(
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
             to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), metric,
+            candidates, tta.max_passes,
         )
         if isinstance(cfg.metric, DictConfig):  # so that pipeline-report can import the user's metric again
             summary["metric_target"] = to_container(cfg.metric)

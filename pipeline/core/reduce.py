@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["REDUCTIONS", "check_weights", "merge_members", "reduce_probs", "stack_members"]
+__all__ = ["REDUCTIONS", "check_weights", "from_space", "merge_members", "reduce_probs", "stack_members", "to_space"]
 
 REDUCTIONS = ("prob_mean", "logit_mean", "geo_mean", "max")
 """Accepted ``method`` values (``tta.reduce``, ``ensemble.method``)."""
@@ -43,6 +43,28 @@ def _from_space(method: str, values: Tensor) -> Tensor:
         return values.exp()
     if method == "logit_mean":
         return values.sigmoid()
+    return values
+
+
+def to_space(method: str, probs: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """NumPy twin of the reduction spaces: where ``method`` takes its weighted mean (``max``: as is).
+
+    Keeps ``probs``' dtype, so float32 fitting code (Caruana selection, weight optimisation) stays float32.
+    """
+    if method == "geo_mean":
+        return np.log(np.maximum(probs, eps))
+    if method == "logit_mean":
+        clamped = np.clip(probs, eps, 1.0 - eps)
+        return np.log(clamped) - np.log1p(-clamped)
+    return probs
+
+
+def from_space(method: str, values: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_space` (rows not yet renormalised)."""
+    if method == "geo_mean":
+        return np.exp(values)
+    if method == "logit_mean":
+        return 1.0 / (1.0 + np.exp(-values))
     return values
 
 

@@ -20,7 +20,7 @@ from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_table
 from pipeline.member.folder import Member, find_members
 from pipeline.member.predictions import read_predictions
-from pipeline.predict.ensemble import caruana_select, group_models, resolve_weights
+from pipeline.predict.ensemble import caruana_bagged, group_models, resolve_weights
 from pipeline.predict.plan import policy_key
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import PredictOptions
@@ -115,7 +115,7 @@ def predict_images(
 
 def fit_ensemble_weights(
     oof_probs: Sequence[np.ndarray], labels: np.ndarray, metric: str = "log_loss", rounds: int = 50,
-    method: str = "prob_mean",
+    method: str = "prob_mean", bags: int = 1, bag_fraction: float = 0.5, seed: int = 0,
 ) -> np.ndarray:
     """Caruana weights for models from their out-of-fold probabilities (never fit them on test rows).
 
@@ -125,10 +125,14 @@ def fit_ensemble_weights(
         metric: Registered metric the weights are fitted for (its direction is respected).
         rounds: Greedy selection rounds.
         method: How models are merged.
+        bags: More than one: bagged selection (Caruana et al. 2004) over random subsets of the models.
+        bag_fraction: Share of the models each bag draws.
+        seed: Seed of the bags (same seed, same weights).
 
     Returns:
         One weight per model, summing to one.
     """
     from pipeline.core.metrics import get_metric
 
-    return caruana_select(list(oof_probs), np.asarray(labels), rounds, metric=get_metric(metric), method=method)
+    return caruana_bagged(list(oof_probs), np.asarray(labels), bags, bag_fraction, seed, rounds,
+                          metric=get_metric(metric), method=method)

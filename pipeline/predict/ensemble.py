@@ -7,23 +7,22 @@ Caruana-fitted weights; weights are fitted on OOF rows only, never on the test r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.metrics import get_metric, log_loss
-from pipeline.core.reduce import REDUCTIONS, check_weights, merge_members, reduce_probs, stack_members
+from pipeline.core.metrics import get_metric
+from pipeline.core.reduce import REDUCTIONS, check_weights, from_space, merge_members, to_space
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, PredictionWriter, read_predictions
-from pipeline.predict.spec import EnsembleSpec
+from pipeline.predict.spec import COMBINES, ENSEMBLE_CANDIDATES, EnsembleSpec
 
 __all__ = [
     "WEIGHT_KINDS",
+    "caruana_bagged",
     "caruana_select",
     "resolve_weights",
     "group_models",
@@ -33,17 +32,67 @@ __all__ = [
     "check_ensemble",
 ]
 
-WEIGHT_KINDS = ("equal", "given", "caruana")
+WEIGHT_KINDS = ("equal", "given", "caruana", "optimize")
 """Accepted ``ensemble.weights`` values; ``fitted`` is accepted as another name for ``caruana``."""
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 
-def _score(stack: Tensor, counts: np.ndarray, labels: np.ndarray, method: str, metric: MetricFn) -> float:
-    # Only selected members enter the reduction: cost grows with the selection, not the library.
-    idx = np.flatnonzero(counts)
-    merged = reduce_probs(stack[torch.as_tensor(idx)], dim=0, method=method, weights=counts[idx])
-    return float(metric(labels, merged.cpu().numpy()))
+_CHUNK_ELEMS = 4_000_000
+"""Most probabilities scored at once (16 MB of float32): selection memory does not grow with N × K beyond it."""
+
+
+class _Selection:
+    """The running merge of a selection, in the space where ``method`` averages, in float32.
+
+    Adding a member to the selection and scoring it costs one pass over ``[N, K]``; nothing holds a
+    float64 (or a members × rows × classes) copy. Scoring walks the rows in chunks when the metric is a
+    mean over rows (``per_row``), so the only full-size buffers are the members' own arrays and the sum.
+    """
+
+    def __init__(self, member_probs: Sequence[np.ndarray], labels: np.ndarray, method: str, metric: MetricFn,
+                 sign: float) -> None:
+        if method not in REDUCTIONS:
+            raise ValueError(f"Unknown reduction {method!r}; accepted: {list(REDUCTIONS)}")
+        shape = np.shape(member_probs[0])
+        for i, p in enumerate(member_probs):
+            if np.shape(p) != shape:
+                raise ValueError(f"Member {i} has predictions of shape {np.shape(p)}, member 0 {shape}; "
+                                 "all members must predict the same rows and classes")
+        self.method, self.metric, self.sign, self.labels = method, metric, sign, np.asarray(labels)
+        self.space = [to_space(method, np.asarray(p, dtype=np.float32)) for p in member_probs]
+        self.total = np.zeros(shape, np.float32) if method != "max" else np.full(shape, -np.inf, np.float32)
+        self.count = 0
+        self.per_row = getattr(metric, "per_row", None)
+        self.step = max(1, _CHUNK_ELEMS // max(1, shape[1]))
+
+    def _merged(self, rows: slice, extra: int | None) -> np.ndarray:
+        total, count = self.total[rows], self.count
+        if extra is not None:
+            add = self.space[extra][rows]
+            total = np.maximum(total, add) if self.method == "max" else total + add
+            count += 1
+        merged = from_space(self.method, total if self.method == "max" else total / max(count, 1))
+        return merged / merged.sum(axis=1, keepdims=True)
+
+    def loss(self, extra: int | None = None) -> float:
+        """Signed score (lower is better) of the selection plus member ``extra``."""
+        n = len(self.labels)
+        if self.per_row is None:
+            return self.sign * float(self.metric(self.labels, self._merged(slice(0, n), extra)))
+        total = 0.0
+        for start in range(0, n, self.step):
+            rows = slice(start, start + self.step)
+            total += float(self.per_row(self.labels[rows], self._merged(rows, extra).astype(np.float64)).sum())
+        return self.sign * total / n
+
+    def add(self, member: int) -> None:
+        """Put member ``member`` into the selection (once more)."""
+        if self.method == "max":
+            np.maximum(self.total, self.space[member], out=self.total)
+        else:
+            self.total += self.space[member]
+        self.count += 1
 
 
 def caruana_select(
@@ -61,6 +110,7 @@ def caruana_select(
     allowed) whose addition gives the best score of the merged prediction; ties go to the lowest
     index. As in AutoGluon, the selection is cut back to the earliest round with the best score,
     so a round that only made things worse leaves no trace. Fit on OOF/holdout predictions only.
+    Works in float32 with a running sum and chunked scoring (memory flat in rows and classes).
 
     Args:
         member_probs: One ``[N, K]`` probability array per member.
@@ -79,32 +129,62 @@ def caruana_select(
     >>> caruana_select([bad, good], np.array([0, 1]), n_rounds=5).tolist()
     [0.0, 1.0]
     """
-    stack = stack_members(member_probs).to(torch.float64)
-    n_members = len(stack)
+    n_members = len(member_probs)
+    if n_members == 0:
+        raise ValueError("No ensemble members given")
     if not 0 <= init_best <= n_members or n_rounds < 0 or init_best + n_rounds == 0:
         raise ValueError(
             f"caruana_select needs 0 <= init_best <= {n_members} members and at least one selection; "
             f"got init_best={init_best}, n_rounds={n_rounds}"
         )
-    metric = metric or log_loss
+    metric = metric or get_metric("log_loss")  # the registered Metric: its per_row lets scoring go by chunks
     if greater_is_better is None:
         greater_is_better = bool(getattr(metric, "greater_is_better", False))
-    sign = -1.0 if greater_is_better else 1.0
-
-    def loss(counts: np.ndarray) -> float:
-        return sign * _score(stack, counts, labels, method, metric)
-
-    eye = np.eye(n_members)
-    singles = [loss(eye[m]) for m in range(n_members)]
-    counts = eye[np.argsort(singles, kind="stable")[:init_best]].sum(axis=0)
-    best_counts = counts.copy()
-    best_loss = loss(counts) if init_best else np.inf
+    sel = _Selection(member_probs, labels, method, metric, -1.0 if greater_is_better else 1.0)
+    singles = [sel.loss(m) for m in range(n_members)]
+    counts = np.zeros(n_members)
+    for m in np.argsort(singles, kind="stable")[:init_best]:
+        sel.add(int(m))
+        counts[m] += 1
+    best_counts, best_loss = counts.copy(), (sel.loss() if init_best else np.inf)
     for _ in range(n_rounds):
-        trials = [loss(counts + eye[m]) for m in range(n_members)]
-        counts = counts + eye[int(np.argmin(trials))]  # argmin returns the first, lowest index, minimum
-        if min(trials) < best_loss:
-            best_counts, best_loss = counts.copy(), min(trials)
+        trials = [sel.loss(m) for m in range(n_members)]
+        pick = int(np.argmin(trials))  # argmin returns the first, lowest index, minimum
+        sel.add(pick)
+        counts[pick] += 1
+        if trials[pick] < best_loss:
+            best_counts, best_loss = counts.copy(), trials[pick]
     return best_counts / best_counts.sum()
+
+
+def caruana_bagged(
+    member_probs: Sequence[np.ndarray], labels: np.ndarray, bags: int, bag_fraction: float, seed: int,
+    n_rounds: int = 50, metric: MetricFn | None = None, method: str = "prob_mean",
+) -> np.ndarray:
+    """Bagged ensemble selection (Caruana et al. 2004): the mean of the weights of ``bags`` selections.
+
+    Each bag runs :func:`caruana_select` on a random subset of ``bag_fraction`` of the members (at least
+    one), drawn with ``numpy.random.default_rng(seed)``: the same seed gives the same weights. One bag is
+    plain selection over every member.
+
+    >>> good, bad = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.3, 0.7], [0.6, 0.4]])
+    >>> caruana_bagged([bad, good], np.array([0, 1]), bags=4, bag_fraction=1.0, seed=0).tolist()
+    [0.0, 1.0]
+    """
+    if not isinstance(bags, int) or bags < 1 or not 0 < bag_fraction <= 1:
+        raise ValueError(f"ensemble.bags must be a positive integer and ensemble.bag_fraction in (0, 1]; "
+                         f"got bags={bags!r}, bag_fraction={bag_fraction!r}")
+    n_members = len(member_probs)
+    if bags == 1:
+        return caruana_select(member_probs, labels, n_rounds, metric=metric, method=method)
+    rng = np.random.default_rng(seed)
+    size = max(1, int(round(bag_fraction * n_members)))
+    total = np.zeros(n_members)
+    for _ in range(bags):
+        subset = np.sort(rng.choice(n_members, size=size, replace=False))
+        total[subset] += caruana_select([member_probs[i] for i in subset], labels, n_rounds, metric=metric,
+                                        method=method)
+    return total / total.sum()
 
 
 def resolve_weights(
@@ -136,7 +216,7 @@ def resolve_weights(
         if given is None:
             raise ValueError("ensemble.weights=given needs ensemble.given_weights (one number per member)")
         return check_weights(given, n_members, f"ensemble.given_weights for {n_members} members")
-    if kind in ("caruana", "fitted"):
+    if kind in ("caruana", "fitted", "optimize"):
         if fitted is None:
             raise ValueError(
                 "ensemble.weights=caruana needs fitted weights: run caruana_select on OOF/holdout predictions"
@@ -153,9 +233,12 @@ def group_models(members: Sequence[Member]) -> dict[str, list[Member]]:
     return groups
 
 
-def _iter_chunks(paths: Sequence[Path], classes: Sequence[str], chunk_rows: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    """Walk several same-order prediction files side by side, ``chunk_rows`` at a time."""
-    readers = [pd.read_csv(p, dtype={"id": str}, chunksize=chunk_rows) for p in paths]
+def _iter_chunks(paths: Sequence[Path], classes: Sequence[str],
+                 chunk_rows: int | None) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """Walk several same-order prediction files side by side, ``chunk_rows`` at a time (None: whole files)."""
+    readers: list[Iterable[pd.DataFrame]] = [
+        pd.read_csv(p, dtype={"id": str}, chunksize=chunk_rows) if chunk_rows else [pd.read_csv(p, dtype={"id": str})]
+        for p in paths]
     cols = [PROB_PREFIX + c for c in classes]
     for frames in zip(*readers):
         ids = frames[0]["id"].tolist()
@@ -166,11 +249,17 @@ def _iter_chunks(paths: Sequence[Path], classes: Sequence[str], chunk_rows: int)
 
 
 def merge_files(paths: Sequence[Path], out: Path, classes: Sequence[str], weights: Sequence[float] | None,
-                method: str, chunk_rows: int = 50_000) -> Path:
-    """Merge same-order prediction files chunk by chunk (memory bounded by the chunk)."""
+                method: str, chunk_rows: int | None = 50_000,
+                combine: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> Path:
+    """Merge same-order prediction files chunk by chunk (memory bounded by the chunk).
+
+    ``combine`` (a fitted :class:`pipeline.predict.merge.Combiner`'s ``apply``) replaces the weighted
+    ``method`` reduction; ``chunk_rows=None`` reads whole files (rank averaging ranks over all rows).
+    """
     with PredictionWriter(out, classes) as writer:
         for ids, probs in _iter_chunks(paths, classes, chunk_rows):
-            writer.write(ids, merge_members(probs, weights=weights, method=method).numpy())
+            merged = combine(probs) if combine is not None else merge_members(probs, weights=weights, method=method).numpy()
+            writer.write(ids, merged)
     return out
 
 
@@ -195,16 +284,19 @@ def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequ
 
 
 def fit_weights(oofs: dict[str, pd.DataFrame], opts: EnsembleSpec, metric: str) -> np.ndarray:
-    """Ensemble weights over models from their OOF predictions (equal, given, or Caruana)."""
+    """Ensemble weights over models from their OOF predictions (equal, given, or Caruana); others fit in merge."""
     names = list(oofs)
+    if opts.weights not in ("equal", "given", "caruana", "fitted"):
+        return resolve_weights("equal", len(names))
     fitted = None
     if opts.weights in ("caruana", "fitted"):
         ids = [set(f["id"]) for f in oofs.values()]
         if any(s != ids[0] for s in ids):
             raise ValueError(f"Models {names} have OOF predictions on different rows; Caruana weights need the same rows.")
         probs = [f.filter(like=PROB_PREFIX).to_numpy() for f in oofs.values()]
-        fitted = caruana_select(probs, oofs[names[0]]["label"].to_numpy(), n_rounds=opts.caruana_rounds,
-                                metric=get_metric(opts.fit_metric or metric), method=opts.method)
+        fitted = caruana_bagged(probs, oofs[names[0]]["label"].to_numpy(), opts.bags, opts.bag_fraction, opts.seed,
+                                n_rounds=opts.caruana_rounds, metric=get_metric(opts.fit_metric or metric),
+                                method=opts.method)
     return resolve_weights(opts.weights, len(names), opts.given_weights, fitted)
 
 
@@ -226,8 +318,28 @@ def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str) -> No
         raise ConfigError(f"ensemble.weights={opts.weights!r} is not one of {list(WEIGHT_KINDS)} (or 'fitted')")
     if opts.weights in ("caruana", "fitted") and (not isinstance(opts.caruana_rounds, int) or opts.caruana_rounds < 1):
         raise ConfigError(f"ensemble.caruana_rounds must be a positive integer; got {opts.caruana_rounds!r}")
+    _check_merge(opts, len(models))
     if opts.weights == "given":
         try:
             resolve_weights("given", len(models), opts.given_weights)
         except ValueError as err:
             raise ConfigError(f"{err} (the models, in order: {list(models)})") from err
+
+
+def _check_merge(opts: EnsembleSpec, n_models: int) -> None:
+    """The settings of :mod:`pipeline.predict.merge` and of ``combine: auto``."""
+    if opts.combine not in COMBINES:
+        raise ConfigError(f"ensemble.combine={opts.combine!r} is not one of {list(COMBINES)}")
+    if not isinstance(opts.bags, int) or opts.bags < 1 or not 0 < float(opts.bag_fraction) <= 1:
+        raise ConfigError(f"ensemble.bags must be a positive integer and ensemble.bag_fraction in (0, 1]; "
+                          f"got bags={opts.bags!r}, bag_fraction={opts.bag_fraction!r}")
+    if opts.weights == "optimize" and opts.method == "max":
+        raise ConfigError("ensemble.weights=optimize cannot weight ensemble.method=max (its weights only select); "
+                          "use prob_mean, logit_mean or geo_mean")
+    if not isinstance(opts.cross_fit_parts, int) or opts.cross_fit_parts < 2:
+        raise ConfigError(f"ensemble.cross_fit_parts must be an integer of at least 2; got {opts.cross_fit_parts!r}")
+    if not float(opts.stack_c) > 0:
+        raise ConfigError(f"ensemble.stack_c must be positive; got {opts.stack_c!r}")
+    unknown = [c for c in opts.candidates if c not in ENSEMBLE_CANDIDATES]
+    if opts.combine == "auto" and unknown:
+        raise ConfigError(f"ensemble.candidates {unknown} are unknown; accepted: {list(ENSEMBLE_CANDIDATES)}")

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MODES", "TTASpec", "EnsembleSpec", "PredictOptions", "crop_override_allowed"]
+__all__ = ["COMBINES", "ENSEMBLE_CANDIDATES", "MODES", "TTASpec", "EnsembleSpec", "PredictOptions",
+           "crop_override_allowed"]
+
+COMBINES = ("weighted", "rank", "stack", "auto")
+"""Accepted ``ensemble.combine`` values (see :mod:`pipeline.predict.merge`)."""
+
+ENSEMBLE_CANDIDATES = ("mean", "caruana", "optimize", "stack", "rank")
+"""Accepted ``ensemble.candidates`` of ``combine: auto`` (see :mod:`pipeline.predict.choose`)."""
 
 MODES = ("full", "submit")
 """``mode`` values: ``full`` reads the training images for OOF predictions under every policy; ``submit``
@@ -26,20 +33,23 @@ class TTASpec:
     """The ``tta`` group: a :class:`pipeline.predict.tta.TTAPolicy` plus how its views are run and merged.
 
     Attributes:
-        name: Policy name: none, hflip, five_crop, ten_crop or multiscale.
+        name: Policy name: none, hflip, vflip, rot90, d4, five_crop, ten_crop, multiscale, or ``auto`` (a policy
+            per model, chosen from ``candidates`` on the OOF rows).
         crop_size: C. Null (the default): every member is cropped at its own recorded crop size. A number is
             an override: a member whose recorded crop differs is an error unless it is listed in
             ``allow_crop_override``.
         allow_crop_override: Members allowed to be cropped at ``crop_size`` although they were trained at
             another crop (e.g. FixRes-style testing at a larger crop): member names, model names (the
             member name without its fold part) or shell patterns such as ``"resnet*"`` or ``"*"``.
-        flip: Mirror axis for hflip/ten_crop: horizontal, vertical or none.
+        flip: Mirror axis for ten_crop: horizontal, vertical or none (hflip is always horizontal, vflip vertical).
         reduce: Reduction over views, one of ``pipeline.core.reduce.REDUCTIONS``.
         chunk_size: Most views per forward pass; null runs a whole batch's views at once.
         scales: multiscale: shorter-side sizes, each at least ``crop_size``.
         squares: multiscale: 1 or 3 squares along the longer side.
         crops: multiscale: subset of tl, tr, bl, br, center, full.
         flips: multiscale: subset of none, horizontal, vertical.
+        candidates: auto: the policies tried per model, each ``{name: ..., <policy field>: ...}``.
+        max_passes: auto: most forward passes per image a model's chosen policy may cost (null: no budget).
     """
 
     name: str = "ten_crop"
@@ -52,6 +62,8 @@ class TTASpec:
     squares: int = 1
     crops: list[str] = field(default_factory=lambda: ["center"])
     flips: list[str] = field(default_factory=lambda: ["none"])
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    max_passes: int | None = None
 
     def policy_fields(self) -> dict[str, Any]:
         """The fields that define the policy's views (what :func:`~pipeline.predict.tta.create_policy` takes)."""
@@ -65,12 +77,24 @@ class EnsembleSpec:
 
     Attributes:
         method: Reduction over members, one of ``pipeline.core.reduce.REDUCTIONS``.
-        weights: equal, given (``given_weights``) or caruana (fitted on OOF/holdout predictions).
+        weights: equal, given (``given_weights``), caruana (fitted on OOF/holdout predictions) or optimize
+            (simplex weights minimising the log loss of the merge, scipy).
         given_weights: One non-negative number per member, for ``weights: given``.
         caruana_rounds: Greedy rounds of Caruana selection, for ``weights: caruana``.
         fit_metric: Metric the Caruana weights are fitted for (any registered name). Log loss by default:
             greedy selection stalls on a step metric such as accuracy even when that is the competition
             metric. None: the competition metric (``metric``).
+        combine: How models are combined: ``weighted`` (``method`` with ``weights``), ``rank`` (per-class rank
+            averaging with ``weights``), ``stack`` (logistic regression on OOF log-probabilities) or ``auto``
+            (the best of ``candidates`` by a cross-fitted score, the best single model without TTA included).
+        bags: caruana: bagged selection (Caruana et al. 2004), one selection per bag on a random subset of models.
+        bag_fraction: caruana: the share of models each bag draws (at least one).
+        seed: Seed of the bags, of the stacking folds and of the cross-fitting parts.
+        temperature: Fit one temperature per model on its OOF rows (log loss) and apply it before merging.
+        stack_c: stack: inverse L2 strength of the logistic regression.
+        candidates: auto: the methods compared (mean, caruana, optimize, stack, rank); the best single model
+            without TTA is always compared too.
+        cross_fit_parts: stack and auto: parts of the OOF rows each fit is scored out of sample on.
     """
 
     method: str = "prob_mean"
@@ -78,6 +102,14 @@ class EnsembleSpec:
     given_weights: list[float] | None = None
     caruana_rounds: int = 50
     fit_metric: str | None = "log_loss"
+    combine: str = "weighted"
+    bags: int = 1
+    bag_fraction: float = 0.5
+    seed: int = 0
+    temperature: bool = False
+    stack_c: float = 1.0
+    candidates: list[str] = field(default_factory=lambda: ["mean", "caruana", "optimize", "stack", "rank"])
+    cross_fit_parts: int = 5
 
 
 @dataclass

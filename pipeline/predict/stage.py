@@ -36,18 +36,21 @@ import pandas as pd
 
 from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import read_json, safe_name, short_hash, write_json
+from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, write_predictions
+from pipeline.predict.choose import choose_ensemble, choose_policies
 from pipeline.predict.ensemble import check_ensemble, fit_weights, group_models, merge_files, model_oof, resolve_weights
+from pipeline.predict.merge import Combiner, cross_fit_predict, fit_combiner
 from pipeline.predict.offline import cached_oof_sets
 from pipeline.predict.options import check_options
 from pipeline.predict.plan import eval_group, member_policy, policy_key
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
-from pipeline.predict.tta import TTAPolicy, create_policy, views_per_image
+from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
 
 __all__ = ["PredictResult", "predict"]
 
@@ -121,9 +124,10 @@ def _fit_key(submit_key: str, oof_keys: Sequence[str], templates: dict[str, TTAP
     nones = [k for k in oof_keys if templates[k].name == "none"]
     if nones:
         return nones[0]
-    if ens.weights in ("caruana", "fitted"):
+    if ens.weights in ("caruana", "fitted", "optimize") or ens.combine != "weighted" or ens.temperature:
         raise ConfigError(
-            "ensemble.weights=caruana needs out-of-fold predictions, but no policy has cached OOF predictions for "
+            f"ensemble.weights={ens.weights} needs out-of-fold predictions (as do ensemble.combine=rank|stack|auto "
+            "and ensemble.temperature), but no policy has cached OOF predictions for "
             "every member (mode=submit reads each member's val_predictions.csv and predictions/val-*.csv). Use "
             "mode=full with the training data, ensemble.weights=equal|given, or export the members with --predict-dir."
         )
@@ -158,10 +162,9 @@ def _timings(models: dict[str, list[Member]], templates: dict[str, TTAPolicy], o
     return out
 
 
-def _write_models(out_dir: Path, models: dict[str, list[Member]], oof: dict[str, dict[str, Path]],
-                  test: dict[tuple[str, str], Path], test_keys: Sequence[str], classes: list[str],
-                  order: list[str] | None, ens: EnsembleSpec) -> dict[str, dict[str, pd.DataFrame]]:
-    """``oof/`` and ``test/`` model-level files; returns the OOF frames per policy and model."""
+def _write_oof(out_dir: Path, models: dict[str, list[Member]], oof: dict[str, dict[str, Path]], classes: list[str],
+               order: list[str] | None) -> dict[str, dict[str, pd.DataFrame]]:
+    """``oof/`` model-level files; returns the OOF frames per policy and model."""
     frames: dict[str, dict[str, pd.DataFrame]] = {}
     for key, per_member in oof.items():
         for g, ms in models.items():
@@ -169,26 +172,95 @@ def _write_models(out_dir: Path, models: dict[str, list[Member]], oof: dict[str,
             write_predictions(out_dir / "oof" / f"{safe_name(g)}__{key}.csv", frame["id"].tolist(),
                               frame.filter(like=PROB_PREFIX).to_numpy(), classes, frame["label"].tolist())
             frames.setdefault(key, {})[g] = frame
-    for key in test_keys:
-        for g, ms in models.items():
-            merge_files([test[(m.name, key)] for m in ms], out_dir / "test" / f"{safe_name(g)}__{key}.csv", classes,
-                        None, ens.method)
-    for sub, keys in (("oof", list(oof)), ("test", list(test_keys))):  # an earlier run's files would read as current
-        written = {f"{safe_name(g)}__{k}.csv" for g in models for k in keys}
-        for stale in (out_dir / sub).glob("*__*.csv"):
-            if stale.name not in written:
-                stale.unlink()
+    _drop_stale(out_dir / "oof", {f"{safe_name(g)}__{k}.csv" for g in models for k in oof})
     return frames
+
+
+def _drop_stale(folder: Path, written: set[str]) -> None:
+    """An earlier run's model files would read as current."""
+    for stale in folder.glob("*__*.csv"):
+        if stale.name not in written:
+            stale.unlink()
+
+
+def _write_tests(out_dir: Path, models: dict[str, list[Member]], test: dict[tuple[str, str], Path],
+                 test_keys: dict[str, list[str]], classes: list[str], ens: EnsembleSpec) -> None:
+    """``test/`` model-level files: each model under its own keys (its folds averaged)."""
+    for g, keys in test_keys.items():
+        for key in keys:
+            merge_files([test[(m.name, key)] for m in models[g]], out_dir / "test" / f"{safe_name(g)}__{key}.csv",
+                        classes, None, ens.method)
+    _drop_stale(out_dir / "test", {f"{safe_name(g)}__{k}.csv" for g, keys in test_keys.items() for k in keys})
+
+
+def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str], ens: EnsembleSpec,
+               metric: str) -> tuple[Combiner, dict[str, str], dict[str, Any] | None]:
+    """The fitted merge of the models' OOF rows (each under its policy), the keys its test files need, its record.
+
+    ``ensemble.combine=auto`` may fall back to the best single model under policy ``none``: the keys then
+    name that model alone.
+    """
+    if ens.combine == "weighted" and ens.weights in ("equal", "given") and not ens.temperature:  # nothing to fit
+        fixed = resolve_weights(ens.weights, len(model_keys), ens.given_weights)
+        return Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights}), model_keys, None
+    oofs = {g: frames[k][g] for g, k in model_keys.items()}
+    ids = [set(f["id"]) for f in oofs.values()]
+    if any(s != ids[0] for s in ids):
+        raise ValueError(f"Models {list(oofs)} have OOF predictions on different rows; fitted merges need the same rows.")
+    labels = next(iter(oofs.values()))["label"].to_numpy()
+    probs = {g: f.filter(like=PROB_PREFIX).to_numpy(np.float32) for g, f in oofs.items()}
+    if ens.combine != "auto":
+        combiner = fit_combiner(list(probs.values()), labels, ens, metric)
+        if ens.combine != "weighted" or ens.weights in ("caruana", "fitted", "optimize") or ens.temperature:
+            # A fit scored on its own rows flatters it: record the honest, cross-fitted OOF score too.
+            crossed = cross_fit_predict(list(probs.values()), labels, lambda p, y: fit_combiner(p, y, ens, metric),
+                                        ens.cross_fit_parts, ens.seed)
+            combiner.info["cross_fitted_score"] = {metric: float(get_metric(metric)(labels, crossed)),
+                                                   "parts": ens.cross_fit_parts}
+        return combiner, model_keys, None
+    none_key = next((k for k in frames if k.startswith("none.")), None)
+    if none_key is None:
+        raise ConfigError("ensemble.combine=auto compares every method with the best single model without TTA, which "
+                          "needs OOF predictions under policy none; no member has them (mode=submit without cached OOF)")
+    singles = {g: frames[none_key][g].filter(like=PROB_PREFIX).to_numpy(np.float32) for g in model_keys}
+    combiner, record = choose_ensemble(probs, labels, singles, ens, metric)
+    if record["chosen"] == "single":
+        best = list(singles)[int(np.argmax(combiner.weights))]
+        return Combiner("single", np.ones(1), combiner.method, None if combiner.temperatures is None else
+                        combiner.temperatures[[list(singles).index(best)]], None, combiner.info), {best: none_key}, record
+    return combiner, model_keys, record
+
+
+def _choose_tta(frames: dict[str, dict[str, pd.DataFrame]], templates: dict[str, TTAPolicy], keys: list[str],
+                models: list[str], metric: str, seed: int, max_passes: int | None) -> dict[str, dict[str, Any]]:
+    """``tta=auto``: each model's policy among the candidate ``keys`` that have OOF rows."""
+    if not keys:
+        raise ConfigError("tta=auto needs out-of-fold predictions under its candidates; none has them (mode=submit "
+                          "without cached OOF predictions). Use mode=full with the training data, or a fixed tta=...")
+    views = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in keys}
+    oof = {g: {k: (frames[k][g]["label"].to_numpy(), frames[k][g].filter(like=PROB_PREFIX).to_numpy()) for k in keys}
+           for g in models}
+    return choose_policies(oof, views, metric, seed, max_passes)
+
+
+def _policy_notes(policies: Sequence[TTAPolicy]) -> list[str]:
+    """Why a configured policy is missing from the keys: ten_crop without a flip is five_crop's views."""
+    return [f"{p.name} with flip none makes five_crop's views: predicted and reported once, as five_crop"
+            for p in policies if canonical_policy(p) is not p]
 
 
 def predict(
     members: Sequence[Member], skipped: dict[str, str], spec: DataSpec, policies: Sequence[TTAPolicy],
     submit_policy: TTAPolicy, out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, metric: str = "accuracy",
+    candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
 ) -> PredictResult:
     """OOF rows under every policy, the test set under the submission policy, model files, weights, the ensemble.
 
     Writes ``oof/``, ``test/``, ``ensemble_test.csv`` (the submission policy) and ``predict.json`` into
     ``out_dir``; :func:`pipeline.submission.stage.submit` then writes the submission file from them.
+    With ``candidates`` (``tta=auto``) each model's policy is chosen among them on its OOF rows
+    (:func:`pipeline.predict.choose.choose_policies`, at most ``max_passes`` views) and ``submit_policy`` is
+    not used; ``ens.combine`` other than ``weighted`` fits the merge of :mod:`pipeline.predict.merge`.
 
     Raises:
         ConfigError: A run option, ensemble setting, metric or crop override is invalid (before any work).
@@ -199,8 +271,14 @@ def predict(
     check_options(opts)
     models = group_models(members)
     check_ensemble(ens, list(models), metric)
-    extra = [create_policy("none")] if opts.mode == "submit" and not any(p.name == "none" for p in policies) else []
-    templates = {policy_key(p): p for p in [*policies, *extra, submit_policy]}
+    need_none = opts.mode == "submit" or ens.combine == "auto"
+    extra = [create_policy("none")] if need_none and not any(p.name == "none" for p in policies) else []
+    auto = [canonical_policy(p) for p in candidates]
+    if auto and max_passes is not None and min(map(views_per_image, auto)) > max_passes:
+        raise ConfigError(f"tta.max_passes={max_passes}: no candidate policy fits; the cheapest costs "
+                          f"{min(map(views_per_image, auto))} passes per image")
+    submit_policy = canonical_policy(submit_policy)
+    templates = {policy_key(p): p for p in map(canonical_policy, [*policies, *extra, *auto, submit_policy])}
     submit_key = policy_key(submit_policy)
     detail = _check_members(members, templates, opts)
     test, sample_ids = read_test_in_sample_order(spec, classes)
@@ -208,30 +286,57 @@ def predict(
              list(templates))
 
     oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir)
-    fit_key = _fit_key(submit_key, list(oof), templates, ens)
-    test_keys = list(templates) if opts.test_all_policies else [submit_key]
-    test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
-    test_files = predict_members(members, test, test_tag, {k: templates[k] for k in test_keys}, opts, fallback_dir=out_dir)
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = _write_models(out_dir, models, oof, test_files, test_keys, classes, order, ens)
+    frames = _write_oof(out_dir, models, oof, classes, order)
+    tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
+    if auto:
+        tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames], list(models),
+                                 metric, ens.seed, max_passes)
+        model_keys = {g: c["chosen"] for g, c in tta_choice.items()}
+        chosen = set(model_keys.values())
+        submit_key = chosen.pop() if len(chosen) == 1 else "auto"
+    fit_key = _fit_key(submit_key, list(oof), templates, ens) if submit_key != "auto" else submit_key
     weights = {k: dict(zip(models, fit_weights(f, ens, metric).tolist())) for k, f in frames.items()}
+    combiner, ensemble_choice = None, None
     if fit_key is None:
         weights[submit_key] = dict(zip(models, resolve_weights(ens.weights, len(models), ens.given_weights).tolist()))
-    elif fit_key != submit_key:
-        weights[submit_key] = weights[fit_key]
-        log.warning("No OOF predictions under the submission policy %s; its weights are fitted on policy %s.",
-                    submit_key, fit_key)
-    ens_path = merge_files([out_dir / "test" / f"{safe_name(g)}__{submit_key}.csv" for g in models],
-                           out_dir / "ensemble_test.csv", classes, list(weights[submit_key].values()), ens.method)
+    else:
+        if fit_key != submit_key:
+            log.warning("No OOF predictions under the submission policy %s; its weights are fitted on policy %s.",
+                        submit_key, fit_key)
+        fit_keys = {g: fit_key if k == submit_key else k for g, k in model_keys.items()}
+        combiner, used, ensemble_choice = _fit_merge(frames, fit_keys, ens, metric)
+        if used is not fit_keys:  # ensemble=auto chose the best single model, one view
+            model_keys, submit_key = used, next(iter(used.values()))
+            fit_key = submit_key
+        weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
+
+    test_keys = {g: list(templates) for g in models} if opts.test_all_policies else {g: [k] for g, k in model_keys.items()}
+    test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
+    test_files: dict[tuple[str, str], Path] = {}
+    for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
+        run = [m for g, keys in test_keys.items() if key in keys for m in models[g]]
+        test_files |= predict_members(run, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
+    _write_tests(out_dir, models, test_files, test_keys, classes, ens)
+    paths = [out_dir / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
+    if combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None):
+        plain = list(weights[submit_key].values()) if combiner is None else combiner.weights.tolist()
+        ens_path = merge_files(paths, out_dir / "ensemble_test.csv", classes, plain, ens.method)
+    else:
+        ens_path = merge_files(paths, out_dir / "ensemble_test.csv", classes, None, ens.method,
+                               50_000 if combiner.rowwise else None, combiner.apply)
     summary: dict[str, Any] = {
         "mode": opts.mode, "members": {m.name: str(m.path) for m in members}, "skipped": skipped,
         "models": {g: [m.name for m in ms] for g, ms in models.items()},
         "policies": {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in oof},
-        "submission_policy": submit_key, "submission_policy_spec": asdict(submit_policy),
-        "test_policies": test_keys, "ensemble": asdict(ens), "metric": metric, "weights": weights,
+        "submission_policy": submit_key,
+        "submission_policy_spec": asdict(templates[submit_key]) if submit_key in templates else None,
+        "test_policies": list(dict.fromkeys(k for keys in test_keys.values() for k in keys)), "ensemble": asdict(ens),
+        "metric": metric, "weights": weights, "tta_choice": tta_choice, "ensemble_choice": ensemble_choice,
+        "submitted": {"models": model_keys, "combine": None if combiner is None else combiner.info},
         "weights_fitted_on": {submit_key: fit_key}, "oof_source": sources,
         "timings": _timings(models, templates, oof, test_files), "classes": classes, "n_test": len(test),
+        "policy_notes": _policy_notes([*policies, *candidates]),
         "member_detail": detail, "options": asdict(opts),
         "prediction_cache": {m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
                              for m in members},

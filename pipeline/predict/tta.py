@@ -15,13 +15,21 @@ Policies live in :data:`POLICIES`, a plain registry filled by :func:`register_po
 name          views per image (in order)                              fields it reads
 ============  =====================================================  ==================================
 none          centre crop                                             crop_size
-hflip         centre crop, its mirror along ``flip``                  crop_size, flip
+hflip         centre crop, its horizontal mirror                      crop_size
+vflip         centre crop, its vertical mirror                        crop_size
+rot90         centre crop rotated by 0, 90, 180, 270 degrees          crop_size
+d4            rot90's four views, then the same four of the           crop_size
+              horizontally mirrored centre crop (the dihedral group)
 five_crop     tl, tr, bl, br, centre                                  crop_size
 ten_crop      five_crop, then five_crop of the image mirrored         crop_size, flip
               along ``flip`` (exactly ``torchvision`` ``ten_crop``)
 multiscale    for scale, for square, for flip, for crop               crop_size, scales, squares, crops,
                                                                       flips
 ============  =====================================================  ==================================
+
+Names are honest: ``hflip`` always mirrors left-right and ``vflip`` top-bottom. ``ten_crop`` with
+``flip: none`` makes exactly ``five_crop``'s views; :func:`canonical_policy` maps it to ``five_crop`` so
+that one set of views never appears twice under two names.
 
 >>> policy = create_policy("ten_crop", crop_size=28)
 >>> make_views(torch.zeros(4, 3, 32, 32), policy).shape
@@ -38,11 +46,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core.reduce import reduce_probs
-from pipeline.data.augment import center_offset
+from pipeline.predict.crops import crop as _crop
+from pipeline.predict.crops import flip as _flip
+from pipeline.predict.crops import multiscale_views
 
 __all__ = [
     "CROPS",
@@ -50,6 +59,7 @@ __all__ = [
     "POLICIES",
     "PolicySpec",
     "TTAPolicy",
+    "canonical_policy",
     "create_policy",
     "list_policies",
     "make_views",
@@ -82,7 +92,8 @@ class TTAPolicy:
         name: Registered policy name (see :func:`list_policies`).
         crop_size: Side C of the square crops the network sees; None: each member's recorded crop
             (prediction resolves it per member with :meth:`at_crop`).
-        flip: Mirror axis of ``hflip`` and ``ten_crop``: ``horizontal``, ``vertical`` or ``none``.
+        flip: Mirror axis of ``ten_crop``: ``horizontal``, ``vertical`` or ``none`` (``hflip`` only accepts
+            ``horizontal``: use ``vflip`` for vertical mirrors and ``none`` for a single view).
         scales: ``multiscale`` only: shorter-side sizes the batch is resized to, each >= ``crop_size``.
         squares: ``multiscale`` only: 1 (centre square) or 3 (both ends and centre of the longer side).
         crops: ``multiscale`` only: crops taken from each square, a subset of :data:`CROPS`.
@@ -105,6 +116,11 @@ class TTAPolicy:
         _check_choice("tta.flip", self.flip, FLIPS)
         if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
             raise ValueError(f"tta.crop_size must be a positive integer or null; got {self.crop_size!r}")
+        if self.name == "hflip" and self.flip != "horizontal":
+            raise ValueError(
+                f"tta.flip={self.flip!r} with policy hflip: hflip always mirrors left-right. Use tta=vflip for "
+                "top-bottom mirrors, or tta=none for a single view (neither flip preserves labels for digits or text)"
+            )
         if self.name == "multiscale":
             self._check_multiscale()
 
@@ -180,33 +196,7 @@ def list_policies() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole-batch primitives. All act on the last two dims, so they take [B, C, H, W] in one call.
-
-
-def _offsets(height: int, width: int, size: int, where: str) -> tuple[int, int]:
-    """(top, left) of a ``size``×``size`` crop; the centre follows :func:`pipeline.data.augment.center_offset`."""
-    if where == "center":
-        return center_offset(height, width, size)
-    bottom, right = height - size, width - size
-    return {"tl": (0, 0), "tr": (0, right), "bl": (bottom, 0), "br": (bottom, right)}[where]
-
-
-def _crop(batch: Tensor, size: int, where: str) -> Tensor:
-    top, left = _offsets(batch.shape[-2], batch.shape[-1], size, where)
-    return batch[..., top : top + size, left : left + size]
-
-
-def _flip(batch: Tensor, axis: str) -> Tensor:
-    if axis == "none":
-        return batch
-    return batch.flip(-1 if axis == "horizontal" else -2)
-
-
-def _resize(batch: Tensor, height: int, width: int) -> Tensor:
-    if batch.shape[-2:] == (height, width):
-        # Native size stays bit-exact, so a scale equal to the input gives the plain crops.
-        return batch
-    return F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+# Helpers over the whole-batch primitives of pipeline.predict.crops.
 
 
 def _side(policy: TTAPolicy) -> int:
@@ -227,12 +217,38 @@ def _none_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
     return [_crop(batch, _side(policy), "center")]
 
 
-@register_policy("hflip", count=lambda p: _n_mirrors(p.flip))
-def _hflip_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+def _mirror_pair(batch: Tensor, policy: TTAPolicy, axis: str) -> list[Tensor]:
     centre = _crop(batch, _side(policy), "center")
     # The mirror of the centre crop (not the centre crop of the mirror) so the pair is exactly
     # label-symmetric even when S - C is odd.
-    return [centre] if policy.flip == "none" else [centre, _flip(centre, policy.flip)]
+    return [centre, _flip(centre, axis)]
+
+
+@register_policy("hflip", count=lambda p: 2)
+def _hflip_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    return _mirror_pair(batch, policy, "horizontal")
+
+
+@register_policy("vflip", count=lambda p: 2)
+def _vflip_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    return _mirror_pair(batch, policy, "vertical")
+
+
+@register_policy("rot90", count=lambda p: 4)
+def _rot90_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    centre = _crop(batch, _side(policy), "center")
+    return [torch.rot90(centre, k, dims=(-2, -1)) for k in range(4)]
+
+
+@register_policy("d4", count=lambda p: 8)
+def _d4_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    centre = _crop(batch, _side(policy), "center")
+    return [torch.rot90(image, k, dims=(-2, -1)) for image in (centre, centre.flip(-1)) for k in range(4)]
+
+
+@register_policy("multiscale", count=lambda p: len(p.scales) * p.squares * len(p.crops) * len(p.flips))
+def _multiscale_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
+    return multiscale_views(batch, policy.scales, policy.squares, policy.crops, policy.flips, _side(policy))
 
 
 @register_policy("five_crop", count=lambda p: len(_FIVE))
@@ -248,41 +264,6 @@ def _ten_crop_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
         # when S - C is odd, and we promise bitwise equality with torchvision.
         views += _five_crop_views(_flip(batch, policy.flip), policy)
     return views
-
-
-@register_policy("multiscale", count=lambda p: len(p.scales) * p.squares * len(p.crops) * len(p.flips))
-def _multiscale_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
-    views: list[Tensor] = []
-    for scale in policy.scales:
-        for square in _squares(_resize_shorter(batch, scale), scale, policy.squares):
-            for axis in policy.flips:
-                mirrored = _flip(square, axis)
-                views += [_square_crop(mirrored, _side(policy), where) for where in policy.crops]
-    return views
-
-
-def _resize_shorter(batch: Tensor, shorter: int) -> Tensor:
-    height, width = batch.shape[-2:]
-    # torchvision's Resize(int) rule: the longer side is truncated, not rounded.
-    if height <= width:
-        return _resize(batch, shorter, int(shorter * width / height))
-    return _resize(batch, int(shorter * height / width), shorter)
-
-
-def _squares(batch: Tensor, side: int, count: int) -> list[Tensor]:
-    """``count`` side×side squares along the longer axis: start, centre, end (GoogLeNet), or centre."""
-    height, width = batch.shape[-2:]
-    if count == 1:
-        return [_crop(batch, side, "center")]
-    if width >= height:
-        return [_crop(batch, side, where) for where in ("tl", "center", "tr")]
-    return [_crop(batch, side, where) for where in ("tl", "center", "bl")]
-
-
-def _square_crop(square: Tensor, size: int, where: str) -> Tensor:
-    if where == "full":
-        return _resize(square, size, size)
-    return _crop(square, size, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +295,18 @@ def create_policy(name: str, crop_size: int | None = None, **kwargs: Any) -> TTA
         raise TypeError(f"Unknown TTA policy field(s) {unknown}; accepted: {accepted}")
     policy = TTAPolicy(name=name, crop_size=crop_size, **kwargs)
     log.info("Instantiating TTA policy <%s> (%d views per image)", name, views_per_image(policy))
+    return policy
+
+
+def canonical_policy(policy: TTAPolicy) -> TTAPolicy:
+    """The policy under the name of its views: ``ten_crop`` with ``flip: none`` is ``five_crop``.
+
+    Prediction keys policies by their canonical form, so the same views are never predicted and
+    reported twice under two names.
+    """
+    if policy.name == "ten_crop" and policy.flip == "none":
+        log.info("tta: ten_crop with flip none makes five_crop's 5 views; it is predicted and reported as five_crop")
+        return TTAPolicy(name="five_crop", crop_size=policy.crop_size)
     return policy
 
 

@@ -82,11 +82,13 @@ def solution_score(
 def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
     out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None = None,
+    candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
 
     ``metric`` None picks one from the submission format (:func:`default_metric`); ``ens.fit_metric`` None
-    fits the weights for the metric. ``predict.json`` records both and ``metric_reason``.
+    fits the weights for the metric. ``predict.json`` records both and ``metric_reason``. ``candidates`` and
+    ``max_passes`` are ``tta=auto``'s (see :func:`pipeline.predict.stage.predict`).
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -100,7 +102,7 @@ def submit(
     metric, reason = (metric, "set by the metric setting") if metric else default_metric(fmt, spec.sample_submission)
     ens = replace(ens, fit_metric=ens.fit_metric or metric)
     log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
-    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric)
+    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes)
     ids, probs, _ = read_predictions(result.ensemble_path, classes)
     frame = build_submission(ids, probs, classes, fmt, result.sample_ids)
     summary = result.summary

@@ -1,0 +1,209 @@
+"""tta=auto on a task where mirroring changes the label: a real member must not be given a horizontal flip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import read_json
+from pipeline.data.spec import DataSpec
+from pipeline.predict.choose import candidate_policies
+from pipeline.predict.spec import EnsembleSpec, PredictOptions
+from pipeline.predict.tta import create_policy
+from pipeline.submission.spec import SubmissionOptions
+from pipeline.submission.stage import submit
+from tests.helpers import train
+
+CANDIDATES = [{"name": "none"}, {"name": "hflip"}, {"name": "vflip"}, {"name": "five_crop"},
+              {"name": "ten_crop", "flip": "horizontal"}, {"name": "ten_crop", "flip": "vertical"}]
+
+
+def write_left_right(root: Path, per_class: int = 80, n_test: int = 20, size: int = 32) -> Path:
+    """Class ``left``: the left half is bright; ``right``: the right half. A left-right mirror swaps the labels."""
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows = []
+    for label in ("left", "right"):
+        for k in range(per_class):
+            pixels = rng.integers(0, 60, (size, size))
+            half = slice(0, size // 2) if label == "left" else slice(size // 2, size)
+            pixels[:, half] += 120
+            Image.fromarray(pixels.astype(np.uint8), "L").save(root / "train" / f"{label}{k:03d}.png")
+            rows.append((f"{label}{k:03d}", label))
+    pd.DataFrame(rows, columns=["id", "label"]).to_csv(root / "train.csv", index=False)
+    ids = [f"te{k:03d}" for k in range(n_test)]
+    for k, image_id in enumerate(ids):
+        pixels = rng.integers(0, 60, (size, size))
+        (pixels[:, : size // 2] if k % 2 else pixels[:, size // 2 :])[...] += 120  # odd: left, even: right
+        Image.fromarray(pixels.astype(np.uint8), "L").save(root / "test" / f"{image_id}.png")
+    pd.DataFrame({"id": ids, "label": "left"}).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def left_right(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The competition and one real LeNet-5 member trained on it (holdout of 40 rows, no flip augmentation)."""
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_train
+
+    root = tmp_path_factory.mktemp("leftright")
+    comp = write_left_right(root / "comp")
+    cfg = compose_train([
+        "trainer=cpu", "logger=none", "model=lenet5", "aug=none", f"data.root={comp}", "data.solution=null",
+        "data.holdout_fraction=0.25", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
+        "data.num_workers=0", "data.batch_size=16", f"paths.root={root}",
+    ])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "sw" / cfg.member_name)
+    train(cfg)
+    return comp, root / "sw"
+
+
+def _run(comp: Path, sweep: Path, out: Path, max_passes: int | None = None, ens: EnsembleSpec | None = None) -> dict:
+    spec = DataSpec(root=str(comp), in_chans=1, solution=None)
+    opts = PredictOptions(device="cpu", batch_size=32, num_workers=0)
+    return submit(str(sweep), spec, [], create_policy("none"), out, opts, ens or EnsembleSpec(), SubmissionOptions(),
+                  "accuracy", candidate_policies(CANDIDATES), max_passes)
+
+
+@pytest.mark.slow
+def test_tta_auto_never_mirrors_left_right_where_that_swaps_the_label(left_right: tuple[Path, Path]) -> None:
+    comp, sweep = left_right
+    summary = _run(comp, sweep, sweep / "predict")
+    (model,) = summary["models"]
+    choice = summary["tta_choice"][model]
+    policies = summary["policies"]
+    scores = choice["scores"]
+    assert set(scores) == set(policies)  # every candidate was scored on the OOF rows
+    by_name = {(p["name"], p["flip"] if p["name"] == "ten_crop" else None): k for k, p in policies.items()}
+    none, hflip = by_name[("none", None)], by_name[("hflip", None)]
+    assert scores[none] > 0.9  # the member learned the task...
+    assert scores[hflip] < scores[none] - 0.2  # ...and mirrored views destroy it
+    chosen = policies[choice["chosen"]]
+    assert chosen["name"] != "hflip" and not (chosen["name"] == "ten_crop" and chosen["flip"] == "horizontal")
+    assert any(s.startswith(f"Horizontal flips hurt model {model} by −") for s in choice["harms"])
+    assert not any(s.startswith("Vertical") for s in choice["harms"]) or scores[by_name[("vflip", None)]] < scores[none]
+    # The test set is predicted under the chosen policy only, and the submission comes from it.
+    assert summary["test_policies"] == [choice["chosen"]]
+    assert summary["submission_policy"] == choice["chosen"]
+    assert (sweep / "predict" / "test" / f"{model}__{choice['chosen']}.csv").is_file()
+    assert read_json(sweep / "predict" / "predict.json")["tta_choice"] == summary["tta_choice"]
+    sub = pd.read_csv(sweep / "predict" / "submission.csv")
+    assert (sub["label"] == np.where(np.arange(len(sub)) % 2, "left", "right")).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_tta_auto_respects_the_pass_budget(left_right: tuple[Path, Path], tmp_path: Path) -> None:
+    comp, sweep = left_right
+    summary = _run(comp, sweep, tmp_path / "predict", max_passes=1)
+    (choice,) = summary["tta_choice"].values()
+    assert choice["views"] == 1 and summary["policies"][choice["chosen"]]["name"] == "none"
+    assert "over the budget of 1 passes" in choice["reason"]
+    with pytest.raises(ConfigError, match=r"tta.max_passes=0: no candidate policy fits"):
+        _run(comp, sweep, tmp_path / "again", max_passes=0)
+
+
+@pytest.mark.slow
+def test_ensemble_auto_submits_the_single_model_with_one_view_when_nothing_beats_it(
+    left_right: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from pipeline.member.predictions import read_predictions
+
+    comp, sweep = left_right
+    # One model whose policy is forced to `none`: its mean is the single model itself, a tie, so nothing beats it.
+    summary = _run(comp, sweep, tmp_path / "predict", max_passes=1, ens=EnsembleSpec(combine="auto"))
+    choice = summary["ensemble_choice"]
+    (model,) = summary["models"]
+    assert choice["chosen"] == "single" and set(choice["scores"]) == {"single", "mean"}
+    assert f"{model} alone, one view, is submitted" in choice["reason"]
+    none_key = summary["submission_policy"]
+    assert summary["policies"][none_key]["name"] == "none" and summary["submitted"]["models"] == {model: none_key}
+    assert summary["weights"][none_key] == {model: 1.0}
+    classes = summary["classes"]
+    _, single, _ = read_predictions(tmp_path / "predict" / "test" / f"{model}__{none_key}.csv", classes)
+    _, submitted, _ = read_predictions(tmp_path / "predict" / "ensemble_test.csv", classes)
+    np.testing.assert_allclose(submitted, single, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ens", [EnsembleSpec(combine="stack", temperature=True), EnsembleSpec(combine="rank"),
+                                 EnsembleSpec(weights="optimize", temperature=True)], ids=["stack+T", "rank", "optimize+T"])
+def test_fitted_merges_run_in_the_stage_and_record_an_honest_score(
+    left_right: tuple[Path, Path], tmp_path: Path, ens: EnsembleSpec
+) -> None:
+    from pipeline.member.predictions import read_predictions
+
+    comp, sweep = left_right
+    summary = _run(comp, sweep, tmp_path / "predict", max_passes=1, ens=ens)
+    fit = summary["submitted"]["combine"]
+    assert fit["kind"] == ens.combine
+    if ens.temperature:
+        (t,) = fit["temperatures"]
+        assert t > 0
+    assert 0.9 <= fit["cross_fitted_score"]["accuracy"] <= 1.0  # out of sample, on a task the member solved
+    _, probs, _ = read_predictions(tmp_path / "predict" / "ensemble_test.csv", summary["classes"])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs.argmax(axis=1) == 1 - np.arange(len(probs)) % 2).mean() > 0.9  # classes: left=0, right=1
+
+
+@pytest.mark.slow
+def test_pipeline_predict_config_runs_tta_auto_and_ensemble_auto(left_right: tuple[Path, Path], tmp_path: Path) -> None:
+    """The composed ``pipeline-predict`` config (tta=auto, ensemble=auto) through the CLI's own ``run``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pipeline.cli import CONF_DIR
+    from pipeline.cli.predict import run
+
+    comp, sweep = left_right
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="predict", overrides=[
+                "tta=auto", "tta.max_passes=5", "ensemble=auto", "logger=none", f"paths.root={tmp_path}",
+                f"data.root={comp}", "data.solution=null", f"members={sweep}", f"predict_dir={tmp_path / 'predict'}",
+                "device=cpu", "num_workers=0", "batch_size=32", "policies=[none]"])
+    finally:
+        GlobalHydra.instance().clear()
+    summary = run(cfg)
+    (choice,) = summary["tta_choice"].values()
+    assert choice["views"] <= 5 and summary["policies"][choice["chosen"]]["name"] in ("none", "vflip", "five_crop")
+    assert summary["ensemble_choice"]["chosen"] in ("single", "mean")
+    assert Path(summary["submission"]).is_file()
+
+
+def test_bad_candidates_name_the_entry() -> None:
+    with pytest.raises(ConfigError, match=r"tta.candidates\[1\].*hflip always mirrors left-right"):
+        candidate_policies([{"name": "none"}, {"name": "hflip", "flip": "vertical"}])
+    with pytest.raises(ConfigError, match=r"tta.candidates\[0\].*Unknown tta.name 'flip'"):
+        candidate_policies(["flip"])
+    with pytest.raises(ConfigError, match="needs tta.candidates"):
+        candidate_policies([])
+
+
+def test_policy_rule_takes_the_cheaper_policy_when_the_halves_disagree() -> None:
+    from pipeline.predict.choose import choose_policies
+    from pipeline.predict.merge import stratified_parts
+
+    labels = np.repeat([0, 1], 20)
+    half = stratified_parts(labels, 2, seed=0)
+    right, wrong = np.eye(2)[labels], np.eye(2)[1 - labels]
+    policies = {"cheap": {"name": "none", "views": 1}, "dear": {"name": "five_crop", "views": 5},
+                "mid": {"name": "vflip", "views": 2}}
+    # "dear" wins on half 0 only, "mid" on half 1 only; "cheap" is never best: the halves disagree.
+    probs = {"cheap": np.full((40, 2), 0.5) + 0.1 * (right - wrong) * (np.arange(40) % 4 == 0)[:, None],
+             "dear": np.where((half == 0)[:, None], right, wrong), "mid": np.where((half == 1)[:, None], right, wrong)}
+    out = choose_policies({"m": {k: (labels, p) for k, p in probs.items()}}, policies, "accuracy")["m"]
+    assert sorted(out["half_choices"]) == ["dear", "mid"] and out["chosen"] == "mid"  # the cheaper of the two
+    assert "halves disagreed" in out["reason"]
+    assert out["cross_fitted_score"] == 0.0  # each half's pick is wrong on the other half: the honest score says so
+    probs["dear"], probs["mid"] = right, wrong  # now best on both halves: chosen although dearest
+    out = choose_policies({"m": {k: (labels, p) for k, p in probs.items()}}, policies, "accuracy")["m"]
+    assert out["chosen"] == "dear" and out["reason"] == "both halves of the OOF rows chose it"
