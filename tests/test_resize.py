@@ -130,3 +130,9 @@ def test_new_members_record_area_and_old_members_predict_as_before(
     np.testing.assert_allclose(got_new, _reference_probs(new, images, cv2.INTER_AREA), atol=1e-5)
     np.testing.assert_allclose(got_old, _reference_probs(old, images, cv2.INTER_LINEAR), atol=1e-5)
     assert not np.allclose(got_new, got_old, atol=1e-4)  # the record, not a default, decides
+    # predict's image cache resizes each member's images by its own record: same probabilities as decoding
+    cached = PredictOptions(device="cpu", num_workers=0, prediction_cache_dir=str(tmp_path / "pcache"),
+                            image_cache_dir=str(tmp_path / "icache"))
+    assert np.array_equal(pipeline.predict_images(new, test, policy="none", options=cached).probs, got_new)
+    assert np.array_equal(pipeline.predict_images(old, test, policy="none", options=cached).probs, got_old)
+    assert len(list((tmp_path / "icache").glob("*.npy"))) == 2  # one cache per interpolation
