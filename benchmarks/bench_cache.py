@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,9 @@ from benchmarks.common import (
 )
 from pipeline.cli.train import train_spec
 from pipeline.core.tracking import LoggerSpec
+from pipeline.data.augment import resize_settings
 from pipeline.data.cache import cache_for_spec
+from pipeline.data.dataset import ImageDataset
 from pipeline.data.folds import load_or_create_folds
 from pipeline.data.tables import read_train_table
 from pipeline.train.fit import _build_module, _loaders
@@ -147,9 +149,11 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     plain = _loaders(plain_spec, table, folds, mean, std)
     cached = _loaders(cached_train, table, folds, mean, std)
 
+    resize = resize_settings(cast(ImageDataset, cached[1].dataset).transform)  # as training builds it
+
     def build() -> None:
         shutil.rmtree(cached_spec.cache_dir or "", ignore_errors=True)
-        cache_for_spec(table, cached_spec)
+        cache_for_spec(table, cached_spec, resize)
 
     runs = {"train epoch, decode JPEGs": _second_epoch(plain_spec, template, plain, out / "fit"),
             "train epoch, cache": _second_epoch(cached_train, template, cached, out / "fit"),

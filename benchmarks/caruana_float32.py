@@ -5,7 +5,7 @@ Each implementation runs in its own process on the same random members; the old 
 
     python -m benchmarks.caruana_float32 --rows 50000 --classes 100 --members 8
 
-Not part of ``run_all``: a one-off comparison recorded in docs/notes/uplift.md.
+Not part of ``run_all``: a one-off comparison recorded in docs/uplift.md.
 """
 
 from __future__ import annotations

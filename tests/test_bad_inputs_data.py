@@ -333,6 +333,9 @@ CASES = [
     Case("test_ids_carry_extension", r"The test ids carry a file extension \(e\.g\. 'te000\.png'\) and the sample's ids "
          r"do not: remove the extension from the ids in data\.test_csv \(test\.csv\)",
          ids_csv([f"te{k:03d}.png" for k in range(6)]), {"test_csv": "test.csv", "ext": ""}, reader="sample"),
+    Case("train_ids_keep_extension", r"train\.csv: 24 listed image\(s\) missing.*The ids in column 'id' keep their file "
+         r"extension \(e\.g\. 'tr0000\.png'\), so <id>\.png names no file: set data\.ext=''",
+         edit_train(lambda df: df.assign(id=df["id"] + ".png"))),
     Case("test_stem_in_two_files", r"Test folder .*test: 1 id\(s\) belong to several files .*\['te000\.jpg', 'te000\.png'\]",
          lambda root: shutil.copy(root / "test" / "te000.png", root / "test" / "te000.jpg"), reader="test"),
     Case("test_csv_header_only", r"test\.csv \(config key data\.test_csv\): has a header \(\['id'\]\) but no rows",
@@ -412,6 +415,9 @@ def test_the_suggested_settings_fix_the_sample_id_mismatches(tiny: Path, tmp_pat
     write_text("sample_submission.csv", "id,label\n" + "".join(f"te{k:03d}.png,Bag\n" for k in range(6)))(root)
     table, ids = read_test_in_sample_order(DataSpec(root=str(root), test_csv="sample_submission.csv", ext=""), TINY_CLASSES)
     assert table.ids[0] == "te000.png" and table.paths[0] == root / "test" / "te000.png"
+    edit_train(lambda df: df.assign(id=df["id"] + ".png"))(root)  # train ids that keep their extension too
+    train = read_train_table(DataSpec(root=str(root), ext=""))
+    assert train.ids[0] == "tr0000.png" and train.paths[0] == root / "train" / "tr0000.png"
 
 
 def test_skip_bad_images_skips_truncated_too_large_and_unscalable_files(

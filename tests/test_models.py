@@ -29,7 +29,7 @@ from pipeline.models.spec import ModelSpec
 
 CONF_MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # Tens of millions of parameters (or inception's depth): seconds each on two busy cores.
-HEAVY = {"alexnet", "vgg11", "vgg16", "resnet152", "inception_v3"}
+HEAVY = {"alexnet", "vgg11", "vgg16", "resnet152", "inception_v3", "convnext_tiny"}
 StateDict = dict[str, torch.Tensor]
 
 
@@ -67,7 +67,7 @@ def _cases() -> list[Any]:
 
 def test_conf_has_the_required_entries() -> None:
     required = {"lenet5", "alexnet", "nin", "vgg11", "vgg16", "resnet18", "resnet34", "resnet50", "resnet152",
-                "inception_v3", "resnet10t", "mobilenetv3_small_050"}  # fmt: skip
+                "inception_v3", "resnet10t", "mobilenetv3_small_050", "convnext_tiny", "efficientnet_b0"}  # fmt: skip
     assert required <= set(CONF_MODELS)
 
 

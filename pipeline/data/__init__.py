@@ -23,7 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],
         "augment": [
             "match_channels", "resolve_normalization", "normalize_batch", "center_offset", "center_crop",
-            "transform_to_dict", "transform_from_dict",
+            "transform_to_dict", "transform_from_dict", "resize_settings", "resize_image",
         ],
         "demo": ["CLASSES", "DEFAULT_OUT", "SUBSET_FILE", "SUBSET_SHA256", "prepare_demo"],
     },

@@ -4,6 +4,14 @@ The train pipeline (``conf/aug/*.yaml: train``) ends in ``Normalize`` + ``ToTens
 (``eval``) is geometric only: it resizes to S×S and returns ``uint8``; normalisation then happens on the
 device (:func:`normalize_batch`), so one decoded batch can feed members with different mean/std, and
 the host→device copy moves bytes rather than floats. The TTA stage crops the S×S batch to C×C.
+
+Resizing: the configs' ``A.Resize`` takes ``area_for_downscale: image`` (``aug.area_for_downscale``), so an
+image that shrinks (a 1024 px photo to 128 px) is resampled with ``cv2.INTER_AREA`` instead of aliasing
+bilinear sampling; an image that grows keeps the bilinear rule. The eval transform is serialised into the
+member folder (``eval_transform.json``) with this setting, so a member predicts with the rule it was trained
+with, and members written before the setting (no ``area_for_downscale``, or ``None``) predict as before.
+:func:`resize_settings` reads the rule off a pipeline, so the image cache resizes exactly as the pipeline it
+feeds (:func:`resize_image`).
 """
 
 from __future__ import annotations
@@ -12,11 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
+import numpy as np
 import torch
 
 __all__ = [
     "match_channels", "resolve_normalization", "normalize_batch", "center_offset", "center_crop",
-    "transform_to_dict", "transform_from_dict",
+    "transform_to_dict", "transform_from_dict", "resize_settings", "resize_image",
 ]
 
 
@@ -89,3 +98,35 @@ def transform_to_dict(transform: A.BasicTransform | A.BaseCompose) -> dict[str, 
 def transform_from_dict(data: dict[str, Any]) -> A.BaseCompose:
     """Rebuild a pipeline written by :func:`transform_to_dict`."""
     return A.from_dict(data)
+
+
+_RESIZE_KEYS = ("interpolation", "area_for_downscale")
+
+
+def resize_settings(transform: A.BasicTransform | A.BaseCompose | dict[str, Any] | None) -> dict[str, Any]:
+    """How the first ``A.Resize`` of ``transform`` resamples: ``{"interpolation": ..., "area_for_downscale": ...}``.
+
+    ``transform`` may be a pipeline or its :func:`transform_to_dict` form (``eval_transform.json``). Without a
+    ``Resize`` (or a transform), and for keys an old serialised pipeline lacks, albumentations' defaults apply
+    (bilinear, no area): what such a pipeline, or a member trained before the setting existed, used.
+
+    >>> resize_settings(A.Compose([A.Resize(8, 8, area_for_downscale="image")]))
+    {'interpolation': 1, 'area_for_downscale': 'image'}
+    """
+    if isinstance(transform, dict):
+        transform = transform_from_dict(transform)
+    stack: list[Any] = [transform] if transform is not None else []
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, A.Resize):
+            return {k: getattr(node, k) for k in _RESIZE_KEYS}
+        stack[:0] = list(getattr(node, "transforms", []))
+    default = A.Resize(1, 1)
+    return {k: getattr(default, k) for k in _RESIZE_KEYS}
+
+
+def resize_image(image: np.ndarray, size: int, settings: dict[str, Any] | None = None) -> np.ndarray:
+    """``H×W×C`` → ``size×size×C`` as ``A.Resize(size, size, **settings)`` does it (settings: :func:`resize_settings`)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(A.Resize(size, size, **(settings or {}))(image=image)["image"])

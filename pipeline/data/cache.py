@@ -3,17 +3,19 @@
 Competitions ship large images (1024 px JPEGs) that are trained at 128–256 px. Decoding them dominates
 an epoch, and every epoch and every predict run decodes them again. With ``data.cache_dir`` set, each
 image is decoded, converted to ``data.in_chans`` and resized to ``data.cache_size`` (default
-``data.image_size``) once, with the same ``albumentations.Resize`` the train/eval pipelines start with;
-:class:`pipeline.data.dataset.ImageDataset` then reads the cached array instead of the file. With
-``cache_size == image_size`` the pipelines' own ``Resize`` is the identity, so a cached epoch sees
-bit-for-bit the pixels an uncached one sees.
+``data.image_size``) once, with the same ``albumentations.Resize`` settings the eval pipeline starts with
+(:func:`pipeline.data.augment.resize_settings`: area interpolation when shrinking, or bilinear for members
+trained before that rule); :class:`pipeline.data.dataset.ImageDataset` then reads the cached array instead of
+the file. With ``cache_size == image_size`` the pipelines' own ``Resize`` is the identity, so a cached epoch
+sees bit-for-bit the pixels an uncached one sees.
 
 Layout of ``data.cache_dir``, one pair of files per table::
 
     <table key>-<content key>.npy    uint8 [N, size, size, in_chans] (np.lib.format, memory-mapped)
     <table key>-<content key>.json   index: ids, absolute paths, size, in_chans, content key
 
-The table key hashes the paths, size and channels; the content key adds every file's size and
+The table key hashes the paths, size, channels and resize settings (bilinear, the default, adds nothing,
+so caches built before the setting keep their name); the content key adds every file's size and
 mtime. A changed, added or removed file therefore changes the content key and the cache is rebuilt
 (the stale pair is deleted). Both files are written to temporary names and renamed into place, the
 ``.json`` last, so a reader never sees a half-built cache.
@@ -33,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.core.io import atomic_path, read_json, short_hash, write_json
+from pipeline.data.augment import resize_image, resize_settings
 from pipeline.data.decode import load_image
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable
@@ -49,16 +51,20 @@ log = logging.getLogger(__name__)
 _FORMAT = 2  # bump when the layout or the decoding rules change, so old caches are rebuilt rather than misread
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """``H×W×C`` → ``size×size×C`` exactly as the pipelines' first ``albumentations.Resize`` does it."""
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(A.Resize(size, size)(image=image)["image"])
+def resize_square(image: np.ndarray, size: int, resize: dict[str, Any] | None = None) -> np.ndarray:
+    """``H×W×C`` → ``size×size×C`` exactly as a pipeline's first ``albumentations.Resize`` with ``resize`` does it."""
+    return resize_image(image, size, resize)
 
 
-def _keys(paths: Sequence[str], size: int, in_chans: int) -> tuple[str, str]:
+_DEFAULT_RESIZE = resize_settings(None)
+
+
+def _keys(paths: Sequence[str], size: int, in_chans: int, resize: dict[str, Any]) -> tuple[str, str]:
     """(table key, content key): the content key also covers every file's size and mtime."""
-    head = json.dumps({"format": _FORMAT, "size": size, "in_chans": in_chans, "paths": list(paths)})
+    head_fields: dict[str, Any] = {"format": _FORMAT, "size": size, "in_chans": in_chans, "paths": list(paths)}
+    if resize != _DEFAULT_RESIZE:  # bilinear caches keep the name they had before the setting existed
+        head_fields["resize"] = resize
+    head = json.dumps(head_fields)
     stats = "".join(f"{st.st_size}:{st.st_mtime_ns}\n" for st in map(os.stat, paths))
     return short_hash(head, 12), short_hash(head + stats, 16)
 
@@ -101,14 +107,15 @@ class ImageCache:
 class _Decode(Dataset):
     """Decode + channel conversion + resize of one file; run by DataLoader workers while building."""
 
-    def __init__(self, paths: Sequence[str], size: int, in_chans: int, max_pixels: int | None) -> None:
-        self.paths, self.size, self.in_chans, self.max_pixels = paths, size, in_chans, max_pixels
+    def __init__(self, paths: Sequence[str], size: int, in_chans: int, max_pixels: int | None,
+                 resize: dict[str, Any]) -> None:
+        self.paths, self.size, self.in_chans, self.max_pixels, self.resize = paths, size, in_chans, max_pixels, resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        return i, resize_square(load_image(self.paths[i], self.in_chans, self.max_pixels), self.size)
+        return i, resize_square(load_image(self.paths[i], self.in_chans, self.max_pixels), self.size, self.resize)
 
 
 def _as_is(item: Any) -> Any:
@@ -117,10 +124,10 @@ def _as_is(item: Any) -> Any:
 
 
 def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: int, workers: int,
-           max_pixels: int | None) -> None:
+           max_pixels: int | None, resize: dict[str, Any]) -> None:
     """Fill ``<stem>.npy`` in worker processes; rename it, then the index, into place."""
     start = time.perf_counter()
-    loader = DataLoader(_Decode(paths, size, in_chans, max_pixels), batch_size=None, num_workers=workers,
+    loader = DataLoader(_Decode(paths, size, in_chans, max_pixels, resize), batch_size=None, num_workers=workers,
                         collate_fn=_as_is)
     with atomic_path(stem.with_suffix(".npy")) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, in_chans))
@@ -130,7 +137,7 @@ def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: in
         del array
     seconds = time.perf_counter() - start
     write_json(stem.with_suffix(".json"), {
-        "format": _FORMAT, "key": stem.name, "size": size, "in_chans": in_chans, "rows": len(paths),
+        "format": _FORMAT, "key": stem.name, "size": size, "in_chans": in_chans, "resize": resize, "rows": len(paths),
         "build_seconds": round(seconds, 3), "ids": ids, "paths": paths,
     })
     log.info("Built image cache %s: %d images at %dx%d in %.1f s", stem.with_suffix(".npy"), len(paths), size, size,
@@ -144,7 +151,8 @@ def _remove_stale(cache_dir: Path, table_key: str, keep: str) -> None:
             old.unlink(missing_ok=True)
 
 
-def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: int, workers: int = 0) -> ImageCache:
+def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: int, workers: int = 0,
+               resize: dict[str, Any] | None = None) -> ImageCache:
     """The cache of ``table``'s images at ``size``×``size``, built first if missing or stale.
 
     Args:
@@ -153,6 +161,8 @@ def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: in
         size: side of the cached square images (``data.cache_size``, usually ``data.image_size``).
         in_chans: channels to store, 1 or 3 (``data.in_chans``).
         workers: decoding processes while building (0: decode in this process).
+        resize: how to resample, as :func:`pipeline.data.augment.resize_settings` reads it off the pipeline the
+            cache feeds (None: albumentations' default, bilinear).
 
     Returns:
         The opened cache.
@@ -161,18 +171,23 @@ def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: in
         raise ValueError(f"data.cache_size must be a positive integer; got {size}")
     paths = [os.path.abspath(p) for p in table.paths]
     folder = Path(cache_dir).expanduser()
-    table_key, key = _keys(paths, size, in_chans)
+    resize = dict(resize) if resize is not None else dict(_DEFAULT_RESIZE)
+    table_key, key = _keys(paths, size, in_chans, resize)
     stem = folder / f"{table_key}-{key}"
     if not (stem.with_suffix(".json").is_file() and stem.with_suffix(".npy").is_file()):
         folder.mkdir(parents=True, exist_ok=True)
-        _build(paths, list(table.ids), stem, size, in_chans, workers, table.max_pixels)
+        _build(paths, list(table.ids), stem, size, in_chans, workers, table.max_pixels, resize)
         _remove_stale(folder, table_key, stem.name)
     index = read_json(stem.with_suffix(".json"))
     return ImageCache(stem.with_suffix(".npy"), {p: r for r, p in enumerate(index["paths"])}, size, in_chans, key)
 
 
-def cache_for_spec(table: ImageTable, spec: DataSpec) -> ImageCache | None:
-    """:func:`open_cache` as the ``data`` config asks: None unless ``data.cache_dir`` is set."""
+def cache_for_spec(table: ImageTable, spec: DataSpec, resize: dict[str, Any] | None = None) -> ImageCache | None:
+    """:func:`open_cache` as the ``data`` config asks: None unless ``data.cache_dir`` is set.
+
+    ``resize``: the eval pipeline's :func:`~pipeline.data.augment.resize_settings` (None: bilinear).
+    """
     if not spec.cache_dir:
         return None
-    return open_cache(table, spec.cache_dir, spec.cache_size or spec.image_size, spec.in_chans, spec.num_workers)
+    return open_cache(table, spec.cache_dir, spec.cache_size or spec.image_size, spec.in_chans, spec.num_workers,
+                      resize)

@@ -171,9 +171,24 @@ def _paths_from_df(df: pd.DataFrame, image_dir: Path, spec: DataSpec, csv_path: 
         shown = ", ".join(str(p) for p in missing[:5])
         raise DataError(
             f"{csv_path}: {len(missing)} listed image(s) missing on disk, first: {shown}. "
-            f"Check data.{'path_col' if spec.path_col else 'ext'} and data.train_dir/test_dir."
+            f"Check data.{'path_col' if spec.path_col else 'ext'} and data.train_dir/test_dir"
+            f"{_ext_hint(ids, spec)}."
         )
     return paths
+
+
+def _ext_hint(ids: Sequence[str], spec: DataSpec) -> str:
+    """When the ids already end in an image extension, the file is <id> itself: ``data.ext`` must be empty."""
+    if spec.path_col or not spec.ext:
+        return ""
+    _, with_ext = _strip_image_ext([str(i) for i in ids])
+    if not with_ext:
+        return ""
+    return (
+        f". The ids in column '{spec.id_col}' keep their file extension (e.g. {with_ext[0]!r}), so "
+        f"<id>{spec.ext} names no file: set data.ext='' (the id is the file name), or give the file names in a "
+        "column with data.path_col"
+    )
 
 
 def _class_order(name: str) -> tuple[bool, int, str]:

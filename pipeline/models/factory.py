@@ -57,6 +57,7 @@ MIN_INPUT_SIZE: dict[str, int] = {
     "inception_v3": 75,
     "alexnet": 63,
     "vgg*": 32,
+    "convnext*": 32,  # 4x4/4 stem, then three 2x2/2 downsamplings
     "lenet5": 16,
     "nin": 4,
 }

@@ -12,7 +12,7 @@ flatter the pick (Cawley & Talbot 2010):
   chosen on the fitting parts, under policy ``none``). A method is chosen only when it beats that single
   model; otherwise the single model with one view is submitted.
 
-What was chosen and why is returned as plain dicts for ``predict.json`` (keys in docs/notes/uplift.md).
+What was chosen and why is returned as plain dicts for ``predict.json`` (keys in docs/uplift.md).
 """
 
 from __future__ import annotations

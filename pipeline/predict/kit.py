@@ -174,9 +174,27 @@ def install() -> None:
     importlib.invalidate_caches()
 
 
+def test_set(images: str, sample: str | None) -> object:
+    """The folder (ids: file names without extension), or, when the sample's ids are the file names themselves
+    (competitions whose ids keep their extension, a1.jpg), a DataSpec that takes the ids from the sample."""
+    if sample:
+        import csv
+
+        from pipeline.data.spec import DataSpec
+
+        with open(sample, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+        ids = [row[0] for row in rows[1:] if row]
+        if ids and all(Path(i).suffix and (Path(images) / i).is_file() for i in ids):
+            return DataSpec(root=images, test_dir=".", test_csv=str(Path(sample).resolve()), id_col=rows[0][0], ext="",
+                            sample_submission=None)
+    return images
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Predict a folder of images with this kit's ensemble.")
-    parser.add_argument("--images", required=True, help="folder of test images (ids are the file names without suffix)")
+    parser.add_argument("--images", required=True, help="folder of test images (ids are the file names without "
+                        "suffix, or the sample's ids when they are the file names with their suffix)")
     parser.add_argument("--out", default="submission.csv", help="submission file to write")
     parser.add_argument("--sample", default=None, help="sample_submission.csv: its header and row order are kept")
     parser.add_argument("--kind", default=None, help="label | probabilities | label+probabilities | topk")
@@ -213,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.core.errors import PipelineError
 
     try:
-        pred = pipeline.predict_images(members, args.images, policy=policy, weights=weights, options=options,
-                                       method=method)
+        pred = pipeline.predict_images(members, test_set(args.images, args.sample), policy=policy, weights=weights,
+                                       options=options, method=method)
         path = pipeline.write_submission_file(pred, args.out, sample=args.sample, kind=args.kind, k=args.k,
                                               label_as=args.label_as)
     except PipelineError as err:

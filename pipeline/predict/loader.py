@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.augment import transform_from_dict
+from pipeline.data.augment import resize_settings, transform_from_dict
 from pipeline.data.cache import ImageCache, open_cache
 from pipeline.data.decode import load_rgb, to_channels
 from pipeline.data.tables import ImageTable
@@ -69,7 +69,8 @@ def open_group_caches(table: ImageTable, groups: Sequence[EvalGroup], opts: Pred
     """
     if not opts.image_cache_dir:
         return [None] * len(groups)
-    return [open_cache(table, opts.image_cache_dir, opts.image_cache_size or g.image_size, g.in_chans, opts.num_workers)
+    return [open_cache(table, opts.image_cache_dir, opts.image_cache_size or g.image_size, g.in_chans, opts.num_workers,
+                       resize_settings(g.transform))  # the group's own interpolation (area, or bilinear for old members)
             for g in groups]
 
 

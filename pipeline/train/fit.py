@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, short_hash, write_json
 from pipeline.core.tracking import init_wandb
-from pipeline.data.augment import resolve_normalization, transform_to_dict
+from pipeline.data.augment import resize_settings, resolve_normalization, transform_to_dict
 from pipeline.data.cache import cache_for_spec
 from pipeline.data.dataset import ImageDataset
 from pipeline.data.decode import verify_images
@@ -136,7 +136,8 @@ def _loaders(
     common: dict[str, Any] = dict(
         batch_size=data.batch_size, num_workers=data.num_workers, persistent_workers=data.num_workers > 0
     )
-    cache = cache_for_spec(table, data)  # built once on the whole table; both splits read their rows from it
+    # built once on the whole table, resized as the eval pipeline resizes; both splits read their rows from it
+    cache = cache_for_spec(table, data, resize_settings(eval_tf))
     train_ds = ImageDataset(table.subset(train_idx), train_tf, data.in_chans, cache)
     init = _augmentation_worker_init if data.num_workers > 0 else None
     train_dl = DataLoader(train_ds, shuffle=True, drop_last=True, worker_init_fn=init, **common)
