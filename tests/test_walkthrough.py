@@ -251,6 +251,8 @@ def test_bring_your_own_competition_walkthrough(tmp_path: Path) -> None:
     sweep = tmp_path / "outputs" / "mycomp" / "main"
     members = sorted(p.name for p in sweep.iterdir() if (p / "member.json").is_file())
     assert members == ["convnext_tiny-s0-f0", "convnext_tiny-s0-f1", "efficientnet_b0-s0-f0", "efficientnet_b0-s0-f1"]
+    folds = pd.read_csv(sweep / "folds.csv")  # group folds: no source photo in two folds
+    assert folds["rule"].str.startswith("stratified_group").all() and folds.groupby("group")["fold"].nunique().max() == 1
 
     # README: predict (OOF predictions, Caruana weights, submission) and report
     light = ["logger=none", "num_workers=0", "data.num_workers=0", "device=cpu"]
