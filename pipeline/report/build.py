@@ -22,13 +22,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.io import atomic_path, write_json
-from pipeline.core.metrics import get_metric
+from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
 from pipeline.core.reduce import merge_members
 from pipeline.core.tracking import LoggerSpec, resume_wandb
 from pipeline.report.load import PredictRun, load_predict_run
+from pipeline.report.nested import nested_pick
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost
-from pipeline.report.score import baseline_row, candidate_rows, score_rows
-from pipeline.report.text import markdown, paragraph, summarize
+from pipeline.report.savings import droppable_models, flip_effects, redundant_policies
+from pipeline.report.score import CROSS_FIT_PARTS, Row, baseline_row, candidate_rows, score_rows
+from pipeline.report.text import in_sample_summary, markdown, nested_summary, paragraph, summarize
 
 __all__ = ["compute_report", "build_report"]
 
@@ -40,8 +42,8 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     """Score every row and summarise, writing nothing.
 
     Returns:
-        The report frame (``attrs``: metric, baseline), the summary (``report.json`` without rows),
-        and the predict folder as read.
+        The report frame (``attrs``: metric, baseline; ``best`` is the nested pick, ``in_sample_best``
+        the naive one), the summary (``report.json`` without rows), and the predict folder as read.
     """
     pr = load_predict_run(predict_dir)
     m = get_metric(metric or pr.info["metric"])
@@ -50,9 +52,32 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     df = score_rows(pr, rows, base, m, n_boot, seed)
     df.attrs.update(metric=m.name, baseline=f"{base.model} / {pr.policy_names[base.key]}",
                     baseline_index=next(i for i, r in enumerate(rows) if r is base))
+    # Candidates cheapest first, so ties in score or in votes go to the cheaper row.
+    order = sorted(range(len(rows)), key=lambda i: (int(df.loc[i, "forward_passes_per_image"]), i))
+    pick = nested_pick([rows[i].probs for i in order], pr.labels, m, CROSS_FIT_PARTS, seed)
+    chosen = order[pick.chosen]
+    df["in_sample_best"] = df["best"]
+    df["best"] = df.index == chosen
+    boot = paired_bootstrap(pr.labels, pick.probs, base.probs, m, n_boot=n_boot, seed=seed)
     summary = summarize(pr, df, m, n_boot, seed)
+    summary["nested_best"] = nested_summary(df, chosen, m(pr.labels, pick.probs), boot, pick.votes,
+                                            CROSS_FIT_PARTS, m)
+    summary["in_sample_best"] = in_sample_summary(df, m)
+    summary["savings"] = _savings(pr, df, rows, summary, m, n_boot, seed)
     summary["paragraph"] = paragraph(summary)
     return df, summary, pr
+
+
+def _savings(pr: PredictRun, df: pd.DataFrame, rows: list[Row], summary: dict[str, Any], m: Metric, n_boot: int,
+             seed: int) -> dict[str, Any]:
+    """Flip effects, policies no better than cheaper ones, and members the submitted ensemble could drop."""
+    out: dict[str, Any] = {"flips": flip_effects(pr, m, n_boot, seed),
+                           "redundant_policies": redundant_policies(pr, m, n_boot, seed)}
+    final = summary["final_gain"]
+    if final and len(pr.models) > 1:
+        index = int(df.index[df["row"] == final["row"]][0])
+        out["droppable"] = {"row": final["row"], "models": droppable_models(pr, rows[index], m, n_boot, seed)}
+    return out
 
 
 def _plain(value: Any) -> Any:
