@@ -25,9 +25,10 @@ from pipeline.core.io import atomic_path, write_json
 from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
 from pipeline.core.reduce import merge_members
 from pipeline.core.tracking import LoggerSpec, resume_wandb
+from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.load import PredictRun, load_predict_run
 from pipeline.report.nested import nested_pick
-from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost
+from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost, save_figure
 from pipeline.report.savings import droppable_models, flip_effects, redundant_policies
 from pipeline.report.score import CROSS_FIT_PARTS, Row, baseline_row, candidate_rows, score_rows
 from pipeline.report.text import in_sample_summary, markdown, nested_summary, paragraph, summarize
@@ -125,6 +126,7 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     final, title = _final_probs(pr)
     plots.append(plot_confusion(pr.labels, final, pr.classes, f"{title}, {len(pr.labels)} OOF rows",
                                 out / "confusion_matrix.png"))
+    plots += _diagnostic_plots(pr, df, final, title, out)
     wrong = plot_most_wrong(pr, final, out / "most_wrong.png")
     plots += [wrong] if wrong else []
     records = [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
@@ -136,6 +138,17 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     if wandb_spec is not None:
         _log_wandb(pr.info, wandb_spec, df, summary, plots)
     return df
+
+
+def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title: str, out: Path) -> list[Path]:
+    """Member correlation (under the submission's policy), per-class recall and reliability: baseline vs submission."""
+    base = df.loc[df.attrs["baseline_index"]]
+    best = (f"best single: {df.attrs['baseline']}", pr.oof[(str(base["model"]), str(base["policy_key"]))])
+    submitted = ("submission" + (" (weights fitted on these rows)" if "weights fitted" in title else ""), final)
+    key = pr.info["submission_policy"]
+    key = key if key in pr.policies else next(iter(pr.policies))
+    (out / "member_correlation.png").unlink(missing_ok=True)  # a stale one from a run with more models
+    return [save_figure(fig, path) for fig, path in plot_diagnostics(pr, key, best, submitted, out)]
 
 
 def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary: dict[str, Any],
