@@ -8,7 +8,13 @@ time and writes the same ``report.md``/``.csv``/``.json`` bytes each time (see
 Outputs, in the predict folder::
 
     report.md  report.csv  report.json
-    score_vs_cost.png  confusion_matrix.png  most_wrong.png (when the training images are found)
+    score_vs_cost.png  confusion_matrix.png  per_class.png  reliability.png
+    member_correlation.png (two models or more)  most_wrong.png (when the training images are found)
+
+The ★ row is the nested, cross-fitted pick (:mod:`pipeline.report.nested`); the naive in-sample best is
+kept as ``in_sample_best`` and labelled optimistic. The paragraph also says what could be dropped for
+free (:mod:`pipeline.report.savings`) and lists the choices ``pipeline-predict`` recorded
+(``tta_choice``, ``ensemble_choice``) when there are any.
 """
 
 from __future__ import annotations
