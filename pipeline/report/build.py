@@ -61,14 +61,16 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
                     baseline_index=next(i for i, r in enumerate(rows) if r is base))
     # Candidates cheapest first, so ties in score or in votes go to the cheaper row.
     order = sorted(range(len(rows)), key=lambda i: (int(df.loc[i, "forward_passes_per_image"]), i))
-    pick = nested_pick([rows[i].probs for i in order], pr.labels, m, CROSS_FIT_PARTS, seed)
+    parts = min(CROSS_FIT_PARTS, len(pr.labels))  # a handful of OOF rows: as many parts as rows
+    if parts < 2:
+        raise ValueError(f"{pr.path}: the OOF files share {len(pr.labels)} row(s); the report needs at least 2.")
+    pick = nested_pick([rows[i].probs for i in order], pr.labels, m, parts, seed)
     chosen = order[pick.chosen]
     df["in_sample_best"] = df["best"]
     df["best"] = df.index == chosen
     boot = paired_bootstrap(pr.labels, pick.probs, base.probs, m, n_boot=n_boot, seed=seed)
     summary = summarize(pr, df, m, n_boot, seed)
-    summary["nested_best"] = nested_summary(df, chosen, m(pr.labels, pick.probs), boot, pick.votes,
-                                            CROSS_FIT_PARTS, m)
+    summary["nested_best"] = nested_summary(df, chosen, m(pr.labels, pick.probs), boot, pick.votes, parts, m)
     summary["in_sample_best"] = in_sample_summary(df, m)
     summary["savings"] = _savings(pr, df, rows, summary, m, n_boot, seed)
     summary["paragraph"] = paragraph(summary)
