@@ -152,7 +152,7 @@ def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title
     """Member correlation (under the submission's policy), per-class recall and reliability: baseline vs submission."""
     base = df.loc[df.attrs["baseline_index"]]
     best = (f"best single: {df.attrs['baseline']}", pr.oof[(str(base["model"]), str(base["policy_key"]))])
-    submitted = ("submission" + (" (weights fitted on these rows)" if "weights fitted" in title else ""), final)
+    submitted = (f"submission: {title}", final)
     key = pr.info["submission_policy"]
     key = key if key in pr.policies else next(iter(pr.policies))
     (out / "member_correlation.png").unlink(missing_ok=True)  # a stale one from a run with more models
