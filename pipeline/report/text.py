@@ -135,7 +135,7 @@ def _pct(value: float) -> str:
 
 def _sentence(subject: str, what: str, gain: dict[str, Any], metric: str) -> str:
     """``<what> changed <metric> by … at n× the cost: <subject> helped / did not help.``"""
-    cost = "the inference cost" if gain["cost_by"] == "seconds" else "the forward passes"
+    cost = "the inference cost (seconds per 1,000 images)" if gain["cost_by"] == "seconds" else "the forward passes"
     rer = gain.get("relative_error_reduction")
     rel = (f", a relative error reduction of {_pct(rer['rer'])} (95% CI {_pct(rer['low'])} to {_pct(rer['high'])})"
            if rer else "")
@@ -247,7 +247,7 @@ def render_table(df: pd.DataFrame, metric: str | None = None) -> str:
     for _, r in df.iterrows():
         diff = "baseline" if r["row"] == df.attrs.get("baseline") else (
             f"{r['diff_vs_best_single']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
-        naive = "in-sample best (optimistic)" if r.get("in_sample_best", False) and not r["best"] else ""
+        naive = "best (in-sample, optimistic)" if r.get("in_sample_best", False) and not r["best"] else ""
         cells = ["★" if r["best"] else naive, r["row"], r["kind"], _fmt(r[metric], ".4f"), diff,
                  str(r["forward_passes_per_image"]), _fmt(r["sec_per_1000_images"], ".3g"),
                  *(_fmt(r[m], ".4f") for m in others)]
@@ -279,7 +279,7 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str
         "## Scores and inference cost", "", render_table(df), "",
         "★ the best row, chosen by the nested rule (the row picked most often when each part of the OOF rows is "
         "held out and the best row is picked on the others); its nested score and interval are in the paragraph "
-        "above. A row marked \"in-sample best (optimistic)\" scored best on all rows, but was picked and scored "
+        "above. A row marked \"best (in-sample, optimistic)\" scored best on all rows, but was picked and scored "
         "on the same rows. passes/img = TTA views × fold members, summed over the ensemble's models; "
         "s/1000 img = seconds of model compute per 1,000 images, measured by pipeline-predict on the OOF rows "
         "(on the test set where a policy has no OOF timing; – where none was measured), summed over models.", "",
