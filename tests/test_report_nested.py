@@ -188,14 +188,20 @@ def test_labels_never_overlap_even_for_coinciding_points() -> None:
     assert spots[-1][1] == pytest.approx(10 - 4.5)  # a lone point keeps its label beside it
 
 
-@pytest.mark.parametrize("name", NEW_PNGS)
-def test_new_plots_are_real_pngs(tmp_path: Path, name: str) -> None:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = _labels()
-    out = make_predict_dir(tmp_path, three_models(np.random.default_rng(7), labels), labels, images=False)
+    out = make_predict_dir(tmp_path_factory.mktemp("plots"), three_models(np.random.default_rng(7), labels), labels,
+                           images=False)
     build_report(out, n_boot=50)
-    assert f"]({name})" in (out / "report.md").read_text()
-    with Image.open(out / name) as img:
+    return out
+
+
+@pytest.mark.parametrize("name", NEW_PNGS)
+def test_new_plots_are_real_pngs(built: Path, name: str) -> None:
+    assert f"]({name})" in (built / "report.md").read_text()
+    with Image.open(built / name) as img:
         img.verify()
-    with Image.open(out / name) as img:
+    with Image.open(built / name) as img:
         assert img.format == "PNG" and min(img.size) > 200
         assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 10
