@@ -140,7 +140,7 @@ def _compose(config: str, overrides: list[str]) -> Any:
         GlobalHydra.instance().clear()
 
 
-def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs: int) -> None:
+def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs: int, batch_size: int) -> None:
     """One real member folder per (model, seed), as ``pipeline-train -m`` would (completed ones are kept)."""
     from omegaconf import open_dict
 
@@ -150,7 +150,8 @@ def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs:
     for model, seed in members:
         cfg = _compose("train", [
             "data=demo", f"data.root={comp}", "trainer=cpu", "logger=none", f"model={model}", f"seed={seed}",
-            f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false", "data.num_workers=0",
+            f"trainer.max_epochs={epochs}", f"data.batch_size={batch_size}", "trainer.enable_progress_bar=false",
+            "data.num_workers=0",
             "data.check_images=false", f"paths.root={sweep}",
         ])
         with open_dict(cfg):
@@ -296,9 +297,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             args.n_test)
         runs: dict[int, list[dict[str, Any]]] = {}
         for seed in range(args.seeds):
-            sweep = args.workdir / "uplift" / f"{name}-{args.n_train}-{args.n_test}-e{args.epochs}" / f"seed{seed}"
+            size = f"{name}-{args.n_train}-{args.n_test}-e{args.epochs}-b{args.batch_size}"
+            sweep = args.workdir / "uplift" / size / f"seed{seed}"
             members = [(m, 100 * seed + i) for i, m in enumerate(models)]
-            train_sweep(sweep, comp, members, args.epochs)
+            train_sweep(sweep, comp, members, args.epochs, args.batch_size)
             dirs = {method: predict_sweep(sweep, comp, method, tta, policies) for method in methods}
             runs[seed] = score_run(comp, dirs, args.n_boot, seed)
             log_progress(NAME, f"{name} seed {seed}: done ({(time.perf_counter() - started) / 60:.1f} min so far)")
@@ -310,8 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "title": f"Uplift: ensembles and TTA against the best single model, on hidden test labels ({machine['date']})",
         "what": __doc__,
         "params": {"datasets": args.datasets, "seeds": args.seeds, "models": models, "epochs": args.epochs,
-                   "n_train": args.n_train, "n_test": args.n_test, "methods": methods, "policies": policies,
-                   "ensemble_tta": tta, "n_boot": args.n_boot},
+                   "batch_size": args.batch_size, "n_train": args.n_train, "n_test": args.n_test, "methods": methods,
+                   "policies": policies, "ensemble_tta": tta, "n_boot": args.n_boot},
         "tables": tables, "targets": [],
         "notes": [f"Run {machine['date']} on {machine['cpu']} ({machine['usable_cores']} usable cores, GPU: "
                   f"{machine['gpu']}), torch {machine['torch']} with {machine['torch_threads']} intra-op thread(s); "
@@ -331,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="sweeps per data set (member seeds 100·s + i)")
     parser.add_argument("--models", default="resnet10t,resnet10t,lenet5", help="one member per entry")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (data.batch_size)")
     parser.add_argument("--n-train", type=int, default=1500)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--n-boot", type=int, default=1000)
