@@ -174,6 +174,7 @@ def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary
                  **{f"report/{p.stem}": wandb.Image(str(p)) for p in plots}})
         for name in ("ensemble_gain", "tta_gain"):
             wb.summary[name] = summary[name]["diff"] if summary[name] else None
-        wb.summary["report/best_row"] = summary["best_row"]
+        wb.summary["report/best_row"] = summary["best_row"]  # the nested pick
+        wb.summary["report/nested_gain"] = summary["nested_best"]["diff"]
     finally:
         wb.finish()
