@@ -398,6 +398,7 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
     gains = read_json(out / "report.json")
     assert float(summary["ensemble_gain"]) == pytest.approx(gains["ensemble_gain"]["diff"])
     assert float(summary["tta_gain"]) == pytest.approx(gains["tta_gain"]["diff"])
+    assert float(summary["report/nested_gain"]) == pytest.approx(gains["nested_best"]["diff"])
     assert {"report/table", "report/score_vs_cost", "report/confusion_matrix", "report/member_correlation",
             "report/per_class", "report/reliability"} <= history
     assert glob.glob(os.path.join(runs[-1], "files", "media", "table", "report", "*.table.json"))
