@@ -102,7 +102,7 @@ def test_summary_gains_carry_relative_error_reduction(tmp_path: Path) -> None:
     rer = ens["relative_error_reduction"]
     assert rer["rer"] == pytest.approx(ens["diff"] / (1 - summary["baseline"]["score"]))
     assert f"a relative error reduction of {100 * rer['rer']:+.1f}%" in summary["paragraph"]
-    assert f"({ens['passes']} vs 1 passes per image)" in summary["paragraph"]
+    assert f"(seconds per 1,000 images; {ens['passes']} vs 1 passes per image)" in summary["paragraph"]
 
 
 # --------------------------------------------------------------------------- savings and D's keys

@@ -135,11 +135,14 @@ def _pct(value: float) -> str:
 
 def _sentence(subject: str, what: str, gain: dict[str, Any], metric: str) -> str:
     """``<what> changed <metric> by … at n× the cost: <subject> helped / did not help.``"""
-    cost = "the inference cost (seconds per 1,000 images)" if gain["cost_by"] == "seconds" else "the forward passes"
+    by_time = gain["cost_by"] == "seconds"
+    cost = "the inference cost" if by_time else "the forward passes"
     rer = gain.get("relative_error_reduction")
     rel = (f", a relative error reduction of {_pct(rer['rer'])} (95% CI {_pct(rer['low'])} to {_pct(rer['high'])})"
            if rer else "")
-    passes = f" ({gain['passes']} vs {gain['base_passes']} passes per image)" if "passes" in gain else ""
+    units = (["seconds per 1,000 images"] if by_time else []) + (
+        [f"{gain['passes']} vs {gain['base_passes']} passes per image"] if "passes" in gain else [])
+    passes = f" ({'; '.join(units)})" if units else ""
     change = (
         f"{what} changed {metric} by {gain['diff']:+.4f} "
         f"(95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}){rel}, at {gain['cost_ratio']:.1f}× {cost}{passes}"
@@ -170,8 +173,8 @@ def _savings_sentences(summary: dict[str, Any]) -> list[str]:
     drop = savings.get("droppable")
     if drop:
         free = [d["model"] + (" (weight 0 already)" if d["unused"] else "") for d in drop["models"] if d["free"]]
-        out.append(f"Free to drop from {drop['row']}: {', '.join(free)} (leaving it out does not lower "
-                   f"{summary['metric']} beyond noise)." if free else
+        out.append(f"Free to drop from {drop['row']}: {', '.join(free)} (leaving any one of them out does "
+                   f"not lower {summary['metric']} beyond noise)." if free else
                    f"No member of {drop['row']} can be dropped without lowering {summary['metric']} beyond noise.")
     groups: dict[tuple[str, str], list[str]] = {}
     for r in savings.get("redundant_policies", []):
@@ -204,7 +207,8 @@ def paragraph(summary: dict[str, Any]) -> str:
     parts = [f"Baseline: the best single model without TTA, {base['row']} ({m} {base['score']:.4f}; "
              f"{direction} is better)."]
     if ens:
-        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']}, {ens['members']} members)", ens, m))
+        plural = "s" if ens["members"] != 1 else ""
+        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']}, {ens['members']} member{plural})", ens, m))
     else:
         parts.append("There is only one model, so ensembling was not measured.")
     if tta:
