@@ -246,7 +246,8 @@ def test_baseline_and_best_follow_the_metric_direction(folder: Path, metric: str
     base = plain.iloc[int(pick(plain[metric].to_numpy()))]
     assert summary["baseline"]["row"] == base["row"] == df.attrs["baseline"]
     assert base["diff_vs_best_single"] == 0
-    assert df.loc[df["best"], "row"].tolist() == [df.iloc[int(pick(df[metric].to_numpy()))]["row"]]
+    assert df.loc[df["in_sample_best"], "row"].tolist() == [df.iloc[int(pick(df[metric].to_numpy()))]["row"]]
+    assert df["best"].sum() == 1 and summary["best_row"] == df.loc[df["best"], "row"].iloc[0]  # the nested pick
     others = df[df["row"] != base["row"]]
     np.testing.assert_allclose(others["diff_vs_best_single"], others[metric] - base[metric], atol=1e-12)
 
@@ -398,7 +399,9 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
     gains = read_json(out / "report.json")
     assert float(summary["ensemble_gain"]) == pytest.approx(gains["ensemble_gain"]["diff"])
     assert float(summary["tta_gain"]) == pytest.approx(gains["tta_gain"]["diff"])
-    assert {"report/table", "report/score_vs_cost", "report/confusion_matrix"} <= history
+    assert float(summary["report/nested_gain"]) == pytest.approx(gains["nested_best"]["diff"])
+    assert {"report/table", "report/score_vs_cost", "report/confusion_matrix", "report/member_correlation",
+            "report/per_class", "report/reliability"} <= history
     assert glob.glob(os.path.join(runs[-1], "files", "media", "table", "report", "*.table.json"))
     # the report's files, as one artifact of the predict run (W&B stores the logged table as a run_table artifact)
     artifacts = [a for a in logged(Path(runs[-1]))["artifacts"] if a["type"] != "run_table"]

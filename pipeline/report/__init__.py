@@ -11,10 +11,14 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "load": ["PredictRun", "load_predict_run"],
         "score": [
-            "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_predict", "candidate_rows", "baseline_row", "score_rows",
+            "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_parts", "cross_fit_predict", "candidate_rows", "baseline_row",
+            "score_rows",
         ],
-        "text": ["summarize", "paragraph", "render_table", "markdown"],
-        "plots": ["MOST_WRONG", "plot_score_vs_cost", "plot_confusion", "plot_most_wrong"],
+        "nested": ["NestedPick", "nested_pick"],
+        "savings": ["flip_effects", "redundant_policies", "droppable_models"],
+        "text": ["relative_error_reduction", "summarize", "paragraph", "render_table", "markdown"],
+        "plots": ["MOST_WRONG", "save_figure", "plot_score_vs_cost", "plot_confusion", "plot_most_wrong"],
+        "diagnostics": ["member_correlation", "per_class_recall", "reliability_bins", "place_labels"],
         "build": ["compute_report", "build_report"],
     },
 )

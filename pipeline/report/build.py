@@ -8,7 +8,13 @@ time and writes the same ``report.md``/``.csv``/``.json`` bytes each time (see
 Outputs, in the predict folder::
 
     report.md  report.csv  report.json
-    score_vs_cost.png  confusion_matrix.png  most_wrong.png (when the training images are found)
+    score_vs_cost.png  confusion_matrix.png  per_class.png  reliability.png
+    member_correlation.png (two models or more)  most_wrong.png (when the training images are found)
+
+The ★ row is the nested, cross-fitted pick (:mod:`pipeline.report.nested`); the naive in-sample best is
+kept as ``in_sample_best`` and labelled optimistic. The paragraph also says what could be dropped for
+free (:mod:`pipeline.report.savings`) and lists the choices ``pipeline-predict`` recorded
+(``tta_choice``, ``ensemble_choice``) when there are any.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.io import atomic_path, write_json
-from pipeline.core.metrics import get_metric
+from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
 from pipeline.core.reduce import merge_members
 from pipeline.core.tracking import LoggerSpec, log_files_artifact, resume_wandb
+from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.groups import group_warnings
 from pipeline.report.load import PredictRun, load_predict_run
-from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost
-from pipeline.report.score import baseline_row, candidate_rows, score_rows
-from pipeline.report.text import markdown, paragraph, summarize
+from pipeline.report.nested import nested_pick
+from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost, save_figure
+from pipeline.report.savings import droppable_models, flip_effects, redundant_policies
+from pipeline.report.score import CROSS_FIT_PARTS, Row, baseline_row, candidate_rows, score_rows
+from pipeline.report.text import in_sample_summary, markdown, nested_summary, paragraph, summarize
 
 __all__ = ["compute_report", "build_report"]
 
@@ -41,8 +50,8 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     """Score every row and summarise, writing nothing.
 
     Returns:
-        The report frame (``attrs``: metric, baseline), the summary (``report.json`` without rows),
-        and the predict folder as read.
+        The report frame (``attrs``: metric, baseline; ``best`` is the nested pick, ``in_sample_best``
+        the naive one), the summary (``report.json`` without rows), and the predict folder as read.
     """
     pr = load_predict_run(predict_dir)
     m = get_metric(metric or pr.info["metric"])
@@ -51,7 +60,20 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     df = score_rows(pr, rows, base, m, n_boot, seed)
     df.attrs.update(metric=m.name, baseline=f"{base.model} / {pr.policy_names[base.key]}",
                     baseline_index=next(i for i, r in enumerate(rows) if r is base))
+    # Candidates cheapest first, so ties in score or in votes go to the cheaper row.
+    order = sorted(range(len(rows)), key=lambda i: (int(df.loc[i, "forward_passes_per_image"]), i))
+    parts = min(CROSS_FIT_PARTS, len(pr.labels))  # a handful of OOF rows: as many parts as rows
+    if parts < 2:
+        raise ValueError(f"{pr.path}: the OOF files share {len(pr.labels)} row(s); the report needs at least 2.")
+    pick = nested_pick([rows[i].probs for i in order], pr.labels, m, parts, seed)
+    chosen = order[pick.chosen]
+    df["in_sample_best"] = df["best"]
+    df["best"] = df.index == chosen
+    boot = paired_bootstrap(pr.labels, pick.probs, base.probs, m, n_boot=n_boot, seed=seed)
     summary = summarize(pr, df, m, n_boot, seed)
+    summary["nested_best"] = nested_summary(df, chosen, m(pr.labels, pick.probs), boot, pick.votes, parts, m)
+    summary["in_sample_best"] = in_sample_summary(df, m)
+    summary["savings"] = _savings(pr, df, rows, summary, m, n_boot, seed)
     summary["paragraph"] = paragraph(summary)
     # Which metric and why (predict chooses one from the submission format when none is set), and leaky folds.
     summary["metric_reason"] = ("set by the report's metric setting" if metric else
@@ -59,6 +81,18 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     summary["warnings"] = group_warnings(pr)
     df.attrs.update(metric_reason=summary["metric_reason"], warnings=summary["warnings"])
     return df, summary, pr
+
+
+def _savings(pr: PredictRun, df: pd.DataFrame, rows: list[Row], summary: dict[str, Any], m: Metric, n_boot: int,
+             seed: int) -> dict[str, Any]:
+    """Flip effects, policies no better than cheaper ones, and members the submitted ensemble could drop."""
+    out: dict[str, Any] = {"flips": flip_effects(pr, m, n_boot, seed),
+                           "redundant_policies": redundant_policies(pr, m, n_boot, seed)}
+    final = summary["final_gain"]
+    if final and len(pr.models) > 1:
+        index = int(df.index[df["row"] == final["row"]][0])
+        out["droppable"] = {"row": final["row"], "models": droppable_models(pr, rows[index], m, n_boot, seed)}
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -106,6 +140,7 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     final, title = _final_probs(pr)
     plots.append(plot_confusion(pr.labels, final, pr.classes, f"{title}, {len(pr.labels)} OOF rows",
                                 out / "confusion_matrix.png"))
+    plots += _diagnostic_plots(pr, df, final, title, out)
     wrong = plot_most_wrong(pr, final, out / "most_wrong.png")
     plots += [wrong] if wrong else []
     records = [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
@@ -117,6 +152,17 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     if wandb_spec is not None:
         _log_wandb(pr.info, wandb_spec, df, summary, [out / f"report.{ext}" for ext in ("md", "csv", "json")] + plots)
     return df
+
+
+def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title: str, out: Path) -> list[Path]:
+    """Member correlation (under the submission's policy), per-class recall and reliability: baseline vs submission."""
+    base = df.loc[df.attrs["baseline_index"]]
+    best = (f"best single: {df.attrs['baseline']}", pr.oof[(str(base["model"]), str(base["policy_key"]))])
+    submitted = (f"submission: {title}", final)
+    key = pr.info["submission_policy"]
+    key = key if key in pr.policies else next(iter(pr.policies))
+    (out / "member_correlation.png").unlink(missing_ok=True)  # a stale one from a run with more models
+    return [save_figure(fig, path) for fig, path in plot_diagnostics(pr, key, best, submitted, out)]
 
 
 def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary: dict[str, Any],
@@ -134,7 +180,8 @@ def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary
                  **{f"report/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})
         for name in ("ensemble_gain", "tta_gain"):
             wb.summary[name] = summary[name]["diff"] if summary[name] else None
-        wb.summary["report/best_row"] = summary["best_row"]
+        wb.summary["report/best_row"] = summary["best_row"]  # the nested pick
+        wb.summary["report/nested_gain"] = summary["nested_best"]["diff"]
         log_files_artifact(wb, "report", "report", files)
     finally:
         wb.finish()

@@ -30,7 +30,10 @@ from pipeline.data.folds import make_folds
 from pipeline.predict.ensemble import caruana_select
 from pipeline.report.load import PredictRun
 
-__all__ = ["CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_predict", "candidate_rows", "baseline_row", "score_rows"]
+__all__ = [
+    "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_parts", "cross_fit_predict", "candidate_rows", "baseline_row",
+    "score_rows",
+]
 
 CROSS_FIT_PARTS = 5
 """Stratified parts of the OOF rows for scoring the fitted ensemble out of sample."""
@@ -49,6 +52,13 @@ class Row:
     key: str
     probs: np.ndarray
     weights: dict[str, float]
+
+
+def cross_fit_parts(labels: np.ndarray, n_parts: int = CROSS_FIT_PARTS, seed: int = 0) -> np.ndarray:
+    """The part (``0..n_parts-1``) of each row: stratified, seeded; the one split every cross-fitted rule uses."""
+    if not 2 <= n_parts <= len(labels):
+        raise ValueError(f"cross-fitting needs 2 <= n_parts <= {len(labels)} rows; got n_parts={n_parts}")
+    return make_folds([str(i) for i in range(len(labels))], labels, n_parts, seed, 0.2)["fold"].to_numpy()
 
 
 def cross_fit_predict(
@@ -78,9 +88,7 @@ def cross_fit_predict(
     Returns:
         ``[N, K]`` merged probabilities, rows in input order.
     """
-    if not 2 <= n_parts <= len(labels):
-        raise ValueError(f"cross-fitting needs 2 <= n_parts <= {len(labels)} rows; got n_parts={n_parts}")
-    parts = make_folds([str(i) for i in range(len(labels))], labels, n_parts, seed, 0.2)["fold"].to_numpy()
+    parts = cross_fit_parts(labels, n_parts, seed)
     out = np.empty_like(np.asarray(member_probs[0], dtype=np.float64))
     for part in range(n_parts):
         test, fit = parts == part, parts != part

@@ -8,11 +8,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.metrics import Metric
+from pipeline.core.metrics import BootstrapResult, Metric
 from pipeline.report.load import PredictRun
 from pipeline.report.score import CROSS_FIT_PARTS
 
-__all__ = ["summarize", "paragraph", "render_table", "markdown"]
+__all__ = [
+    "relative_error_reduction", "nested_summary", "in_sample_summary", "summarize", "paragraph", "render_table",
+    "markdown",
+]
 
 # Shown beside the competition metric in report.md; report.csv holds every registered metric.
 _TABLE_METRICS = ("accuracy", "log_loss", "macro_f1")
@@ -29,16 +32,37 @@ def _verdict(diff: float, low: float, high: float, greater_is_better: bool) -> s
     return "unclear"
 
 
-def _gain(row: pd.Series, base: pd.Series, greater_is_better: bool) -> dict[str, Any]:
-    """One comparison with the baseline: difference, interval, verdict and cost ratio."""
+def relative_error_reduction(diff: float, low: float, high: float, base_score: float,
+                             greater_is_better: bool) -> dict[str, float] | None:
+    """A difference to the baseline as a share of the baseline's error, with its interval.
+
+    The error is ``1 - score`` for scores (accuracy, F1: at most 1) and the loss itself for losses;
+    the interval's ends are divided by the same full-data baseline error. None when that error is 0.
+
+    >>> relative_error_reduction(0.02, 0.01, 0.03, 0.9, True)
+    {'rer': 0.2, 'low': 0.1, 'high': 0.3}
+    """
+    error = 1.0 - base_score if greater_is_better else base_score
+    if not error > 0:
+        return None
+    if greater_is_better:
+        return {"rer": round(diff / error, 12), "low": round(low / error, 12), "high": round(high / error, 12)}
+    return {"rer": round(-diff / error, 12), "low": round(-high / error, 12), "high": round(-low / error, 12)}
+
+
+def _gain(row: pd.Series, base: pd.Series, metric: Metric) -> dict[str, Any]:
+    """One comparison with the baseline: difference, interval, relative error reduction, verdict and cost."""
     sec, base_sec = row["sec_per_1000_images"], base["sec_per_1000_images"]
     by_time = bool(np.isfinite(sec) and np.isfinite(base_sec) and base_sec > 0)
     ratio = sec / base_sec if by_time else row["forward_passes_per_image"] / base["forward_passes_per_image"]
+    diff, low, high = float(row["diff_vs_best_single"]), float(row["ci_low"]), float(row["ci_high"])
     return {
-        "row": row["row"], "diff": float(row["diff_vs_best_single"]), "ci_low": float(row["ci_low"]),
-        "ci_high": float(row["ci_high"]), "members": int(row["members"]), "cost_ratio": float(ratio),
-        "cost_by": "seconds" if by_time else "forward_passes",
-        "verdict": _verdict(row["diff_vs_best_single"], row["ci_low"], row["ci_high"], greater_is_better),
+        "row": row["row"], "diff": diff, "ci_low": low, "ci_high": high, "members": int(row["members"]),
+        "cost_ratio": float(ratio), "cost_by": "seconds" if by_time else "forward_passes",
+        "passes": int(row["forward_passes_per_image"]), "base_passes": int(base["forward_passes_per_image"]),
+        "relative_error_reduction": relative_error_reduction(diff, low, high, float(base[metric.name]),
+                                                             metric.greater_is_better),
+        "verdict": _verdict(diff, low, high, metric.greater_is_better),
     }
 
 
@@ -54,6 +78,23 @@ def _tta_key(pr: PredictRun, base_key: str) -> str | None:
         return str(submit)
     others = [k for k in pr.policies if k != base_key]
     return max(others, key=lambda k: int(pr.policies[k]["views"])) if others else None
+
+
+def nested_summary(df: pd.DataFrame, chosen: int, score: float, boot: BootstrapResult, votes: int, parts: int,
+                   metric: Metric) -> dict[str, Any]:
+    """The ★ row's entry in the summary: its nested score, and its gain over the baseline from the held-out picks."""
+    row = df.loc[chosen].copy()
+    row["diff_vs_best_single"], row["ci_low"], row["ci_high"] = boot.diff, boot.low, boot.high
+    base = df.loc[df.attrs["baseline_index"]]
+    return {**_gain(row, base, metric), "score": float(score), "votes": int(votes), "parts": int(parts),
+            "rule": "nested: best on the other parts, scored on the held part"}
+
+
+def in_sample_summary(df: pd.DataFrame, metric: Metric) -> dict[str, Any]:
+    """The naive best row (picked and scored on the same rows), labelled as optimistic."""
+    row = df.loc[df["in_sample_best"]].iloc[0]
+    return {**_gain(row, df.loc[df.attrs["baseline_index"]], metric), "score": float(row[metric.name]),
+            "note": "in-sample, optimistic"}
 
 
 def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, seed: int) -> dict[str, Any]:
@@ -75,30 +116,88 @@ def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, see
         "n_classes": len(pr.classes), "n_boot": n_boot, "seed": seed,
         "baseline": {"row": base_row["row"], "score": float(base_row[metric.name]),
                      "rule": "best single model without TTA (policy 'none', else the fewest views)"},
-        "ensemble_gain": None if ens is None else _gain(ens, base_row, gib),
-        "tta_gain": None if tta is None else {**_gain(tta, base_row, gib),
+        "ensemble_gain": None if ens is None else _gain(ens, base_row, metric),
+        "tta_gain": None if tta is None else {**_gain(tta, base_row, metric),
                                               "views": int(pr.policies[str(tta_key)]["views"])},
-        "final_gain": None if final is None else _gain(final, base_row, gib),
+        "final_gain": None if final is None else _gain(final, base_row, metric),
         "best_row": str(df.loc[df["best"], "row"].iloc[0]),
         "fitted_ensemble": {"scoring": "cross-fitted", "parts": CROSS_FIT_PARTS, "seed": seed,
                             "caruana_rounds": int(pr.info["ensemble"].get("caruana_rounds", 50)),
                             "method": pr.method, "fit_metric": pr.info["ensemble"].get("fit_metric") or metric.name},
         "leaderboard": pr.info.get("leaderboard"),
+        "tta_choice": pr.info.get("tta_choice"), "ensemble_choice": pr.info.get("ensemble_choice"),
     }
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:+.1f}%"
 
 
 def _sentence(subject: str, what: str, gain: dict[str, Any], metric: str) -> str:
     """``<what> changed <metric> by … at n× the cost: <subject> helped / did not help.``"""
-    cost = "the inference cost" if gain["cost_by"] == "seconds" else "the forward passes"
+    by_time = gain["cost_by"] == "seconds"
+    cost = "the inference cost" if by_time else "the forward passes"
+    rer = gain.get("relative_error_reduction")
+    rel = (f", a relative error reduction of {_pct(rer['rer'])} (95% CI {_pct(rer['low'])} to {_pct(rer['high'])})"
+           if rer else "")
+    units = (["seconds per 1,000 images"] if by_time else []) + (
+        [f"{gain['passes']} vs {gain['base_passes']} passes per image"] if "passes" in gain else [])
+    passes = f" ({'; '.join(units)})" if units else ""
     change = (
         f"{what} changed {metric} by {gain['diff']:+.4f} "
-        f"(95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}) at {gain['cost_ratio']:.1f}× {cost}"
+        f"(95% CI {gain['ci_low']:+.4f} to {gain['ci_high']:+.4f}){rel}, at {gain['cost_ratio']:.1f}× {cost}{passes}"
     )
     if gain["verdict"] == "helped":
         return f"{change}: {subject} helped."
     if gain["verdict"] == "hurt":
         return f"{change}: {subject} did not help, it made {metric} worse."
     return f"{change}: {subject} did not help measurably (the 95% interval includes 0)."
+
+
+def _nested_sentence(summary: dict[str, Any]) -> str:
+    n, naive, m = summary["nested_best"], summary["in_sample_best"], summary["metric"]
+    held = f"{n['parts'] - 1}/{n['parts']}"
+    text = (f"Chosen by a nested rule (for each of {n['parts']} parts of the OOF rows, the best row on the other "
+            f"{held} is scored on that part), the best row is {n['row']} (picked in {n['votes']} of {n['parts']} "
+            f"parts). On rows it never saw, that choice scores {m} {n['score']:.4f}: "
+            + _sentence("choosing the best row", "it", n, m))
+    if naive["row"] != n["row"]:
+        text += (f" The in-sample best row, {naive['row']} ({naive['diff']:+.4f}), is in-sample, optimistic: "
+                 "it was picked and scored on the same rows.")
+    return text
+
+
+def _savings_sentences(summary: dict[str, Any]) -> list[str]:
+    """Members and policies that could be dropped for free, and flips that hurt."""
+    out, savings = [], summary.get("savings") or {}
+    drop = savings.get("droppable")
+    if drop:
+        free = [d["model"] + (" (weight 0 already)" if d["unused"] else "") for d in drop["models"] if d["free"]]
+        out.append(f"Free to drop from {drop['row']}: {', '.join(free)} (leaving any one of them out does "
+                   f"not lower {summary['metric']} beyond noise)." if free else
+                   f"No member of {drop['row']} can be dropped without lowering {summary['metric']} beyond noise.")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in savings.get("redundant_policies", []):
+        groups.setdefault((r["policy"], r["cheaper"]), []).append(r["model"])
+    if groups:
+        out.append("No better than a cheaper policy (within noise): " + "; ".join(
+            f"{p} vs {c} for {', '.join(ms)}" for (p, c), ms in groups.items()) + ".")
+    out += [f["sentence"] for f in savings.get("flips", []) if f["worse"]]
+    return out
+
+
+def _choice_sentences(summary: dict[str, Any]) -> list[str]:
+    """What pipeline-predict chose automatically (``tta_choice``, ``ensemble_choice``), when it recorded it."""
+    out = []
+    tta = summary.get("tta_choice")
+    if tta:
+        out.append("tta=auto chose, per model: " + ", ".join(
+            f"{m} → {c.get('chosen')}" for m, c in tta.items() if isinstance(c, dict)) + ".")
+    ens = summary.get("ensemble_choice")
+    if isinstance(ens, dict) and ens.get("chosen"):
+        reason = f" ({ens['reason']})" if ens.get("reason") else ""
+        out.append(f"ensemble=auto chose {ens['chosen']}{reason}.")
+    return out
 
 
 def paragraph(summary: dict[str, Any]) -> str:
@@ -108,7 +207,8 @@ def paragraph(summary: dict[str, Any]) -> str:
     parts = [f"Baseline: the best single model without TTA, {base['row']} ({m} {base['score']:.4f}; "
              f"{direction} is better)."]
     if ens:
-        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']}, {ens['members']} members)", ens, m))
+        plural = "s" if ens["members"] != 1 else ""
+        parts.append(_sentence("ensembling", f"Ensembling ({ens['row']}, {ens['members']} member{plural})", ens, m))
     else:
         parts.append("There is only one model, so ensembling was not measured.")
     if tta:
@@ -123,6 +223,9 @@ def paragraph(summary: dict[str, Any]) -> str:
         per = {name: abs(g["diff"]) / max(g["cost_ratio"] - 1.0, 1e-9)
                for name, g in (("ensembling", ens), ("TTA", tta))}
         parts.append(f"Per extra unit of inference cost, {max(per, key=per.__getitem__)} bought more.")
+    if summary.get("nested_best"):
+        parts.append(_nested_sentence(summary))
+    parts += _savings_sentences(summary) + _choice_sentences(summary)
     return " ".join(parts)
 
 
@@ -148,7 +251,8 @@ def render_table(df: pd.DataFrame, metric: str | None = None) -> str:
     for _, r in df.iterrows():
         diff = "baseline" if r["row"] == df.attrs.get("baseline") else (
             f"{r['diff_vs_best_single']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
-        cells = ["★" if r["best"] else "", r["row"], r["kind"], _fmt(r[metric], ".4f"), diff,
+        naive = "best (in-sample, optimistic)" if r.get("in_sample_best", False) and not r["best"] else ""
+        cells = ["★" if r["best"] else naive, r["row"], r["kind"], _fmt(r[metric], ".4f"), diff,
                  str(r["forward_passes_per_image"]), _fmt(r["sec_per_1000_images"], ".3g"),
                  *(_fmt(r[m], ".4f") for m in others)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -179,9 +283,28 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str
         lb_line, "",
         "## What ensembling and TTA bought", "", summary["paragraph"], "",
         "## Scores and inference cost", "", render_table(df), "",
-        f"★ the best row by {m}. passes/img = TTA views × fold members, summed over the ensemble's models; "
+        "★ the best row, chosen by the nested rule (the row picked most often when each part of the OOF rows is "
+        "held out and the best row is picked on the others); its nested score and interval are in the paragraph "
+        "above. A row marked \"best (in-sample, optimistic)\" scored best on all rows, but was picked and scored "
+        "on the same rows. passes/img = TTA views × fold members, summed over the ensemble's models; "
         "s/1000 img = seconds of model compute per 1,000 images, measured by pipeline-predict on the OOF rows "
         "(on the test set where a policy has no OOF timing; – where none was measured), summed over models.", "",
     ]
+    lines += _per_model_section(summary)
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _per_model_section(summary: dict[str, Any]) -> list[str]:
+    """TTA per model: the policy pipeline-predict chose (when recorded) and every flip's effect."""
+    savings = summary.get("savings") or {}
+    flips, chosen = savings.get("flips", []), summary.get("tta_choice") or {}
+    if not flips and not chosen:
+        return []
+    lines = ["## TTA per model", ""]
+    for model, c in chosen.items():
+        if isinstance(c, dict):
+            reason = f": {c['reason']}" if c.get("reason") else ""
+            lines.append(f"- `{model}`: tta=auto chose **{c.get('chosen')}**{reason}")
+    lines += [f"- {f['sentence']}" for f in flips]
+    return [*lines, ""]
