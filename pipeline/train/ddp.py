@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch.utils.data import DataLoader
 
 __all__ = ["fit_other_rank", "distributed_scope"]
@@ -61,6 +60,20 @@ def _stop_children(procs: list[subprocess.Popen], timeout: float = 60.0) -> None
             proc.wait()
 
 
+def _script_children(trainer: pl.Trainer) -> list[subprocess.Popen] | None:
+    """The rank processes this process starts by re-running its command line; None when it starts none.
+
+    Found through public attributes only (the launcher's ``procs`` list and its cluster environment's
+    ``creates_processes_externally``), so a Lightning upgrade that renames its launcher classes does not break it.
+    """
+    launcher = trainer.strategy.launcher
+    procs = getattr(launcher, "procs", None)
+    environment = getattr(launcher, "cluster_environment", None)
+    if not isinstance(procs, list) or environment is None or environment.creates_processes_externally:
+        return None
+    return procs
+
+
 @contextlib.contextmanager
 def distributed_scope(
     trainer: pl.Trainer, member_dir: Path, relaunch: Callable[[Path], AbstractContextManager[None]] | None = None
@@ -73,9 +86,8 @@ def distributed_scope(
     if trainer.world_size == 1:
         yield
         return
-    launcher = trainer.strategy.launcher
-    spawns = isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally
-    procs = launcher.procs if isinstance(launcher, _SubprocessScriptLauncher) else []
+    children = _script_children(trainer)
+    spawns, procs = children is not None, children or []
     saved_env, threads = {k: os.environ.get(k) for k in _DDP_ENV}, torch.get_num_threads()
     try:
         with relaunch(member_dir) if spawns and relaunch is not None else contextlib.nullcontext():
