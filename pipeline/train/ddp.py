@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 __all__ = ["fit_other_rank", "distributed_scope"]
 
@@ -28,7 +27,7 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 
 
 def fit_other_rank(
-    trainer: pl.Trainer, module: pl.LightningModule, train_dl: DataLoader, val_dl: DataLoader, resume: Path | None
+    trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, resume: Path | None
 ) -> None:
     """``fit`` on a DDP rank other than 0: a failure is logged here and recorded by rank 0.
 
@@ -36,7 +35,7 @@ def fit_other_rank(
     as one of them exits non-zero. Rank 0 fails too once this rank has left, and records the member.
     """
     try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     except Exception:
         log.exception("DDP rank %d failed; rank 0 records the member's failure.", trainer.global_rank)
 
