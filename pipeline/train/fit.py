@@ -330,7 +330,8 @@ def _finish(
         "val_acc": acc, "val_log_loss": log_loss, "n_val": len(val_table),
     }
     if any(describe_averaging(c) for c in trainer.callbacks):  # type: ignore[attr-defined]
-        metrics["averaged_weights"] = AVERAGED_KEY in ckpt  # is best.ckpt the average, or an epoch before it began?
+        # how many updates the saved average holds (0: best.ckpt is from before averaging began)
+        metrics["averaged_over"] = int(ckpt.get(AVERAGED_KEY, {}).get("n_averaged", 0))
     write_json(member_dir / "metrics.json", metrics)
     if run is not None:
         run.summary.update({"best/val_acc": acc, "best/val_log_loss": log_loss})
