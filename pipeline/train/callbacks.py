@@ -4,7 +4,8 @@ The command line instantiates ``callbacks/`` (each node has a ``_target_``) and 
 ``TrainSpec.callbacks``; a spec without callbacks gets the defaults below. Either way the list must hold
 the member folder's checkpoint callback (``checkpoints/best.ckpt`` by the monitor, ``last.ckpt``), and
 the library adds what the spec itself asks for: the progress guard, early stopping
-(``early_stopping_patience``) and the backbone freeze (``model.freeze_backbone_epochs``).
+(``early_stopping_patience``), the backbone freeze (``model.freeze_backbone_epochs``) and the snapshot
+checkpoints (``snapshots``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pytorch_lightning.callbacks import (
 from pipeline.core.errors import ConfigError
 from pipeline.models.finetune import BackboneFreeze
 from pipeline.train.checks import ProgressGuard
+from pipeline.train.snapshots import SNAPSHOT_DIR, SnapshotCheckpoint, check_snapshots
 from pipeline.train.spec import TrainSpec
 
 __all__ = ["member_callbacks", "default_callbacks", "contract_checkpoint", "CHECKPOINT_KEY"]
@@ -93,6 +95,10 @@ def member_callbacks(spec: TrainSpec, has_logger: bool) -> list[Callback]:
         callbacks.append(cb)
     if spec.early_stopping_patience is not None and not any(isinstance(c, EarlyStopping) for c in callbacks):
         callbacks.append(EarlyStopping(monitor=spec.monitor, mode=spec.monitor_mode, patience=int(spec.early_stopping_patience)))
+    if spec.snapshots:
+        every = check_snapshots(spec.snapshots, spec.trainer_settings.get("max_epochs"),
+                                any(isinstance(c, EarlyStopping) for c in callbacks))
+        callbacks.append(SnapshotCheckpoint(Path(spec.member_dir) / "checkpoints" / SNAPSHOT_DIR, every))
     if spec.model.freeze_backbone_epochs:
         callbacks.append(BackboneFreeze(unfreeze_at_epoch=int(spec.model.freeze_backbone_epochs)))
     for cb in callbacks:

@@ -40,6 +40,7 @@ from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger
 from pipeline.train.module import ClassifierModule, optimizer_lr
+from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
@@ -136,10 +137,15 @@ def _build_module(spec: TrainSpec, num_classes: int) -> ClassifierModule:
     check_input_size(probe, in_chans=data.in_chans, size=data.crop_size)
     mean, std = resolve_normalization(model_data_config(probe), data.in_chans, spec.aug_mean, spec.aug_std)
     del probe
+    scheduler = spec.scheduler
+    if spec.snapshots:  # checked by member_callbacks: max_epochs is a multiple of snapshots
+        scheduler = snapshot_scheduler(int(spec.trainer_settings["max_epochs"]) // spec.snapshots)
+        log.info("snapshots=%d: the learning rate follows cosine warm restarts (the configured scheduler is replaced)",
+                 spec.snapshots)
     return ClassifierModule(
         model_name=m.name, num_classes=num_classes, in_chans=data.in_chans, crop_size=data.crop_size, mean=mean,
         std=std, pretrained=bool(m.pretrained), weights=m.weights, model_kwargs=kwargs,
-        label_smoothing=float(spec.label_smoothing), optimizer=spec.optimizer, scheduler=spec.scheduler,
+        label_smoothing=float(spec.label_smoothing), optimizer=spec.optimizer, scheduler=scheduler,
         head_lr=m.head_lr, layer_decay=m.layer_decay,
     )
 
@@ -236,14 +242,16 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
     table, folds, new_folds = _prepare_data(spec.data, member_dir.parent)
-    module = _build_module(spec, len(table.classes))
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
+    module = _build_module(spec, len(table.classes))
     config = _record(spec, module.mean, module.std)
     digest = member_hash(spec, config)
     plan = plan_member(member_dir, digest, spec.overwrite)
     if plan.action == "skip":
         log.info("Member %s is already completed; skipping it.", member_dir)
         return cast(dict[str, float], plan.metrics)
+    if spec.snapshots:
+        check_snapshot_folders(member_dir, spec.member_name, spec.snapshots, digest, spec.overwrite)
     manifest = _manifest(spec, table.classes, module, digest)
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:
@@ -285,7 +293,7 @@ def _fit(
             trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
         guard = next(c for c in trainer.callbacks if isinstance(c, ProgressGuard))  # type: ignore[attr-defined]
         check_progress(trainer, guard, _checkpoint_callback(trainer, member_dir).best_model_score, member_dir)
-        metrics = _finish(trainer, module, member_dir, dm, manifest, start, run)
+        metrics = _finish(trainer, module, member_dir, dm, manifest, start, run, spec.snapshots)
         for stale in member_dir.glob("hpc_ckpt_*.ckpt"):  # requeue checkpoints are of no use once completed
             stale.unlink()
         _record_runtime(member_dir, ended=time.time())
@@ -307,7 +315,7 @@ def _checkpoint_callback(trainer: pl.Trainer, member_dir: Path) -> ModelCheckpoi
 
 def _finish(
     trainer: pl.Trainer, module: ClassifierModule, member_dir: Path, dm: MemberDataModule,
-    manifest: MemberManifest, start: float, run: Any,
+    manifest: MemberManifest, start: float, run: Any, snapshots: int = 0,
 ) -> dict[str, float]:
     """Reload the best checkpoint, save validation predictions and metrics, mark the member completed."""
     ckpt_cb = _checkpoint_callback(trainer, member_dir)
@@ -335,6 +343,10 @@ def _finish(
     write_json(member_dir / "metrics.json", metrics)
     if run is not None:
         run.summary.update({"best/val_acc": acc, "best/val_log_loss": log_loss})
+    if snapshots:  # before this member completes: a re-run that skips it must find its snapshots written
+        write_snapshot_members(member_dir, manifest, module, snapshots,
+                               lambda m: _predict_validation(m, dm.val_dataloader(), len(val_table)),
+                               val_table.ids, val_table.labels)
     manifest.status = "completed"
     write_manifest(member_dir, manifest)  # export reads the manifest; the status is final only if export works
     try:
