@@ -18,7 +18,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -35,6 +35,8 @@ __all__ = ["SnapshotCheckpoint", "check_snapshots", "snapshot_scheduler", "snaps
            "check_snapshot_folders", "write_snapshot_members", "SNAPSHOT_DIR"]
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=pl.LightningModule)
 
 SNAPSHOT_DIR = "snapshots"
 """Folder under the run's ``checkpoints/`` holding ``snapshot-<i>.ckpt``."""
@@ -122,8 +124,8 @@ class SnapshotCheckpoint(Callback):
 
 
 def write_snapshot_members(
-    member_dir: Path, manifest: MemberManifest, module: pl.LightningModule, k: int,
-    predict: Callable[[pl.LightningModule], np.ndarray], val_ids: list[str], val_labels: np.ndarray,
+    member_dir: Path, manifest: MemberManifest, module: M, k: int, predict: Callable[[M], np.ndarray],
+    val_ids: list[str], val_labels: np.ndarray,
 ) -> list[Path]:
     """Write the run's k snapshot member folders beside it (each complete, status ``completed`` last).
 
