@@ -31,6 +31,7 @@ def test_snapshot_names_keep_the_fold_last() -> None:
     assert snapshot_name("mine", 2) == "mine-snap2"
 
 
+@pytest.mark.slow
 def test_snapshot_run_writes_k_loadable_members(
     train_cfg: Callable[..., DictConfig], tmp_path: Path, demo_slice: Path
 ) -> None:
