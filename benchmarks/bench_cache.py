@@ -2,7 +2,7 @@
 
 A synthetic competition of 1024×1024 JPEGs (smooth gradients plus noise, quality 90, about 0.5 MB
 each, like photos) is trained at 128→112 px with MobileNetV3-Small-0.5. The loaders come from
-``pipeline.train.fit._loaders`` with and without ``data.cache_dir``:
+``pipeline.train.datamodule.MemberDataModule`` with and without ``data.cache_dir``:
 
 * **train epoch**: the second epoch of a two-epoch Lightning ``fit`` (training + validation, no
   progress bar, CSV logger): an epoch "after the first", with the Trainer and loader workers up;
@@ -37,6 +37,7 @@ from benchmarks.common import (
     compose_train,
     interleaved,
     log_progress,
+    member_loaders,
     paired_ratio,
     profile_top,
     target,
@@ -49,7 +50,7 @@ from pipeline.data.cache import cache_for_spec
 from pipeline.data.dataset import ImageDataset
 from pipeline.data.folds import load_or_create_folds
 from pipeline.data.tables import read_train_table
-from pipeline.train.fit import _build_module, _loaders
+from pipeline.train.fit import _build_module
 from pipeline.train.loggers import create_lightning_logger
 from pipeline.train.module import ClassifierModule
 from pipeline.train.spec import TrainSpec
@@ -146,8 +147,8 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     template = _build_module(plain_spec, len(table.classes))
     shutil.rmtree(cached_spec.cache_dir or "", ignore_errors=True)
     mean, std = template.mean, template.std
-    plain = _loaders(plain_spec, table, folds, mean, std)
-    cached = _loaders(cached_train, table, folds, mean, std)
+    plain = member_loaders(plain_spec, table, folds, mean, std)
+    cached = member_loaders(cached_train, table, folds, mean, std)
 
     resize = resize_settings(cast(ImageDataset, cached[1].dataset).transform)  # as training builds it
 

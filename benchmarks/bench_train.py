@@ -1,12 +1,12 @@
 """Benchmark 3: one training epoch — our Lightning training vs a plain PyTorch loop.
 
 Both contenders get the same model (a copy of one initialised ``ClassifierModule``), the same
-DataLoaders (built by ``pipeline.train.fit._loaders``: same data, augmentation, batch size and workers),
+DataLoaders (built by ``pipeline.train.datamodule.MemberDataModule``: same data, augmentation, batch size and workers),
 the same optimizer and scheduler (``ClassifierModule.configure_optimizers``), and both run one
 training epoch, one validation pass and save ``best`` and ``last`` checkpoints:
 
 * **lightning, progress bar**: the real ``ClassifierModule`` under a ``Trainer`` instantiated from
-  ``conf/trainer`` with ``pipeline.train.fit._callbacks`` (checkpointing, ``RichProgressBar``) and the CSV
+  ``conf/trainer`` with ``pipeline.train.callbacks.member_callbacks`` (checkpointing, ``RichProgressBar``) and the CSV
   logger, as ``train.py`` does. Rich is told it writes to an interactive terminal (output sent to
   ``/dev/null``), so the bar renders as it would for a user.
 * **lightning, no bar**: the same with ``trainer.enable_progress_bar=false``.
@@ -39,6 +39,7 @@ from benchmarks.common import (
     interleaved,
     log_progress,
     make_competition,
+    member_loaders,
     paired_ratio,
     profile_top,
     target,
@@ -48,7 +49,8 @@ from pipeline.cli.train import train_spec
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.folds import load_or_create_folds
 from pipeline.data.tables import read_train_table
-from pipeline.train.fit import _build_module, _callbacks, _loaders
+from pipeline.train.callbacks import member_callbacks
+from pipeline.train.fit import _build_module
 from pipeline.train.loggers import create_lightning_logger
 from pipeline.train.module import ClassifierModule
 from pipeline.train.spec import TrainSpec
@@ -71,12 +73,13 @@ def lightning_epoch(spec: TrainSpec, template: ClassifierModule, loaders: tuple[
                     progress_bar: bool) -> Callable[[], None]:
     """One ``fit`` epoch as ``pipeline.train.fit.train_member`` runs it."""
     assert spec.trainer is not None
-    spec = replace(spec, member_dir=out, trainer=functools.partial(spec.trainer, enable_progress_bar=progress_bar))
+    spec = replace(spec, member_dir=out, callbacks=None,  # the built-in defaults: checkpoints into `out`, the bar
+                   trainer=functools.partial(spec.trainer, enable_progress_bar=progress_bar))
 
     def go() -> None:
         module = copy.deepcopy(template)
         assert spec.trainer is not None
-        trainer = spec.trainer(callbacks=_callbacks(spec), default_root_dir=str(out),
+        trainer = spec.trainer(callbacks=member_callbacks(spec, has_logger=True), default_root_dir=str(out),
                                logger=create_lightning_logger(LoggerSpec(kind="csv"), out, None))
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             trainer.fit(module, *loaders, weights_only=True)
@@ -138,7 +141,7 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     folds = load_or_create_folds(out / "folds.csv", table, spec.data)
     torch.manual_seed(0)
     template = _build_module(spec, len(table.classes))
-    train_dl, val_dl, _ = _loaders(spec, table, folds, template.mean, template.std)
+    train_dl, val_dl, _ = member_loaders(spec, table, folds, template.mean, template.std)
     loaders = (train_dl, val_dl)
     n_train, n_val = len(train_dl) * p["batch_size"], len(val_dl.dataset)  # type: ignore[arg-type]
     os.environ.update(TTY_COMPATIBLE="1", TTY_INTERACTIVE="1")  # rich renders its live bar, as in a terminal

@@ -41,6 +41,7 @@ __all__ = [
     "machine_info",
     "make_competition",
     "median",
+    "member_loaders",
     "paired_ratio",
     "profile_top",
     "quiet",
@@ -319,6 +320,15 @@ def train_member(sweep: Path, comp: Path, model: str, *overrides: str) -> Path:
         cfg.paths.output_dir = str(sweep / cfg.member_name)
     fit(train_spec(cfg))
     return Path(cfg.paths.output_dir)
+
+
+def member_loaders(spec: Any, table: Any, folds: Any, mean: list[float], std: list[float]) -> tuple[Any, Any, Any]:
+    """A member's train and validation loaders and validation table, as ``train_member`` builds them."""
+    from pipeline.train.datamodule import MemberDataModule
+
+    dm = MemberDataModule(spec.data, table, folds, spec.transforms, mean, std, int(spec.seed))
+    dm.setup("fit")
+    return dm.train_dataloader(), dm.val_dataloader(), dm.val_table
 
 
 def log_progress(name: str, message: str) -> None:

@@ -133,3 +133,15 @@ def test_packages_re_export_their_public_names(package: str) -> None:
     assert pkg.__all__, f"pipeline.{package} re-exports nothing"
     for name in pkg.__all__:
         assert getattr(pkg, name) is not None
+
+
+def test_no_private_lightning_names_are_imported() -> None:
+    """Private Lightning names (``_SubprocessScriptLauncher``, ``lightning.x._internal``) break on upgrades."""
+    lightning = ("lightning", "lightning_fabric", "pytorch_lightning", "torchmetrics")
+    offenders = [
+        f"{name} imports {target}"
+        for name, path in _modules().items()
+        for target in _imports(path, top_level_only=False)
+        if target.split(".")[0] in lightning and any(part.startswith("_") for part in target.split(".")[1:])
+    ]
+    assert not offenders, "\n".join(offenders)

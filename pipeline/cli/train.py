@@ -25,6 +25,7 @@ from pipeline.cli import CONF_DIR
 from pipeline.cli.config import register, to_container, to_dataclass
 from pipeline.cli.errors import TRAIN_PATHS, compact_errors, explain
 from pipeline.cli.sweep import continue_sweep_on_failure
+from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
 from pipeline.models.spec import ModelSpec
@@ -33,6 +34,25 @@ from pipeline.train.spec import TrainSpec
 __all__ = ["train_spec", "run", "monitored_value", "main"]
 
 log = logging.getLogger(__name__)
+
+
+def instantiate_callbacks(node: Any) -> list[Any] | None:
+    """The ``callbacks`` group's nodes, instantiated in order; a node set to null is left out.
+
+    None when the config has no ``callbacks`` (a ``config.yaml`` written before the group existed): the
+    library's defaults then apply.
+    """
+    if node is None:
+        return None
+    callbacks = []
+    for name, sub in node.items():
+        if sub is None:
+            continue
+        if not isinstance(sub, DictConfig) or "_target_" not in sub:
+            raise ConfigError(f"callbacks.{name} has no _target_: each callbacks/ node names the callback class to build.")
+        log.info("Instantiating callback <%s>", sub._target_)
+        callbacks.append(instantiate(sub))
+    return callbacks
 
 
 def train_spec(cfg: DictConfig) -> TrainSpec:
@@ -56,6 +76,7 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         overwrite=bool(cfg.get("overwrite", False)), aug_mean=to_container(cfg.aug.get("mean")),
         aug_std=to_container(cfg.aug.get("std")), name=str(cfg.member_name),
         sweep=f"{cfg.experiment_name}/{cfg.sweep_name}", config=to_container(cfg), relaunch=relaunch_as_this_member,
+        callbacks=instantiate_callbacks(cfg.get("callbacks")), snapshots=int(cfg.get("snapshots") or 0),
     )
 
 

@@ -1,4 +1,4 @@
-"""Training one member: the spec, the LightningModule, fit, DDP, loggers and the sweep summary.
+"""Training one member: the spec, the LightningModule and DataModule, callbacks, fit, DDP, snapshots, sweep summary.
 
 Public names are re-exported lazily, so importing the package imports nothing heavy; type checkers
 should import from the modules (``pipeline.train.<module>``).
@@ -13,6 +13,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "module": ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"],
         "fit": ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"],
         "ddp": ["fit_other_rank", "distributed_scope"],
+        "datamodule": ["MemberDataModule"],
+        "callbacks": ["member_callbacks", "default_callbacks", "contract_checkpoint"],
+        "averaging": ["EMA", "SWA"],
+        "snapshots": ["SnapshotCheckpoint", "snapshot_name", "write_snapshot_members"],
         "loggers": ["create_lightning_logger", "log_sample_grid", "log_member_artifacts", "sample_grid", "SAMPLES_KEY"],
         "sweep": [
             "SUMMARY_CSV", "SUMMARY_JSON", "RUNTIME", "MemberRow", "scan_sweep", "write_summary", "print_summary",

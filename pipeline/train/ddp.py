@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from torch.utils.data import DataLoader
 
 __all__ = ["fit_other_rank", "distributed_scope"]
 
@@ -29,7 +27,7 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 
 
 def fit_other_rank(
-    trainer: pl.Trainer, module: pl.LightningModule, train_dl: DataLoader, val_dl: DataLoader, resume: Path | None
+    trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, resume: Path | None
 ) -> None:
     """``fit`` on a DDP rank other than 0: a failure is logged here and recorded by rank 0.
 
@@ -37,7 +35,7 @@ def fit_other_rank(
     as one of them exits non-zero. Rank 0 fails too once this rank has left, and records the member.
     """
     try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     except Exception:
         log.exception("DDP rank %d failed; rank 0 records the member's failure.", trainer.global_rank)
 
@@ -61,6 +59,20 @@ def _stop_children(procs: list[subprocess.Popen], timeout: float = 60.0) -> None
             proc.wait()
 
 
+def _script_children(trainer: pl.Trainer) -> list[subprocess.Popen] | None:
+    """The rank processes this process starts by re-running its command line; None when it starts none.
+
+    Found through public attributes only (the launcher's ``procs`` list and its cluster environment's
+    ``creates_processes_externally``), so a Lightning upgrade that renames its launcher classes does not break it.
+    """
+    launcher = trainer.strategy.launcher
+    procs = getattr(launcher, "procs", None)
+    environment = getattr(launcher, "cluster_environment", None)
+    if not isinstance(procs, list) or environment is None or environment.creates_processes_externally:
+        return None
+    return procs
+
+
 @contextlib.contextmanager
 def distributed_scope(
     trainer: pl.Trainer, member_dir: Path, relaunch: Callable[[Path], AbstractContextManager[None]] | None = None
@@ -73,9 +85,8 @@ def distributed_scope(
     if trainer.world_size == 1:
         yield
         return
-    launcher = trainer.strategy.launcher
-    spawns = isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally
-    procs = launcher.procs if isinstance(launcher, _SubprocessScriptLauncher) else []
+    children = _script_children(trainer)
+    spawns, procs = children is not None, children or []
     saved_env, threads = {k: os.environ.get(k) for k in _DDP_ENV}, torch.get_num_threads()
     try:
         with relaunch(member_dir) if spawns and relaunch is not None else contextlib.nullcontext():

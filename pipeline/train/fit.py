@@ -17,17 +17,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
-from lightning_fabric.utilities.seed import pl_worker_init_function
-from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, short_hash, write_json
 from pipeline.core.tracking import init_wandb
-from pipeline.data.augment import resize_settings, resolve_normalization, transform_to_dict
-from pipeline.data.cache import cache_for_spec
-from pipeline.data.dataset import ImageDataset
+from pipeline.data.augment import resolve_normalization, transform_to_dict
 from pipeline.data.decode import verify_images
 from pipeline.data.folds import check_fold_index, resolve_folds, save_folds, split_indices
 from pipeline.data.spec import DataSpec
@@ -36,11 +33,14 @@ from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
-from pipeline.models.finetune import BackboneFreeze
+from pipeline.train.averaging import AVERAGED_KEY, describe_averaging
+from pipeline.train.callbacks import contract_checkpoint, member_callbacks
 from pipeline.train.checks import ProgressGuard, check_progress, check_split_sizes, check_trainer_settings
+from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
 from pipeline.train.module import ClassifierModule, optimizer_lr
+from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
@@ -87,7 +87,14 @@ def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
                        **{k: v for k in ("group_col", "fold_col") if (v := getattr(spec.data, k))}},  # hashes stay
         "max_epochs": spec.trainer_settings.get("max_epochs"),
     }
-    return short_hash({k: view[k] for k in MEMBER_KEYS}, 16)
+    record = {k: view[k] for k in MEMBER_KEYS}
+    # Added only when used, so the hash of every member trained without them stays what it was.
+    averaging = [d for c in spec.callbacks or [] if (d := describe_averaging(c)) is not None]
+    if averaging:
+        record["averaging"] = averaging
+    if spec.snapshots:
+        record["snapshots"] = int(spec.snapshots)
+    return short_hash(record, 16)
 
 
 def _fold_name(spec: DataSpec) -> str:
@@ -108,59 +115,6 @@ def _prepare_data(spec: DataSpec, sweep_dir: Path) -> tuple[ImageTable, Any, boo
     train_idx, val_idx = split_indices(folds, spec.fold, spec.n_folds)
     check_split_sizes(len(train_idx), len(val_idx), spec.batch_size, _fold_name(spec))
     return table, folds, new
-
-
-def _seed_augmentation(transform: Any, seed: int) -> None:
-    """Seed an albumentations pipeline: 2.x draws from its own generators, seeded from OS entropy by default."""
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-
-
-def _augmentation_worker_init(worker_id: int) -> None:
-    """Lightning's per-worker seeding, plus a distinct augmentation stream per worker (copies would repeat it)."""
-    pl_worker_init_function(worker_id)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        _seed_augmentation(getattr(info.dataset, "transform", None), torch.initial_seed() % 2**32)
-
-
-def _loaders(
-    spec: TrainSpec, table: ImageTable, folds: Any, mean: list[float], std: list[float]
-) -> tuple[DataLoader, DataLoader, ImageTable]:
-    data = spec.data
-    train_idx, val_idx = split_indices(folds, data.fold, data.n_folds)
-    train_tf, eval_tf = spec.transforms(mean, std)
-    log.info("Instantiating train/eval augmentation <%s>", type(train_tf).__name__)
-    _seed_augmentation(train_tf, int(spec.seed))
-    val_table = table.subset(val_idx)
-    common: dict[str, Any] = dict(
-        batch_size=data.batch_size, num_workers=data.num_workers, persistent_workers=data.num_workers > 0
-    )
-    # built once on the whole table, resized as the eval pipeline resizes; both splits read their rows from it
-    cache = cache_for_spec(table, data, resize_settings(eval_tf))
-    train_ds = ImageDataset(table.subset(train_idx), train_tf, data.in_chans, cache)
-    init = _augmentation_worker_init if data.num_workers > 0 else None
-    train_dl = DataLoader(train_ds, shuffle=True, drop_last=True, worker_init_fn=init, **common)
-    val_dl = DataLoader(ImageDataset(val_table, eval_tf, data.in_chans, cache), shuffle=False, **common)
-    return train_dl, val_dl, val_table
-
-
-def _callbacks(spec: TrainSpec) -> list[Callback]:
-    callbacks: list[Callback] = [
-        ProgressGuard(),
-        ModelCheckpoint(
-            dirpath=Path(spec.member_dir) / "checkpoints", filename="best", monitor=spec.monitor,
-            mode=spec.monitor_mode, save_last=True, save_top_k=1, auto_insert_metric_name=False,
-            enable_version_counter=False,
-        )
-    ]
-    if spec.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=spec.monitor, mode=spec.monitor_mode, patience=int(spec.early_stopping_patience)))
-    if spec.model.freeze_backbone_epochs:
-        callbacks.append(BackboneFreeze(unfreeze_at_epoch=int(spec.model.freeze_backbone_epochs)))
-    if spec.trainer_settings.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
-    return callbacks
 
 
 @torch.inference_mode()
@@ -184,10 +138,15 @@ def _build_module(spec: TrainSpec, num_classes: int) -> ClassifierModule:
     check_input_size(probe, in_chans=data.in_chans, size=data.crop_size)
     mean, std = resolve_normalization(model_data_config(probe), data.in_chans, spec.aug_mean, spec.aug_std)
     del probe
+    scheduler = spec.scheduler
+    if spec.snapshots:  # checked by member_callbacks: max_epochs is a multiple of snapshots
+        scheduler = snapshot_scheduler(int(spec.trainer_settings["max_epochs"]) // spec.snapshots)
+        log.info("snapshots=%d: the learning rate follows cosine warm restarts (the configured scheduler is replaced)",
+                 spec.snapshots)
     return ClassifierModule(
         model_name=m.name, num_classes=num_classes, in_chans=data.in_chans, crop_size=data.crop_size, mean=mean,
         std=std, pretrained=bool(m.pretrained), weights=m.weights, model_kwargs=kwargs,
-        label_smoothing=float(spec.label_smoothing), optimizer=spec.optimizer, scheduler=spec.scheduler,
+        label_smoothing=float(spec.label_smoothing), optimizer=spec.optimizer, scheduler=scheduler,
         head_lr=m.head_lr, layer_decay=m.layer_decay,
     )
 
@@ -203,7 +162,7 @@ def _manifest(spec: TrainSpec, classes: list[str], module: ClassifierModule, dig
     )
 
 
-def _write_setup(member_dir: Path, config: dict[str, Any], table: ImageTable, folds: Any, val_dl: DataLoader) -> None:
+def _write_setup(member_dir: Path, config: dict[str, Any], table: ImageTable, folds: Any, dm: MemberDataModule) -> None:
     """The member folder's files that do not depend on training: config, classes, folds, eval transform."""
     member_dir.mkdir(parents=True, exist_ok=True)
     (member_dir / "error.txt").unlink(missing_ok=True)
@@ -211,7 +170,7 @@ def _write_setup(member_dir: Path, config: dict[str, Any], table: ImageTable, fo
         tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     write_json(member_dir / "classes.json", table.classes)
     save_folds(member_dir / "folds.csv", folds)
-    write_json(member_dir / "eval_transform.json", transform_to_dict(cast(ImageDataset, val_dl.dataset).transform))
+    write_json(member_dir / "eval_transform.json", transform_to_dict(cast(Any, dm.val_set).transform))
 
 
 def _process_rank() -> int:
@@ -284,6 +243,7 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
     table, folds, new_folds = _prepare_data(spec.data, member_dir.parent)
+    callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, len(table.classes))
     config = _record(spec, module.mean, module.std)
     digest = member_hash(spec, config)
@@ -291,31 +251,34 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     if plan.action == "skip":
         log.info("Member %s is already completed; skipping it.", member_dir)
         return cast(dict[str, float], plan.metrics)
+    if spec.snapshots:
+        check_snapshot_folders(member_dir, spec.member_name, spec.snapshots, digest, spec.overwrite)
     manifest = _manifest(spec, table.classes, module, digest)
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:
         save_folds(member_dir.parent / "folds.csv", folds)
-    train_dl, val_dl, val_table = _loaders(spec, table, folds, module.mean, module.std)
+    dm = MemberDataModule(spec.data, table, folds, spec.transforms, module.mean, module.std, int(spec.seed))
+    dm.setup("fit")
     if is_zero:
         if plan.action == "train":
             clear_member(member_dir)
-        _write_setup(member_dir, config, table, folds, val_dl)
-    return _fit(spec, member_dir, module, config, manifest, plan, (train_dl, val_dl, val_table), start, is_zero)
+        _write_setup(member_dir, config, table, folds, dm)
+    return _fit(spec, member_dir, module, config, manifest, plan, (dm, callbacks), start, is_zero)
 
 
 def _fit(
     spec: TrainSpec, member_dir: Path, module: ClassifierModule, config: dict[str, Any], manifest: MemberManifest,
-    plan: MemberPlan, loaders: tuple[DataLoader, DataLoader, ImageTable], start: float, is_zero: bool,
+    plan: MemberPlan, parts: tuple[MemberDataModule, list[Any]], start: float, is_zero: bool,
 ) -> dict[str, float]:
     """Fit (resuming when the plan says so), check that it trained and validated, and finish the member."""
-    train_dl, val_dl, val_table = loaders
+    dm, callbacks = parts
     run = None
     try:
         if spec.logger.kind == "wandb" and is_zero:
             run = init_wandb(spec.logger, member_dir, manifest.name, manifest.sweep, "train", config)
         make_trainer = spec.trainer or functools.partial(pl.Trainer, max_epochs=10)
         trainer: pl.Trainer = make_trainer(
-            callbacks=_callbacks(spec), logger=create_lightning_logger(spec.logger, member_dir, run),
+            callbacks=callbacks, logger=create_lightning_logger(spec.logger, member_dir, run),
             default_root_dir=str(member_dir), **_trainer_overrides(spec),
         )
         if trainer.global_rank == 0:
@@ -325,13 +288,13 @@ def _fit(
         if resume is not None:
             log.info("Resuming %s from %s", manifest.name, resume)
         if trainer.global_rank != 0:
-            fit_other_rank(trainer, module, train_dl, val_dl, resume)
+            fit_other_rank(trainer, module, dm, resume)
             return {}
         with distributed_scope(trainer, member_dir, spec.relaunch):
-            trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
         guard = next(c for c in trainer.callbacks if isinstance(c, ProgressGuard))  # type: ignore[attr-defined]
-        check_progress(trainer, guard, _checkpoint_callback(trainer).best_model_score, member_dir)
-        metrics = _finish(trainer, module, member_dir, val_dl, val_table, manifest, start, run)
+        check_progress(trainer, guard, _checkpoint_callback(trainer, member_dir).best_model_score, member_dir)
+        metrics = _finish(trainer, module, member_dir, dm, manifest, start, run, spec.snapshots)
         for stale in member_dir.glob("hpc_ckpt_*.ckpt"):  # requeue checkpoints are of no use once completed
             stale.unlink()
         _record_runtime(member_dir, ended=time.time())
@@ -347,36 +310,44 @@ def _fit(
                 wandb.teardown()
 
 
-def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint:
-    return next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))  # type: ignore[attr-defined]
+def _checkpoint_callback(trainer: pl.Trainer, member_dir: Path) -> ModelCheckpoint:
+    return contract_checkpoint(trainer.callbacks, member_dir)  # type: ignore[attr-defined]
 
 
 def _finish(
-    trainer: pl.Trainer, module: ClassifierModule, member_dir: Path, val_dl: DataLoader, val_table: ImageTable,
-    manifest: MemberManifest, start: float, run: Any,
+    trainer: pl.Trainer, module: ClassifierModule, member_dir: Path, dm: MemberDataModule,
+    manifest: MemberManifest, start: float, run: Any, snapshots: int = 0,
 ) -> dict[str, float]:
     """Reload the best checkpoint, save validation predictions and metrics, mark the member completed."""
-    ckpt_cb = _checkpoint_callback(trainer)
+    ckpt_cb = _checkpoint_callback(trainer, member_dir)
+    val_table = dm.val_table
     best = Path(ckpt_cb.best_model_path or member_dir / "checkpoints" / "last.ckpt")
     if best.name != "best.ckpt":  # no monitored value was ever logged (e.g. no validation): keep the last weights
         best = member_dir / "checkpoints" / "best.ckpt"
         trainer.save_checkpoint(best, weights_only=False)
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(ckpt["state_dict"])
     module.to(trainer.strategy.root_device)
-    probs = _predict_validation(module, val_dl, len(val_table))
+    probs = _predict_validation(module, dm.val_dataloader(), len(val_table))
     write_predictions(member_dir / "val_predictions.csv", val_table.ids, probs, manifest.classes, val_table.labels)
     assert val_table.labels is not None
     acc = float((probs.argmax(1) == val_table.labels).mean())
     log_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_table.labels], 1e-15, 1)).mean())
     metrics = {
-        "monitor": str(ckpt_cb.monitor), "best_score": float(ckpt_cb.best_model_score or float("nan")),
+        "monitor": str(ckpt_cb.monitor), "best_score": float("nan") if ckpt_cb.best_model_score is None else float(ckpt_cb.best_model_score),
         "epochs": int(trainer.current_epoch), "wall_time_s": round(time.time() - start, 2),
         "val_acc": acc, "val_log_loss": log_loss, "n_val": len(val_table),
     }
+    if any(describe_averaging(c) for c in trainer.callbacks):  # type: ignore[attr-defined]
+        # how many updates the saved average holds (0: best.ckpt is from before averaging began)
+        metrics["averaged_over"] = int(ckpt.get(AVERAGED_KEY, {}).get("n_averaged", 0))
     write_json(member_dir / "metrics.json", metrics)
     if run is not None:
         run.summary.update({"best/val_acc": acc, "best/val_log_loss": log_loss})
+    if snapshots:  # before this member completes: a re-run that skips it must find its snapshots written
+        write_snapshot_members(member_dir, manifest, module, snapshots,
+                               lambda m: _predict_validation(m, dm.val_dataloader(), len(val_table)),
+                               val_table.ids, val_table.labels)
     manifest.status = "completed"
     write_manifest(member_dir, manifest)  # export reads the manifest; the status is final only if export works
     try:

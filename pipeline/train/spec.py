@@ -57,6 +57,12 @@ class TrainSpec:
             member-defining keys make the member's config hash. None records the specs themselves.
         relaunch: Context manager factory that makes this process's command line start one more rank of
             this member (DDP); the command line provides it.
+        callbacks: Lightning callbacks (the command line instantiates the ``callbacks/`` group). They must
+            include the member folder's ``ModelCheckpoint`` (``<member_dir>/checkpoints``, ``filename="best"``,
+            ``save_last=True``); None gives that checkpoint and a progress bar.
+        snapshots: Keep this many snapshot members from the run (0: none): the learning rate follows a
+            cosine schedule with ``snapshots`` warm restarts, and each cycle's last weights become a sibling
+            member folder ``<model>-s<seed>-snap<i>-<fold>`` (see :mod:`pipeline.train.snapshots`).
     """
 
     member_dir: Path
@@ -79,6 +85,8 @@ class TrainSpec:
     sweep: str = ""
     config: dict[str, Any] | None = None
     relaunch: Callable[[Path], AbstractContextManager[None]] | None = None
+    callbacks: list[Any] | None = None
+    snapshots: int = 0
 
     @property
     def member_name(self) -> str:
