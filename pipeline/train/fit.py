@@ -334,7 +334,8 @@ def _finish(
     acc = float((probs.argmax(1) == val_table.labels).mean())
     log_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_table.labels], 1e-15, 1)).mean())
     metrics = {
-        "monitor": str(ckpt_cb.monitor), "best_score": float("nan") if ckpt_cb.best_model_score is None else float(ckpt_cb.best_model_score),
+        "monitor": str(ckpt_cb.monitor),
+        "best_score": float("nan") if ckpt_cb.best_model_score is None else float(ckpt_cb.best_model_score),
         "epochs": int(trainer.current_epoch), "wall_time_s": round(time.time() - start, 2),
         "val_acc": acc, "val_log_loss": log_loss, "n_val": len(val_table),
     }
