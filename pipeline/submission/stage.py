@@ -21,7 +21,7 @@ from pipeline.member.predictions import read_predictions
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
 from pipeline.predict.tta import TTAPolicy
-from pipeline.submission.build import build_submission, write_submission
+from pipeline.submission.build import write_submission_from_predictions
 from pipeline.submission.format import SubmissionError, SubmissionFormat, format_from_config, infer_format
 from pipeline.submission.spec import SubmissionOptions
 
@@ -80,11 +80,14 @@ def submit(
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
     result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric)
-    ids, probs, _ = read_predictions(result.ensemble_path, classes)
-    frame = build_submission(ids, probs, classes, fmt, result.sample_ids)
     summary = result.summary
     expected = result.sample_ids or result.test.ids
-    summary["submission"] = str(write_submission(frame, out_dir / sub.filename, fmt, expected, classes))
-    summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)
+    # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
+    summary["submission"] = str(write_submission_from_predictions(
+        result.ensemble_path, out_dir / sub.filename, fmt, classes, expected, result.sample_ids))
+    summary["leaderboard"] = None
+    if spec.solution and (spec.root_path / spec.solution).is_file():  # the demo's hidden answers
+        ids, probs, _ = read_predictions(result.ensemble_path, classes)
+        summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)
     write_json(out_dir / "predict.json", summary)
     return summary
