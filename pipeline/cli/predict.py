@@ -55,6 +55,7 @@ def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
+    from pipeline.predict.distributed import distribute_spec
     from pipeline.predict.tta import create_policy
     from pipeline.submission.stage import submit
 
@@ -73,6 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = submit(
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
             to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), cfg.metric,
+            distribute_spec(to_container(cfg.get("distribute"))),
         )
         if run is not None:
             _log_wandb(run, summary)

@@ -41,6 +41,7 @@ from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_tra
 from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, write_predictions
+from pipeline.predict.distributed import DistributeSpec, Runner, distributed, task_summary
 from pipeline.predict.ensemble import check_ensemble, fit_weights, group_models, merge_files, model_oof, resolve_weights
 from pipeline.predict.offline import cached_oof_sets
 from pipeline.predict.options import check_options
@@ -99,7 +100,8 @@ def _check_members(members: Sequence[Member], templates: dict[str, TTAPolicy], o
 
 
 def _oof(members: Sequence[Member], spec: DataSpec, classes: list[str], templates: dict[str, TTAPolicy],
-         opts: PredictOptions, out_dir: Path) -> tuple[dict[str, dict[str, Path]], dict[str, Any], list[str] | None]:
+         opts: PredictOptions, out_dir: Path, run: Runner = predict_members,
+         ) -> tuple[dict[str, dict[str, Path]], dict[str, Any], list[str] | None]:
     """Each policy's OOF prediction file per member, where each came from, and the row order.
 
     Sources: ``predicted`` (full mode: this run's computation, or the identical one cached), or those of
@@ -109,7 +111,7 @@ def _oof(members: Sequence[Member], spec: DataSpec, classes: list[str], template
         files, sources = cached_oof_sets(members, templates, opts, check_options(opts), out_dir)
         return files, sources, None
     train = read_train_table(DataSpec(**{**asdict(spec), "classes": classes}))
-    val = predict_members(members, train, "val", templates, opts, _validation_rows(members, train), out_dir)
+    val = run(members, train, "val", templates, opts, _validation_rows(members, train), out_dir)
     files = {k: {m.name: val[(m.name, k)] for m in members} for k in templates}
     return files, {k: dict.fromkeys(files[k], "predicted") for k in templates}, train.ids
 
@@ -184,11 +186,13 @@ def _write_models(out_dir: Path, models: dict[str, list[Member]], oof: dict[str,
 def predict(
     members: Sequence[Member], skipped: dict[str, str], spec: DataSpec, policies: Sequence[TTAPolicy],
     submit_policy: TTAPolicy, out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, metric: str = "accuracy",
+    dist: DistributeSpec | None = None,
 ) -> PredictResult:
     """OOF rows under every policy, the test set under the submission policy, model files, weights, the ensemble.
 
     Writes ``oof/``, ``test/``, ``ensemble_test.csv`` (the submission policy) and ``predict.json`` into
-    ``out_dir``; :func:`pipeline.submission.stage.submit` then writes the submission file from them.
+    ``out_dir``; :func:`pipeline.submission.stage.submit` then writes the submission file from them. With
+    ``dist`` (:mod:`pipeline.predict.distributed`) the members' predictions run as one task per member.
 
     Raises:
         ConfigError: A run option, ensemble setting, metric or crop override is invalid (before any work).
@@ -207,11 +211,12 @@ def predict(
     log.info("Predicting %d member(s) in %d model(s), mode=%s, policies %s", len(members), len(models), opts.mode,
              list(templates))
 
-    oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir)
-    fit_key = _fit_key(submit_key, list(oof), templates, ens)
-    test_keys = list(templates) if opts.test_all_policies else [submit_key]
-    test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
-    test_files = predict_members(members, test, test_tag, {k: templates[k] for k in test_keys}, opts, fallback_dir=out_dir)
+    with distributed(dist, out_dir) as (run, tasks):
+        oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir, run)
+        fit_key = _fit_key(submit_key, list(oof), templates, ens)
+        test_keys = list(templates) if opts.test_all_policies else [submit_key]
+        test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
+        test_files = run(members, test, test_tag, {k: templates[k] for k in test_keys}, opts, fallback_dir=out_dir)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = _write_models(out_dir, models, oof, test_files, test_keys, classes, order, ens)
@@ -236,5 +241,7 @@ def predict(
         "prediction_cache": {m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
                              for m in members},
     }
+    if tasks:
+        summary["distributed"] = task_summary(tasks, dist)
     write_json(out_dir / "predict.json", summary)
     return PredictResult(summary, ens_path, classes, test, sample_ids)

@@ -18,6 +18,7 @@ from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
 from pipeline.member.predictions import read_predictions
+from pipeline.predict.distributed import DistributeSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
 from pipeline.predict.tta import TTAPolicy
@@ -67,8 +68,12 @@ def solution_score(
 def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
     out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str = "accuracy",
+    dist: DistributeSpec | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
+
+    ``dist`` runs the members' predictions as one task per member on Ray or SLURM
+    (:mod:`pipeline.predict.distributed`); None or ``backend: none`` runs them in this process.
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -79,7 +84,7 @@ def submit(
         log.warning("Skipping %s: %s", folder, why)
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
-    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric)
+    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, dist)
     summary = result.summary
     expected = result.sample_ids or result.test.ids
     # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
