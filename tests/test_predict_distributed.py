@@ -20,19 +20,20 @@ from pipeline.submission.stage import submit
 from tests.conftest import copy_members
 
 
-def _submit(members: Path, data: Path, out: Path, dist: DistributeSpec | None) -> dict[str, Any]:
-    opts = PredictOptions(device="cpu", num_workers=0, batch_size=64, prediction_cache_dir=str(out / "cache"))
+def _submit(members: Path, data: Path, out: Path, dist: DistributeSpec | None, mode: str = "full") -> dict[str, Any]:
+    opts = PredictOptions(device="cpu", num_workers=0, batch_size=64, prediction_cache_dir=str(out / "cache"), mode=mode)
     return submit(str(members), DataSpec(root=str(data)), [create_policy("none")], create_policy("ten_crop"), out / "predict",
                   opts, EnsembleSpec(weights="caruana"), SubmissionOptions(), "accuracy", dist)
 
 
-def _check_same_run(single: Path, other: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _check_same_run(single: Path, other: Path, summary: dict[str, Any], splits: tuple[str, ...] = ("test", "val"),
+                    ) -> list[dict[str, Any]]:
     """Byte-identical submission and ensemble; every cache file written by a task, none by the driver."""
     for name in ("submission.csv", "ensemble_test.csv"):
         assert (other / "predict" / name).read_bytes() == (single / "predict" / name).read_bytes(), name
     tasks = read_json(other / "predict" / "predict.json")["distributed"]["tasks"]
     assert sorted((t["member"], t["split"].split("-")[0]) for t in tasks) == sorted(
-        itertools.product(summary["members"], ["test", "val"]))  # one task per member and split
+        itertools.product(summary["members"], splits))  # one task per member and split
     assert all(t["pid"] != os.getpid() for t in tasks)
     written = {p.name for p in (other / "cache").rglob("*.csv")}
     assert written == {Path(f).name for t in tasks for f in t["files"].values()}
@@ -75,9 +76,10 @@ def test_ray_one_fake_gpu_per_member_task_and_a_byte_identical_submission(
 def test_submitit_local_runs_the_slurm_path_with_a_byte_identical_submission(
     mixed_sweep: Path, demo_slice: Path, tmp_path: Path
 ) -> None:
+    """Inference-only mode (test images only, weights from the members' saved OOF rows): one round of tasks."""
     members = copy_members(mixed_sweep, tmp_path / "members")
-    single = _submit(members, demo_slice, tmp_path / "single", None)
-    _submit(members, demo_slice, tmp_path / "local", DistributeSpec(backend="submitit_local", timeout_min=10))
-    tasks = _check_same_run(tmp_path / "single", tmp_path / "local", single)
+    single = _submit(members, demo_slice, tmp_path / "single", None, "submit")
+    _submit(members, demo_slice, tmp_path / "local", DistributeSpec(backend="submitit_local", timeout_min=10), "submit")
+    tasks = _check_same_run(tmp_path / "single", tmp_path / "local", single, ("test",))
     assert len({t["pid"] for t in tasks}) == len(tasks)  # a process per task
     assert list((tmp_path / "local" / "predict" / ".submitit").iterdir())  # submitit's job folders
