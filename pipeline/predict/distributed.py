@@ -135,7 +135,8 @@ class _Backend:
     """Runs one round of tasks (one per member) and collects what they report."""
 
     def __init__(self, spec: DistributeSpec, out_dir: Path) -> None:
-        self.spec, self.out_dir, self.records = spec, out_dir, []  # type: list[dict[str, Any]]
+        self.spec, self.out_dir = spec, out_dir
+        self.records: list[dict[str, Any]] = []
 
     def start(self) -> None:
         """Connect to (or start) the engine."""
@@ -172,9 +173,9 @@ class _Ray(_Backend):
         if self.started:
             s = self.spec
             local = s.address in (None, "local")
-            kwargs = {"num_gpus": s.num_gpus, "num_cpus": s.num_cpus} if local else {}
+            sizes: dict[str, Any] = {"num_gpus": s.num_gpus, "num_cpus": s.num_cpus} if local else {}
             ray.init(address=s.address, include_dashboard=False, log_to_driver=False,
-                     **{k: v for k, v in kwargs.items() if v is not None})
+                     **{k: v for k, v in sizes.items() if v is not None})
         gpus = self.spec.gpus_per_task
         self.gpus = gpus if gpus is not None else (1 if ray.cluster_resources().get("GPU", 0) > 0 else 0)
         # max_calls=1: each task's worker exits afterwards, so its device memory is freed for the next task.
