@@ -102,7 +102,7 @@ def _measure(n_test: int, workdir: Path, threads: int) -> dict[str, Any]:
     return {**json.loads(out.strip().splitlines()[-1]), "peak_tree_mb": peak / 2**20}
 
 
-SCALE_POINTS = ((10_000, 10), (100_000, 10), (10_000, 1_000), (100_000, 100), (30_000, 1_000))
+SCALE_POINTS = ((10_000, 10), (100_000, 10), (10_000, 1_000), (100_000, 100))
 SCALE_STEPS = ("merge", "fit", "submission", "submission (whole array)")
 
 

@@ -23,7 +23,7 @@ from benchmarks.common import DEFAULT_WORKDIR, RESULTS_DIR
 
 __all__ = ["BENCHMARKS", "main", "render"]
 
-BENCHMARKS = ("tta", "ensemble", "train", "memory", "options", "cache", "cli")
+BENCHMARKS = ("tta", "ensemble", "train", "memory", "options", "cache", "cli", "predict_ray")
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 MARKER = "<!-- analysis: kept by run_all -->"
 DEFAULTS = {"precision": '"32"', "channels_last": "false", "compile": "false"}
