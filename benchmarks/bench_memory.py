@@ -171,8 +171,10 @@ def run_scale(workdir: Path) -> dict[str, Any]:
     rows = [[f"{n:,}", f"{k:,}", f"{n * k * 8 / 2**20:,.0f}",
              *(f"{reports[(n, k, s)]['above_base_mb']:,.0f} ({reports[(n, k, s)]['seconds']:.1f} s)" for s in SCALE_STEPS)]
             for n, k in SCALE_POINTS]
-    small, big = reports[(10_000, 10, "submission")], reports[(10_000, 1_000, "submission")]
-    ratio = reports[(100_000, 10, "submission")]["above_base_mb"] / max(small["above_base_mb"], 1.0)
+    # Beyond one chunk (1M cells) the streamed writer should stay flat: 10M cells against 1M cells.
+    small, big = reports[(100_000, 10, "submission")], reports[(10_000, 1_000, "submission")]
+    ratio = max(reports[(100_000, 100, "submission")]["above_base_mb"], big["above_base_mb"]) / max(
+        small["above_base_mb"], 1.0)
     return {"title": "Memory: merge, fit and submission from 10k to 100k rows and 10 to 1,000 classes",
             "columns": ["rows", "classes", "N×K float64 MiB", *(f"{s}: MiB above imports (s)" for s in SCALE_STEPS)],
             "rows": rows, "submission_rows_ratio": ratio,
@@ -246,7 +248,7 @@ def main() -> None:
 def _with_scale(result: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]:
     """Part 1's result with part 2's table, targets and notes (replacing an earlier part 2)."""
     tables = [t for t in result["tables"] if not t["title"].startswith("Synthetic")]
-    targets = [t for t in result["targets"] if "streamed submission" not in t["what"]]
+    targets = [t for t in result["targets"] if "streamed submission" not in t["what"]]  # an earlier part 2
     notes = [n for n in result["notes"] if not n.startswith("Part 2")]
     r_rows, r_classes = scale["submission_rows_ratio"], scale["submission_classes_ratio"]
     return {**result, "what": __doc__,
@@ -254,12 +256,13 @@ def _with_scale(result: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]
                                           f"the {scale['base_mb']:.0f} MiB after imports)",
                                  "columns": scale["columns"], "rows": scale["rows"]}],
             "targets": [*targets,
-                        target("streamed submission, peak above imports, 100,000 ÷ 10,000 rows (10 classes)", "≤ 2.00×",
-                               r_rows, r_rows <= 2.0)],
+                        target("streamed submission, peak above imports, 10M cells (100k×100, 10k×1,000) ÷ 1M cells "
+                               "(100k×10)", "≤ 2.00×", r_rows, r_rows <= 2.0)],
             "notes": [*notes, f"Part 2 measured {machine_info()['date']} (1-min load average "
                               f"{machine_info()['load_average_1m']}; the machine was shared with other jobs). The "
-                              f"streamed submission's peak grows {r_classes:.1f}× from 10 to 1,000 classes at 10,000 "
-                              "rows: one chunk of 20,000 rows × K is its bound."]}
+                              f"streamed submission's peak at 10k×1,000 is {r_classes:.2f}× its peak at 100k×10: one "
+                              "chunk of 1,000,000 cells (rows × K) is its bound. merge and fit are not streamed by K "
+                              "yet (pipeline/predict/ensemble.py)."]}
 
 
 if __name__ == "__main__":

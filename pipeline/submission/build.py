@@ -30,7 +30,7 @@ from pipeline.core.io import atomic_path, read_csv_as_text
 from pipeline.member.predictions import PROB_PREFIX, read_predictions
 from pipeline.submission.format import INDEX_PATTERN, SubmissionError, SubmissionFormat
 
-__all__ = ["CHUNK_ROWS", "FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission",
+__all__ = ["CHUNK_CELLS", "FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission",
            "write_submission_from_predictions"]
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ PROB_TOL = 1e-4
 FLOAT_FORMAT = "%.6g"
 """Six significant digits: the rounding error is relative, so a row's sum moves by at most 5e-7."""
 
-CHUNK_ROWS = 20_000
-"""Rows per chunk when a submission is streamed from a prediction file (bounds memory at ``CHUNK_ROWS × K``)."""
+CHUNK_CELLS = 1_000_000
+"""Cells (rows × classes) per chunk when a submission is streamed from a prediction file: memory stays flat
+in both N and K (the read-back check holds a chunk as text, about 60 bytes a cell)."""
 
 _N_EXAMPLES = 5
 
@@ -354,19 +355,21 @@ def _file_problems(path: Path, fmt: SubmissionFormat, expected_ids: Sequence[str
 
 def write_submission_from_predictions(
     pred_path: str | Path, path: str | Path, fmt: SubmissionFormat, classes: Sequence[str],
-    expected_ids: Sequence[str], sample_ids: Sequence[str] | None = None, chunk_rows: int = CHUNK_ROWS,
+    expected_ids: Sequence[str], sample_ids: Sequence[str] | None = None, chunk_rows: int | None = None,
     float_format: str = FLOAT_FORMAT,
 ) -> Path:
     """:func:`build_submission` + :func:`write_submission` streamed from a prediction file, ``chunk_rows`` at a time.
 
-    Memory holds the ids and one chunk of ``chunk_rows × K`` probabilities, never the whole ``N × K``
-    array; the file is byte for byte what the two functions write from the whole array (every step is
-    row-wise), and is validated the same way (before it is renamed into place, as written and read back).
+    Memory holds the ids and one chunk of ``chunk_rows × K`` probabilities (None: :data:`CHUNK_CELLS` ÷ K
+    rows), never the whole ``N × K`` array; the file is byte for byte what the two functions write from the
+    whole array (every step is row-wise), and is validated the same way (before it is renamed into place,
+    as written and read back).
 
     Raises:
         SubmissionError: Ids repeat or differ from the sample's, or the submission (as built or as
             written) is invalid; nothing is left at ``path``.
     """
+    chunk_rows = max(1, CHUNK_CELLS // max(1, len(classes))) if chunk_rows is None else chunk_rows
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer; got {chunk_rows}")
     pred_path, path = Path(pred_path), Path(path)
