@@ -27,7 +27,7 @@ from benchmarks.common import DEFAULT_WORKDIR, RESULTS_DIR
 
 __all__ = ["BENCHMARKS", "OPTIONAL", "main", "render"]
 
-BENCHMARKS = ("tta", "ensemble", "train", "memory", "options", "cache", "cli")
+BENCHMARKS = ("tta", "ensemble", "train", "memory", "options", "cache", "cli", "predict_ray")
 OPTIONAL = ("uplift",)
 """Run only when named in ``--only``; rendered whenever their result JSON exists."""
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"

@@ -56,6 +56,7 @@ def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
     from pipeline.predict.choose import candidate_policies
+    from pipeline.predict.distributed import distribute_spec
     from pipeline.predict.tta import create_policy
     from pipeline.submission.stage import submit
 
@@ -78,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = submit(
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
             to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), metric,
-            candidates, tta.max_passes,
+            candidates, tta.max_passes, distribute_spec(to_container(cfg.get("distribute"))),
         )
         if isinstance(cfg.metric, DictConfig):  # so that pipeline-report can import the user's metric again
             summary["metric_target"] = to_container(cfg.metric)

@@ -39,6 +39,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.core.io import atomic_path, read_json, short_hash, write_json
+from pipeline.core.progress import progress
 from pipeline.data.augment import resize_image, resize_settings
 from pipeline.data.decode import load_image
 from pipeline.data.spec import DataSpec
@@ -131,7 +132,7 @@ def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: in
                         collate_fn=_as_is)
     with atomic_path(stem.with_suffix(".npy")) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, in_chans))
-        for i, image in loader:
+        for i, image in progress(loader, len(paths), f"Caching {len(paths)} images at {size}×{size}", unit="img"):
             array[i] = image
         array.flush()
         del array

@@ -15,18 +15,25 @@ The rules, per Pillow mode:
   Pillow's own limit) are refused before their pixels are decoded.
 
 Every refusal is a :class:`~pipeline.core.errors.DataError` naming the file; :func:`verify_images`
-decodes a whole table once before training and skips such files when ``data.skip_bad_images`` is set.
+decodes a whole table once before training (in parallel threads, recorded in the sweep folder so the
+same files are not decoded again) and skips such files when ``data.skip_bad_images`` is set.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.io import read_json, short_hash, write_json
+from pipeline.core.progress import progress
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS
 from pipeline.data.tables import ImageTable
 
@@ -43,6 +50,9 @@ _SKIP_HINT = "Set data.skip_bad_images=true to skip such files."
 
 # Wide (16/32-bit) images found holding only 8-bit values, in this process: warned about once, then counted.
 _eight_bit_wide = 0
+_count_lock = threading.Lock()  # verification decodes in threads
+
+_VERIFY_FORMAT = 1  # bump when the decoding rules change, so earlier verification records no longer count
 
 
 def decode_notes() -> dict[str, int]:
@@ -52,8 +62,10 @@ def decode_notes() -> dict[str, int]:
 
 def _note_eight_bit(path: str | Path, mode: str) -> None:
     global _eight_bit_wide
-    _eight_bit_wide += 1
-    if _eight_bit_wide == 1:
+    with _count_lock:
+        _eight_bit_wide += 1
+        first = _eight_bit_wide == 1
+    if first:
         log.warning(
             "%s is a %s image whose values all lie in 0..255: they are kept as 8-bit values rather than divided "
             "by 257 (the 16-bit range). Further images like it are counted, not listed.", path, mode,
@@ -168,33 +180,83 @@ def to_channels(rgb: np.ndarray, in_chans: int) -> np.ndarray:
     return rgb
 
 
-def verify_images(table: ImageTable, skip_bad: bool) -> ImageTable:
+def _fingerprint(table: ImageTable) -> str:
+    """Hash of every image's path (relative to their common folder), size and mtime, and the size limit."""
+    paths = [os.path.abspath(p) for p in table.paths]
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+    lines = [f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}" for p, st in zip(paths, map(os.stat, paths))]
+    return short_hash(f"{_VERIFY_FORMAT}\n{table.max_pixels}\n" + "\n".join(lines), 16)
+
+
+def _decode_all(table: ImageTable, workers: int) -> list[DataError | None]:
+    """Decode every image (in ``workers`` threads; Pillow releases the GIL while decoding); the error of each."""
+
+    def check(path: Path) -> DataError | None:
+        try:
+            load_rgb(path, table.max_pixels)
+        except DataError as err:
+            return err
+        return None
+
+    desc = f"Verifying {len(table)} images"
+    if workers <= 1:
+        return [check(p) for p in progress(table.paths, len(table), desc, unit="img")]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(progress(pool.map(check, table.paths), len(table), desc, unit="img"))
+
+
+def _recorded(record: Path | None) -> dict[str, Any] | None:
+    if record is None or not record.is_file():
+        return None
+    try:
+        return dict(read_json(record))
+    except (OSError, ValueError) as err:  # a damaged record is only a lost shortcut
+        log.warning("Ignoring the image verification record %s: %s", record, err)
+        return None
+
+
+def verify_images(table: ImageTable, skip_bad: bool, workers: int = 0, record_dir: str | Path | None = None) -> ImageTable:
     """Decode every image once, before training, so a bad file fails fast (or is skipped).
 
     Args:
         table: rows to check (its ``max_pixels`` is the size limit).
         skip_bad: drop unreadable, too large or unscalable files with a warning and a count instead of raising.
+        workers: decoding threads (``data.num_workers``); 0 or 1 decode in this thread.
+        record_dir: where the result is recorded as ``verified-<fingerprint>.json`` (the sweep folder; never the
+            data root, which may be read-only). The fingerprint covers every image's path, size and mtime, so
+            a table verified before is not decoded again, and any changed, added or removed file verifies
+            the whole table anew. None: nothing is recorded.
 
     Raises:
         DataError: the first bad file (without ``skip_bad``), or every file is bad.
     """
-    bad: list[int] = []
-    seen_before = _eight_bit_wide
-    for i, path in enumerate(table.paths):
+    record = Path(record_dir) / f"verified-{_fingerprint(table)}.json" if record_dir is not None and len(table) else None
+    done = _recorded(record)
+    if done is not None:
+        log.info("Images already verified (%s); not decoding them again.", record)
+        errors: list[DataError | None] = [None] * len(table)
+        for i, why in done["bad"].items():
+            errors[int(i)] = DataError(why)
+    else:
+        seen_before = _eight_bit_wide
+        errors = _decode_all(table, workers)
+        if (wide := _eight_bit_wide - seen_before) > 0:
+            log.warning("%d of %d images are 16/32-bit files holding 8-bit values (0..255); their values were kept, "
+                        "not divided by 257.", wide, len(table))
+    bad = [i for i, err in enumerate(errors) if err is not None]
+    if bad and not skip_bad:
+        message = str(errors[bad[0]]).rstrip(".")
+        hint = "" if _SKIP_HINT in message else f". {_SKIP_HINT}"
+        raise DataError(f"{message}{hint}") from errors[bad[0]]
+    if record is not None and done is None:
         try:
-            load_rgb(path, table.max_pixels)
-        except DataError as err:
-            if not skip_bad:
-                message = str(err).rstrip(".")
-                hint = "" if _SKIP_HINT in message else f". {_SKIP_HINT}"
-                raise DataError(f"{message}{hint}") from err
-            bad.append(i)
-            log.warning("Skipping unreadable image %s (%s)", path, err)
-    if (wide := _eight_bit_wide - seen_before) > 0:
-        log.warning("%d of %d images are 16/32-bit files holding 8-bit values (0..255); their values were kept, "
-                    "not divided by 257.", wide, len(table))
+            write_json(record, {"rows": len(table), "bad": {str(i): str(errors[i]) for i in bad}})
+        except OSError as err:
+            log.warning("Cannot record the image verification in %s (%s); it will run again next time.", record, err)
     if not bad:
         return table
+    for i in bad:
+        log.warning("Skipping unreadable image %s (%s)", table.paths[i], errors[i])
     log.warning("Skipped %d unreadable image(s) of %d", len(bad), len(table))
     if len(bad) == len(table):
         raise DataError(f"All {len(table)} images are unreadable, e.g. {table.paths[0]}; nothing is left to use.")

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.errors import DataError, duplicates, examples, id_differences
+from pipeline.core.errors import DataError, duplicates, examples
 from pipeline.core.io import read_csv_as_text
+from pipeline.data.ids import IMAGE_EXTENSIONS, check_sample_ids, strip_image_ext
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 MISSING_LABELS = frozenset({"", "nan", "none", "null"})
 """Label strings (stripped, lower-cased) that mean "no label": a spreadsheet's or pandas' missing value."""
@@ -181,7 +180,7 @@ def _ext_hint(ids: Sequence[str], spec: DataSpec) -> str:
     """When the ids already end in an image extension, the file is <id> itself: ``data.ext`` must be empty."""
     if spec.path_col or not spec.ext:
         return ""
-    _, with_ext = _strip_image_ext([str(i) for i in ids])
+    _, with_ext = strip_image_ext([str(i) for i in ids])
     if not with_ext:
         return ""
     return (
@@ -345,80 +344,3 @@ def read_test_in_sample_order(spec: DataSpec, classes: Sequence[str]) -> tuple[I
     check_sample_ids(sample_ids, table.ids, sample_path, test_csv=spec.test_csv, sample_setting=spec.sample_submission)
     pos = {i: r for r, i in enumerate(table.ids)}
     return table.subset(np.array([pos[i] for i in sample_ids])), sample_ids
-
-
-def _strip_image_ext(ids: Sequence[str]) -> tuple[set[str], list[str]]:
-    """The ids without an image extension, and the ids that had one."""
-    stems, with_ext = set(), []
-    for i in ids:
-        path = Path(i)
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            stems.add(i[: -len(path.suffix)])
-            with_ext.append(i)
-        else:
-            stems.add(i)
-    return stems, with_ext
-
-
-def _id_hint(sample: list[str], test: list[str], only_test: list[str], only_sample: list[str],
-             test_csv: str | None, sample_setting: str) -> str:
-    """Which way the ids differ and the setting that fixes it."""
-    sample_stems, sample_ext = _strip_image_ext(sample)
-    test_stems, test_ext = _strip_image_ext(test)
-    if sample_ext and not test_ext and sample_stems == set(test):
-        return (
-            f". The sample's ids keep their file extension (e.g. {sample_ext[0]!r}) and the test ids do not (they "
-            f"are file names without the extension): set data.test_csv={sample_setting} and data.ext='' so the "
-            "test ids are the sample's ids and name the files as they are"
-        )
-    if test_ext and not sample_ext and test_stems == set(sample):
-        source = f"data.test_csv ({test_csv})" if test_csv else "the test table"
-        return (
-            f". The test ids carry a file extension (e.g. {test_ext[0]!r}) and the sample's ids do not: remove the "
-            f"extension from the ids in {source}, or leave data.test_csv unset so the ids are the file names "
-            "without extension"
-        )
-    if only_test and not only_sample and not test_csv:
-        return (
-            f". The test folder holds {len(only_test)} image(s) the sample does not list (are train and test "
-            f"images in one folder?): set data.test_csv={sample_setting} to take the test ids from the sample "
-            "submission"
-        )
-    return ""
-
-
-def check_sample_ids(sample_ids: Sequence[str], test_ids: Sequence[str], sample_path: str | Path, *,
-                     test_csv: str | None = None, sample_setting: str | None = None) -> None:
-    """Check that the sample submission lists exactly the test images.
-
-    Args:
-        sample_ids: the sample submission's ids.
-        test_ids: the test table's ids.
-        sample_path: the sample submission file, named in the error.
-        test_csv: ``data.test_csv`` when the test ids came from a CSV (None: from the test folder).
-        sample_setting: ``data.sample_submission`` as configured, for the suggested fix (default: the
-            file's name).
-
-    Raises:
-        DataError: Naming ``sample_path``, with counts and examples of ids only in the sample
-            and only in the test folder, and of duplicated sample ids, plus which way the ids differ
-            (a file extension on one side, extra images in the test folder) and the setting that fixes it.
-    """
-    sample = [str(i) for i in sample_ids]
-    test = [str(i) for i in test_ids]
-    problems = []
-    if dupes := duplicates(sample):
-        problems.append(f"{len(dupes)} ids occur more than once in the sample, e.g. {examples(dupes)}")
-    only_test, only_sample = id_differences(test, sample)
-    source = "the test CSV" if test_csv else "the test folder"
-    if only_sample:
-        problems.append(f"{len(only_sample)} ids only in the sample, e.g. {examples(only_sample)}")
-    if only_test:
-        problems.append(f"{len(only_test)} ids only in {source}, e.g. {examples(only_test)}")
-    if not problems:
-        return
-    hint = _id_hint(sample, test, only_test, only_sample, test_csv, sample_setting or Path(sample_path).name)
-    raise DataError(
-        f"{sample_path}: the {len(sample)} sample submission ids do not match the {len(test)} test "
-        f"images: {'; '.join(problems)}{hint}."
-    )

@@ -25,6 +25,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "fit_weights", "check_ensemble",
         ],
         "stage": ["PredictResult", "predict"],
+        "distributed": ["BACKENDS", "DistributeSpec", "distribute_spec", "distributed", "run_task"],
         "api": ["Prediction", "predict_images", "fit_ensemble_weights"],
         "kit": ["KIT_SCRIPT", "WHEELS", "MEMBERS", "build_kit", "build_wheel"],
     },

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.core.io import clean_stale_temps, write_json
+from pipeline.core.progress import progress
 from pipeline.data.augment import normalize_batch
 from pipeline.data.tables import ImageTable
 from pipeline.member.folder import Member
@@ -92,7 +93,7 @@ def _open_jobs(jobs: list[_Job], pending: list[MemberPlan], models: dict[str, nn
         jobs.append(_Job(plan, models[name], group_of[plan.group.key], own, writers, dict.fromkeys(writers, 0.0)))
 
 
-def _stream(pending: list[MemberPlan], models: dict[str, nn.Module], table: ImageTable,
+def _stream(pending: list[MemberPlan], models: dict[str, nn.Module], table: ImageTable, split: str,
             rows: Mapping[str, np.ndarray] | None, opts: PredictOptions, device: torch.device) -> list[_Job]:
     """The one pass over the data: decode once, resize once per group, feed every member."""
     groups = list({p.group.key: p.group for p in pending}.values())
@@ -103,8 +104,11 @@ def _stream(pending: list[MemberPlan], models: dict[str, nn.Module], table: Imag
     jobs: list[_Job] = []
     try:
         _open_jobs(jobs, pending, models, group_of, rows, needed, table.labels is not None)
+        names = ", ".join(p.member.name for p in pending)
+        todo = sorted({k for p in pending for k in p.todo})
+        desc = f"Predicting {split} ({len(pending)} member(s): {names}; policies {', '.join(todo)})"
         with torch.inference_mode():
-            for batch in loader:
+            for batch in progress(loader, len(sub), desc, unit="img", size=lambda b: len(b["index"])):
                 index = batch["index"].numpy()
                 images = [x.to(device, non_blocking=True) for x in batch["images"]]
                 for job in jobs:
@@ -154,7 +158,7 @@ def predict_members(
     pending = [p for p in plans if p.todo]
     if pending:
         models = {p.member.name: load_member_model(p.member, opts, device) for p in pending}  # before any file opens
-        for job in _stream(pending, models, table, rows, opts, device):
+        for job in _stream(pending, models, table, split, rows, opts, device):
             _finish(job, opts, device)
     return {(p.member.name, key): path for p in plans for key, path in p.files.items()}
 

@@ -43,6 +43,7 @@ from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, write_predictions
 from pipeline.predict.choose import choose_ensemble, choose_policies
+from pipeline.predict.distributed import DistributeSpec, Runner, distributed, task_summary
 from pipeline.predict.ensemble import check_ensemble, fit_weights, group_models, merge_files, model_oof, resolve_weights
 from pipeline.predict.merge import Combiner, cross_fit_predict, fit_combiner
 from pipeline.predict.offline import cached_oof_sets
@@ -102,7 +103,8 @@ def _check_members(members: Sequence[Member], templates: dict[str, TTAPolicy], o
 
 
 def _oof(members: Sequence[Member], spec: DataSpec, classes: list[str], templates: dict[str, TTAPolicy],
-         opts: PredictOptions, out_dir: Path) -> tuple[dict[str, dict[str, Path]], dict[str, Any], list[str] | None]:
+         opts: PredictOptions, out_dir: Path, run: Runner = predict_members,
+         ) -> tuple[dict[str, dict[str, Path]], dict[str, Any], list[str] | None]:
     """Each policy's OOF prediction file per member, where each came from, and the row order.
 
     Sources: ``predicted`` (full mode: this run's computation, or the identical one cached), or those of
@@ -112,7 +114,7 @@ def _oof(members: Sequence[Member], spec: DataSpec, classes: list[str], template
         files, sources = cached_oof_sets(members, templates, opts, check_options(opts), out_dir)
         return files, sources, None
     train = read_train_table(DataSpec(**{**asdict(spec), "classes": classes}))
-    val = predict_members(members, train, "val", templates, opts, _validation_rows(members, train), out_dir)
+    val = run(members, train, "val", templates, opts, _validation_rows(members, train), out_dir)
     files = {k: {m.name: val[(m.name, k)] for m in members} for k in templates}
     return files, {k: dict.fromkeys(files[k], "predicted") for k in templates}, train.ids
 
@@ -253,6 +255,7 @@ def predict(
     members: Sequence[Member], skipped: dict[str, str], spec: DataSpec, policies: Sequence[TTAPolicy],
     submit_policy: TTAPolicy, out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, metric: str = "accuracy",
     candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
+    dist: DistributeSpec | None = None,
 ) -> PredictResult:
     """OOF rows under every policy, the test set under the submission policy, model files, weights, the ensemble.
 
@@ -260,7 +263,8 @@ def predict(
     ``out_dir``; :func:`pipeline.submission.stage.submit` then writes the submission file from them.
     With ``candidates`` (``tta=auto``) each model's policy is chosen among them on its OOF rows
     (:func:`pipeline.predict.choose.choose_policies`, at most ``max_passes`` views) and ``submit_policy`` is
-    not used; ``ens.combine`` other than ``weighted`` fits the merge of :mod:`pipeline.predict.merge`.
+    not used; ``ens.combine`` other than ``weighted`` fits the merge of :mod:`pipeline.predict.merge`. With
+    ``dist`` (:mod:`pipeline.predict.distributed`) the members' predictions run as one task per member.
 
     Raises:
         ConfigError: A run option, ensemble setting, metric or crop override is invalid (before any work).
@@ -285,38 +289,41 @@ def predict(
     log.info("Predicting %d member(s) in %d model(s), mode=%s, policies %s", len(members), len(models), opts.mode,
              list(templates))
 
-    oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames = _write_oof(out_dir, models, oof, classes, order)
-    tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
-    if auto:
-        tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames], list(models),
-                                 metric, ens.seed, max_passes)
-        model_keys = {g: c["chosen"] for g, c in tta_choice.items()}
-        chosen = set(model_keys.values())
-        submit_key = chosen.pop() if len(chosen) == 1 else "auto"
-    fit_key = _fit_key(submit_key, list(oof), templates, ens) if submit_key != "auto" else submit_key
-    weights = {k: dict(zip(models, fit_weights(f, ens, metric).tolist())) for k, f in frames.items()}
-    combiner, ensemble_choice = None, None
-    if fit_key is None:
-        weights[submit_key] = dict(zip(models, resolve_weights(ens.weights, len(models), ens.given_weights).tolist()))
-    else:
-        if fit_key != submit_key:
-            log.warning("No OOF predictions under the submission policy %s; its weights are fitted on policy %s.",
-                        submit_key, fit_key)
-        fit_keys = {g: fit_key if k == submit_key else k for g, k in model_keys.items()}
-        combiner, used, ensemble_choice = _fit_merge(frames, fit_keys, ens, metric)
-        if used is not fit_keys:  # ensemble=auto chose the best single model, one view
-            model_keys, submit_key = used, next(iter(used.values()))
-            fit_key = submit_key
-        weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
+    with distributed(dist, out_dir) as (run, tasks):  # one task per member on Ray or SLURM, else in process
+        oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir, run)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frames = _write_oof(out_dir, models, oof, classes, order)
+        tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
+        if auto:
+            tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames],
+                                     list(models), metric, ens.seed, max_passes)
+            model_keys = {g: c["chosen"] for g, c in tta_choice.items()}
+            chosen = set(model_keys.values())
+            submit_key = chosen.pop() if len(chosen) == 1 else "auto"
+        fit_key = _fit_key(submit_key, list(oof), templates, ens) if submit_key != "auto" else submit_key
+        weights = {k: dict(zip(models, fit_weights(f, ens, metric).tolist())) for k, f in frames.items()}
+        combiner, ensemble_choice = None, None
+        if fit_key is None:
+            equal = resolve_weights(ens.weights, len(models), ens.given_weights)
+            weights[submit_key] = dict(zip(models, equal.tolist()))
+        else:
+            if fit_key != submit_key:
+                log.warning("No OOF predictions under the submission policy %s; its weights are fitted on "
+                            "policy %s.", submit_key, fit_key)
+            fit_keys = {g: fit_key if k == submit_key else k for g, k in model_keys.items()}
+            combiner, used, ensemble_choice = _fit_merge(frames, fit_keys, ens, metric)
+            if used is not fit_keys:  # ensemble=auto chose the best single model, one view
+                model_keys, submit_key = used, next(iter(used.values()))
+                fit_key = submit_key
+            weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
 
-    test_keys = {g: list(templates) for g in models} if opts.test_all_policies else {g: [k] for g, k in model_keys.items()}
-    test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
-    test_files: dict[tuple[str, str], Path] = {}
-    for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
-        run = [m for g, keys in test_keys.items() if key in keys for m in models[g]]
-        test_files |= predict_members(run, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
+        test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
+                     else {g: [k] for g, k in model_keys.items()})
+        test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
+        test_files: dict[tuple[str, str], Path] = {}
+        for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
+            todo = [m for g, keys in test_keys.items() if key in keys for m in models[g]]
+            test_files |= run(todo, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
     _write_tests(out_dir, models, test_files, test_keys, classes, ens)
     paths = [out_dir / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
     if combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None):
@@ -341,5 +348,7 @@ def predict(
         "prediction_cache": {m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
                              for m in members},
     }
+    if tasks:
+        summary["distributed"] = task_summary(tasks, dist)
     write_json(out_dir / "predict.json", summary)
     return PredictResult(summary, ens_path, classes, test, sample_ids)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.metrics import METRICS, Metric, get_metric, paired_bootstrap, score_all
+from pipeline.core.progress import progress
 from pipeline.core.reduce import merge_members
 from pipeline.data.folds import make_folds
 from pipeline.predict.ensemble import caruana_select
@@ -159,7 +160,7 @@ def score_rows(
 ) -> pd.DataFrame:
     """Score each row with every metric and bootstrap its difference to the baseline."""
     records = []
-    for r in rows:
+    for r in progress(rows, len(rows), f"Bootstrapping {len(rows)} rows ({n_boot} resamples each)", unit="row"):
         members, passes, seconds = _cost(pr, r)
         boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed)
         weights = ", ".join(f"{m}={w:.2f}" for m, w in r.weights.items() if w > 0)

@@ -18,7 +18,7 @@ Ids are always handled as strings, so ids such as ``"00042"`` keep their leading
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,9 +27,11 @@ import pandas as pd
 
 from pipeline.core.errors import duplicates, examples, id_differences
 from pipeline.core.io import atomic_path, read_csv_as_text
+from pipeline.member.predictions import PROB_PREFIX, read_predictions
 from pipeline.submission.format import INDEX_PATTERN, SubmissionError, SubmissionFormat
 
-__all__ = ["FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission"]
+__all__ = ["CHUNK_CELLS", "FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission",
+           "write_submission_from_predictions"]
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,20 @@ PROB_TOL = 1e-4
 FLOAT_FORMAT = "%.6g"
 """Six significant digits: the rounding error is relative, so a row's sum moves by at most 5e-7."""
 
+CHUNK_CELLS = 1_000_000
+"""Cells (rows × classes) per chunk when a submission is streamed from a prediction file: memory stays flat
+in both N and K (the read-back check holds a chunk as text, about 60 bytes a cell)."""
+
 _N_EXAMPLES = 5
 
 
 def _reorder_to_sample(ids: list[str], probs: np.ndarray, sample: list[str]) -> tuple[list[str], np.ndarray]:
     """Rows of ``probs`` in the sample's id order; the two id lists must hold the same ids."""
+    _check_same_ids(ids, sample)
+    return sample, probs[pd.Index(ids).get_indexer(sample)]
+
+
+def _check_same_ids(ids: list[str], sample: list[str]) -> None:
     missing, extra = id_differences(sample, ids)
     if missing or extra or len(sample) != len(ids):
         raise SubmissionError(
@@ -51,7 +62,11 @@ def _reorder_to_sample(ids: list[str], probs: np.ndarray, sample: list[str]) -> 
             f"e.g. {examples(missing)}; {len(extra)} predictions are not in the sample, "
             f"e.g. {examples(extra)}"
         )
-    return sample, probs[pd.Index(ids).get_indexer(sample)]
+
+
+def _check_unique(ids: list[str]) -> None:
+    if dupes := duplicates(ids):
+        raise SubmissionError(f"{len(dupes)} prediction ids occur more than once, e.g. {examples(dupes)}")
 
 
 def build_submission(
@@ -83,8 +98,7 @@ def build_submission(
         raise SubmissionError(
             f"probs has shape {probs.shape}; expected ({len(ids)} ids, {len(classes)} classes)"
         )
-    if dupes := duplicates(ids):
-        raise SubmissionError(f"{len(dupes)} prediction ids occur more than once, e.g. {examples(dupes)}")
+    _check_unique(ids)
     if sample_ids is not None:
         ids, probs = _reorder_to_sample(ids, probs, [str(i) for i in sample_ids])
     columns: dict[str, Any] = {fmt.id_column: ids}
@@ -107,10 +121,10 @@ def build_submission(
     return pd.DataFrame(columns)[fmt.header]
 
 
-def _row_examples(mask: np.ndarray, ids: Sequence[str], values: Sequence[Any]) -> str:
-    """``"3 rows, e.g. row 0 (id 'a'): 1.5; ..."`` for the rows selected by ``mask`` (0-based)."""
+def _row_examples(mask: np.ndarray, ids: Sequence[str], values: Sequence[Any], offset: int = 0) -> str:
+    """``"3 rows, e.g. row 0 (id 'a'): 1.5; ..."`` for the rows selected by ``mask`` (0-based, plus ``offset``)."""
     rows = np.flatnonzero(mask)
-    shown = "; ".join(f"row {r} (id {ids[r]!r}): {values[r]!r}" for r in rows[:_N_EXAMPLES])
+    shown = "; ".join(f"row {r + offset} (id {ids[r]!r}): {values[r]!r}" for r in rows[:_N_EXAMPLES])
     return f"{len(rows)} rows, e.g. {shown}{'; ...' if len(rows) > _N_EXAMPLES else ''}"
 
 
@@ -150,7 +164,7 @@ def _id_problems(id_values: pd.Series, expected_ids: Sequence[str]) -> list[str]
     return problems
 
 
-def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence[str]) -> list[str]:
+def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence[str], offset: int = 0) -> list[str]:
     """Non-numeric, NaN, infinite or out-of-range values, and rows not summing to one."""
     cols = fmt.prob_value_columns
     values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
@@ -165,7 +179,7 @@ def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence
         for mask, what in checks:
             if mask.any():
                 problems.append(
-                    f"column {col!r} has {what} values in {_row_examples(mask, ids, raw)}; "
+                    f"column {col!r} has {what} values in {_row_examples(mask, ids, raw, offset)}; "
                     "accepted: probabilities in [0, 1]"
                 )
     sums = values.sum(axis=1)
@@ -173,7 +187,7 @@ def _probability_problems(df: pd.DataFrame, fmt: SubmissionFormat, ids: Sequence
     if off.any():
         problems.append(
             f"probabilities do not sum to 1 (tolerance {PROB_TOL:g}) in "
-            f"{_row_examples(off, ids, sums.tolist())}"
+            f"{_row_examples(off, ids, sums.tolist(), offset)}"
         )
     return problems
 
@@ -201,7 +215,7 @@ def _topk_valid(text: pd.Series, fmt: SubmissionFormat, classes: Sequence[str]) 
 
 
 def _label_problems(
-    labels: pd.Series, fmt: SubmissionFormat, classes: Sequence[str], ids: Sequence[str]
+    labels: pd.Series, fmt: SubmissionFormat, classes: Sequence[str], ids: Sequence[str], offset: int = 0
 ) -> list[str]:
     """Empty labels, and labels that are not class names (or not indices in ``[0, K)``)."""
     col, raw = str(labels.name), labels.tolist()
@@ -217,11 +231,11 @@ def _label_problems(
         valid, accepted = _topk_valid(text, fmt, classes), f"{fmt.k} distinct {accepted} separated by spaces"
     problems = []
     if empty.any():
-        problems.append(f"column {col!r} has NaN or empty labels in {_row_examples(empty, ids, raw)}")
+        problems.append(f"column {col!r} has NaN or empty labels in {_row_examples(empty, ids, raw, offset)}")
     invalid = ~valid & ~empty
     if invalid.any():
         problems.append(
-            f"column {col!r} has invalid labels in {_row_examples(invalid, ids, raw)}; accepted: {accepted}"
+            f"column {col!r} has invalid labels in {_row_examples(invalid, ids, raw, offset)}; accepted: {accepted}"
         )
     return problems
 
@@ -241,14 +255,35 @@ def validate_submission(
     problem = _header_problem([str(c) for c in df.columns], fmt.header)
     if problem is not None:
         raise SubmissionError(problem)
+    problems = _id_problems(df[fmt.id_column], expected_ids) + _value_problems(df, fmt, classes)
+    _raise_problems(problems)
+
+
+def _value_problems(df: pd.DataFrame, fmt: SubmissionFormat, classes: Sequence[str], offset: int = 0) -> list[str]:
+    """Probability and label problems of ``df``, whose first row is row ``offset`` of the submission."""
     ids = df[fmt.id_column].astype(str).tolist()
-    problems = _id_problems(df[fmt.id_column], expected_ids)
+    problems = []
     if fmt.has_probabilities:
-        problems += _probability_problems(df, fmt, ids)
+        problems += _probability_problems(df, fmt, ids, offset)
     if fmt.label_column is not None:
-        problems += _label_problems(df[fmt.label_column], fmt, classes, ids)
+        problems += _label_problems(df[fmt.label_column], fmt, classes, ids, offset)
+    return problems
+
+
+def _raise_problems(problems: list[str]) -> None:
     if problems:
         raise SubmissionError(f"submission has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+
+
+def _renormalised(df: pd.DataFrame, fmt: SubmissionFormat) -> pd.DataFrame:
+    """A copy whose probability rows sum to one: rows may be off by up to PROB_TOL; dividing first keeps
+    rounding the only error left."""
+    out = df.copy()
+    if fmt.has_probabilities:
+        cols = fmt.prob_value_columns
+        values = out[cols].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+        out[cols] = values / values.sum(axis=1, keepdims=True)
+    return out
 
 
 def write_submission(
@@ -272,12 +307,7 @@ def write_submission(
         SubmissionError: ``df``, or the file as formatted, is invalid.
     """
     validate_submission(df, fmt, expected_ids, classes)
-    out = df.copy()
-    if fmt.has_probabilities:
-        # Rows may be off by up to PROB_TOL; dividing first keeps rounding the only error left.
-        cols = fmt.prob_value_columns
-        values = out[cols].apply(pd.to_numeric).to_numpy(dtype=np.float64)
-        out[cols] = values / values.sum(axis=1, keepdims=True)
+    out = _renormalised(df, fmt)
     path = Path(path)
     with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, float_format=float_format)
@@ -286,4 +316,81 @@ def write_submission(
         except SubmissionError as err:
             raise SubmissionError(f"{path}: invalid once written with {float_format!r}: {err}") from err
     log.info("Wrote submission %s (%d rows, %s)", path, len(out), fmt.kind)
+    return path
+
+
+def _prediction_chunks(
+    pred_path: Path, classes: Sequence[str], chunk_rows: int, order: np.ndarray | None
+) -> Iterator[tuple[int, list[str], np.ndarray]]:
+    """``(first row, ids, probabilities)`` of a prediction file, ``chunk_rows`` rows at a time, in ``order``."""
+    columns = [PROB_PREFIX + c for c in classes]
+    if order is not None:  # rows not in the sample's order (a hand-made file): reorder in memory, once
+        log.info("%s is not in the sample's row order; reading it whole to reorder it.", pred_path)
+        ids, probs, _ = read_predictions(pred_path, classes)
+        for start in range(0, len(order), chunk_rows):
+            rows = order[start:start + chunk_rows]
+            yield start, [ids[i] for i in rows], probs[rows]
+        return
+    start = 0
+    for df in pd.read_csv(pred_path, dtype={"id": str}, chunksize=chunk_rows):
+        if start == 0 and sorted(c for c in df.columns if c.startswith(PROB_PREFIX)) != sorted(columns):
+            raise SubmissionError(f"{pred_path}: classes differ from the expected {list(classes)}")
+        yield start, [str(i) for i in df["id"]], df[columns].to_numpy(dtype=np.float64)
+        start += len(df)
+
+
+def _file_problems(path: Path, fmt: SubmissionFormat, expected_ids: Sequence[str], classes: Sequence[str],
+                   chunk_rows: int) -> list[str]:
+    """Everything :func:`validate_submission` checks, on a written file read back ``chunk_rows`` rows at a time."""
+    ids: list[str] = []
+    problems: list[str] = []
+    # read_csv_as_text's rule (every cell as text, "NA" stays a string), chunk by chunk: this file is our own.
+    for df in pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=chunk_rows):
+        if not ids and (problem := _header_problem([str(c) for c in df.columns], fmt.header)):
+            return [problem]
+        problems += _value_problems(df, fmt, classes, len(ids))
+        ids += df[fmt.id_column].tolist()
+    return _id_problems(pd.Series(ids, name=fmt.id_column, dtype=object), expected_ids) + problems
+
+
+def write_submission_from_predictions(
+    pred_path: str | Path, path: str | Path, fmt: SubmissionFormat, classes: Sequence[str],
+    expected_ids: Sequence[str], sample_ids: Sequence[str] | None = None, chunk_rows: int | None = None,
+    float_format: str = FLOAT_FORMAT,
+) -> Path:
+    """:func:`build_submission` + :func:`write_submission` streamed from a prediction file, ``chunk_rows`` at a time.
+
+    Memory holds the ids and one chunk of ``chunk_rows × K`` probabilities (None: :data:`CHUNK_CELLS` ÷ K
+    rows), never the whole ``N × K`` array; the file is byte for byte what the two functions write from the
+    whole array (every step is row-wise), and is validated the same way (before it is renamed into place,
+    as written and read back).
+
+    Raises:
+        SubmissionError: Ids repeat or differ from the sample's, or the submission (as built or as
+            written) is invalid; nothing is left at ``path``.
+    """
+    chunk_rows = max(1, CHUNK_CELLS // max(1, len(classes))) if chunk_rows is None else chunk_rows
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer; got {chunk_rows}")
+    pred_path, path = Path(pred_path), Path(path)
+    ids = [str(i) for i in pd.read_csv(pred_path, usecols=["id"], dtype={"id": str})["id"]]
+    _check_unique(ids)
+    order, out_ids = None, ids
+    if sample_ids is not None:
+        out_ids = [str(i) for i in sample_ids]
+        _check_same_ids(ids, out_ids)
+        order = None if ids == out_ids else pd.Index(ids).get_indexer(out_ids)
+    _raise_problems(_id_problems(pd.Series(out_ids, name=fmt.id_column, dtype=object), expected_ids))
+    with atomic_path(path) as tmp:
+        problems: list[str] = []
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            for start, chunk_ids, probs in _prediction_chunks(pred_path, classes, chunk_rows, order):
+                frame = build_submission(chunk_ids, probs, classes, fmt)
+                problems += _value_problems(frame, fmt, classes, start)
+                _renormalised(frame, fmt).to_csv(handle, index=False, header=start == 0, float_format=float_format)
+        _raise_problems(problems)
+        if problems := _file_problems(tmp, fmt, expected_ids, classes, chunk_rows):
+            err = SubmissionError(f"submission has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+            raise SubmissionError(f"{path}: invalid once written with {float_format!r}: {err}")
+    log.info("Wrote submission %s (%d rows, %s), %d rows at a time", path, len(out_ids), fmt.kind, chunk_rows)
     return path

@@ -19,10 +19,11 @@ from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
 from pipeline.member.predictions import read_predictions
+from pipeline.predict.distributed import DistributeSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
 from pipeline.predict.tta import TTAPolicy
-from pipeline.submission.build import build_submission, write_submission
+from pipeline.submission.build import write_submission_from_predictions
 from pipeline.submission.format import SubmissionError, SubmissionFormat, format_from_config, infer_format
 from pipeline.submission.spec import SubmissionOptions
 
@@ -82,13 +83,15 @@ def solution_score(
 def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
     out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None = None,
-    candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
+    candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None, dist: DistributeSpec | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
 
     ``metric`` None picks one from the submission format (:func:`default_metric`); ``ens.fit_metric`` None
     fits the weights for the metric. ``predict.json`` records both and ``metric_reason``. ``candidates`` and
-    ``max_passes`` are ``tta=auto``'s (see :func:`pipeline.predict.stage.predict`).
+    ``max_passes`` are ``tta=auto``'s (see :func:`pipeline.predict.stage.predict`). ``dist`` runs the members'
+    predictions as one task per member on Ray or SLURM (:mod:`pipeline.predict.distributed`); None or
+    ``backend: none`` runs them in this process.
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -102,13 +105,17 @@ def submit(
     metric, reason = (metric, "set by the metric setting") if metric else default_metric(fmt, spec.sample_submission)
     ens = replace(ens, fit_metric=ens.fit_metric or metric)
     log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
-    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes)
-    ids, probs, _ = read_predictions(result.ensemble_path, classes)
-    frame = build_submission(ids, probs, classes, fmt, result.sample_ids)
+    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes,
+                     dist)
     summary = result.summary
     summary["metric_reason"] = reason
     expected = result.sample_ids or result.test.ids
-    summary["submission"] = str(write_submission(frame, out_dir / sub.filename, fmt, expected, classes))
-    summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)
+    # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
+    summary["submission"] = str(write_submission_from_predictions(
+        result.ensemble_path, out_dir / sub.filename, fmt, classes, expected, result.sample_ids))
+    summary["leaderboard"] = None
+    if spec.solution and (spec.root_path / spec.solution).is_file():  # the demo's hidden answers
+        ids, probs, _ = read_predictions(result.ensemble_path, classes)
+        summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)
     write_json(out_dir / "predict.json", summary)
     return summary

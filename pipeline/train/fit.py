@@ -101,16 +101,17 @@ def _fold_name(spec: DataSpec) -> str:
     return f"fold {spec.fold} of {spec.n_folds}" if spec.n_folds >= 2 else "the holdout split"
 
 
-def _prepare_data(spec: DataSpec, sweep_dir: Path) -> tuple[ImageTable, Any, bool]:
-    """Read and check the training table and the sweep's folds (new ones are not written yet).
+def _prepare_data(spec: DataSpec, table: ImageTable, sweep_dir: Path) -> tuple[ImageTable, Any, bool]:
+    """Check the training table's images and the sweep's folds (new ones are not written yet).
+
+    Images are verified once per data set: the result is recorded in the sweep folder
+    (:func:`~pipeline.data.decode.verify_images`), so the sweep's other members do not decode them again.
 
     Returns:
         The table, the folds, and whether the folds are new (to be saved once every check has passed).
     """
-    check_fold_index(spec.fold, spec.n_folds)
-    table = read_train_table(spec)
     if spec.check_images:
-        table = verify_images(table, spec.skip_bad_images)
+        table = verify_images(table, spec.skip_bad_images, spec.num_workers, sweep_dir)
     folds, new = resolve_folds(sweep_dir / "folds.csv", table, spec)
     train_idx, val_idx = split_indices(folds, spec.fold, spec.n_folds)
     check_split_sizes(len(train_idx), len(val_idx), spec.batch_size, _fold_name(spec))
@@ -242,17 +243,19 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     check_trainer_settings(spec.trainer_settings)
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
-    table, folds, new_folds = _prepare_data(spec.data, member_dir.parent)
+    check_fold_index(spec.data.fold, spec.data.n_folds)
+    table = read_train_table(spec.data)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, len(table.classes))
     config = _record(spec, module.mean, module.std)
     digest = member_hash(spec, config)
     plan = plan_member(member_dir, digest, spec.overwrite)
-    if plan.action == "skip":
+    if plan.action == "skip":  # before the images are verified: a completed member decodes nothing
         log.info("Member %s is already completed; skipping it.", member_dir)
         return cast(dict[str, float], plan.metrics)
     if spec.snapshots:
         check_snapshot_folders(member_dir, spec.member_name, spec.snapshots, digest, spec.overwrite)
+    table, folds, new_folds = _prepare_data(spec.data, table, member_dir.parent)
     manifest = _manifest(spec, table.classes, module, digest)
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:

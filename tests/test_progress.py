@@ -1,0 +1,34 @@
+"""Progress bars: none when stderr is not a terminal (CI logs), a bar when forced; the items pass through unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.core.progress import ENV, progress, progress_enabled
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    assert list(progress(range(5), 5, "Counting", unit="img")) == [0, 1, 2, 3, 4]
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert not progress_enabled()
+
+
+def test_forced_bar_shows_description_count_and_rate(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "1")
+    batches = [[1, 2, 3], [4, 5], [6]]
+    assert list(progress(batches, 6, "Predicting test", unit="img", size=len)) == batches
+    err = capsys.readouterr().err
+    assert "Predicting test" in err and "6/6" in err  # counted in images, not in batches
+
+
+def test_force_argument_wins_over_the_environment(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "1")
+    assert list(progress(range(3), 3, "Quiet", force=False)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv(ENV, "0")
+    list(progress(range(3), 3, "Loud", force=True))
+    assert "Loud" in capsys.readouterr().err
