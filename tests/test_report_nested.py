@@ -78,7 +78,7 @@ def test_report_stars_the_nested_pick_and_labels_the_naive_one(tmp_path: Path) -
     naive, nested = summary["in_sample_best"], summary["nested_best"]
     assert naive["note"] == "in-sample, optimistic" and naive["diff"] > 0.02
     assert nested["diff"] < naive["diff"] and nested["verdict"] != "helped"
-    assert naive["row"] != nested["row"]
+    # (the nested pick may be the same row as the naive one: its score is then the held-out one, lower)
     assert df["best"].sum() == 1 and df["in_sample_best"].sum() == 1
     assert summary["best_row"] == nested["row"] == df.loc[df["best"], "row"].iloc[0]
     assert nested["score"] == pytest.approx(df.loc[df.attrs["baseline_index"], "accuracy"] + nested["diff"])
