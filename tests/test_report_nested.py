@@ -205,3 +205,30 @@ def test_new_plots_are_real_pngs(built: Path, name: str) -> None:
     with Image.open(built / name) as img:
         assert img.format == "PNG" and min(img.size) > 200
         assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 10
+
+
+def test_a_tta_auto_submission_with_mixed_policies_is_a_row_of_the_report(tmp_path: Path) -> None:
+    """tta=auto gave each model its own policy: the report scores that mix (its policy key is ``auto``), costs it
+    per model, and the paragraph says what the submission bought."""
+
+    rng = np.random.default_rng(5)
+    labels = _labels(seed=4, n=300)
+    oof = {m: {"none": _probs(rng, labels, rng.random(len(labels)) < acc),
+               "hflip": _probs(rng, labels, rng.random(len(labels)) < acc + 0.05)}
+           for m, acc in (("resnet10t-s0", 0.7), ("lenet5-s0", 0.6))}
+    out = make_predict_dir(tmp_path, oof, labels, images=False)
+    info = read_json(out / "predict.json")
+    keys = {p["name"]: k for k, p in info["policies"].items()}
+    info["submission_policy"] = "auto"
+    info["submitted"] = {"models": {"resnet10t-s0": keys["hflip"], "lenet5-s0": keys["none"]},
+                         "combine": {"kind": "weighted", "weights": "caruana"}}
+    info["weights"]["auto"] = {"resnet10t-s0": 0.75, "lenet5-s0": 0.25}
+    write_json(out / "predict.json", info)
+    df, summary, _ = compute_report(out, n_boot=200)
+    mixed = df[df["policy_key"] == "auto"].set_index("kind")
+    assert set(mixed.index) == {"ensemble-equal", "ensemble-fitted"}
+    assert int(mixed.loc["ensemble-equal", "forward_passes_per_image"]) == 2 + 1  # hflip for one model, none for the other
+    equal = (oof["resnet10t-s0"]["hflip"] + oof["lenet5-s0"]["none"]) / 2
+    assert mixed.loc["ensemble-equal", "accuracy"] == pytest.approx(float((equal.argmax(1) == labels).mean()))
+    assert summary["final_gain"]["row"] == mixed.loc["ensemble-fitted", "row"]  # Caruana was submitted
+    assert "The submission (ensemble-fitted / tta=auto" in summary["paragraph"]

@@ -109,10 +109,10 @@ def _final_probs(pr: PredictRun) -> tuple[np.ndarray, str]:
     """
     key = pr.info["submission_policy"]
     weights = pr.weights(key)
-    if key not in pr.policies:
+    if key not in pr.policies and not pr.mixed:
         shown = (pr.info.get("weights_fitted_on") or {}).get(key)
         key = shown if shown in pr.policies else next(iter(pr.policies))
-    probs = merge_members([pr.oof[(m, key)] for m in pr.models], list(weights.values()), pr.method)
+    probs = merge_members([pr.oof[(m, pr.model_key(m, key))] for m in pr.models], list(weights.values()), pr.method)
     kind = pr.info["ensemble"].get("weights", "equal")
     # Submitted Caruana weights were fitted on these very rows: say so rather than hide it.
     note = ", weights fitted on these rows" if kind in ("caruana", "fitted") else ""

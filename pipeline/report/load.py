@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.core.io import read_json, safe_name
 from pipeline.member.predictions import read_predictions
 
-__all__ = ["PredictRun", "load_predict_run"]
+__all__ = ["AUTO", "PredictRun", "load_predict_run"]
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,25 @@ class PredictRun:
         """The reduction ``pipeline-predict`` merged models with."""
         return str(self.info["ensemble"].get("method", "prob_mean"))
 
+    @property
+    def mixed(self) -> bool:
+        """``tta=auto`` gave the models different policies: the submission's policy key is ``auto``."""
+        return self.info.get("submission_policy") == AUTO and bool((self.info.get("submitted") or {}).get("models"))
+
+    def model_key(self, model: str, key: str) -> str:
+        """The policy key whose OOF rows ``model`` contributes to a row under ``key`` (``auto``: its own choice)."""
+        return str(self.info["submitted"]["models"][model]) if key == AUTO and self.mixed else key
+
     def weights(self, key: str) -> dict[str, float]:
         """The submission's model weights under policy ``key`` (equal when predict.json has none)."""
         saved = self.info["weights"].get(key)
         if not saved:
             return dict.fromkeys(self.models, 1.0 / len(self.models))
         return {m: float(saved.get(m, 0.0)) for m in self.models}
+
+
+AUTO = "auto"
+"""The policy key of a submission whose models were each predicted under their own ``tta=auto`` choice."""
 
 
 def _policy_names(policies: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -127,4 +140,7 @@ def load_predict_run(predict_dir: str | Path) -> PredictRun:
         labels = file_labels[rows]
         oof[(model, key)] = probs[rows]
     assert labels is not None
-    return PredictRun(path, info, list(info["classes"]), ids, labels, oof, _policy_names(info["policies"]))
+    names = _policy_names(info["policies"])
+    if info.get("submission_policy") == AUTO:
+        names[AUTO] = "tta=auto (each model its own policy)"
+    return PredictRun(path, info, list(info["classes"]), ids, labels, oof, names)

@@ -99,7 +99,7 @@ def redundant_policies(pr: PredictRun, metric: Metric, n_boot: int, seed: int) -
 def _without(pr: PredictRun, row: Row, drop: str, seed: int) -> np.ndarray:
     """The ensemble ``row`` with model ``drop`` removed, built the way ``row`` was."""
     keep = [m for m in pr.models if m != drop]
-    probs = [pr.oof[(m, row.key)] for m in keep]
+    probs = [pr.oof[(m, pr.model_key(m, row.key))] for m in keep]
     if len(keep) == 1:
         return probs[0]
     if row.kind == "ensemble-fitted":

@@ -29,7 +29,7 @@ from pipeline.core.progress import progress
 from pipeline.core.reduce import merge_members
 from pipeline.data.folds import make_folds
 from pipeline.predict.ensemble import caruana_select
-from pipeline.report.load import PredictRun
+from pipeline.report.load import AUTO, PredictRun
 
 __all__ = [
     "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_parts", "cross_fit_predict", "candidate_rows", "baseline_row",
@@ -120,6 +120,13 @@ def candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[Row]:
         full = caruana_select(probs, pr.labels, rounds, metric=fit_metric, method=pr.method)
         deployed = dict(zip(models, full.tolist()))
         rows.append(Row("ensemble-fitted", "ensemble-fitted", key, crossed, deployed))
+    if pr.mixed:  # tta=auto: each model under its own chosen policy, as submitted
+        probs = [pr.oof[(m, pr.model_key(m, AUTO))] for m in models]
+        rows.append(Row("ensemble-equal", "ensemble-equal", AUTO, merge_members(probs, method=pr.method).numpy(),
+                        dict.fromkeys(models, 1.0 / len(models))))
+        crossed = cross_fit_predict(probs, pr.labels, fit_metric, CROSS_FIT_PARTS, seed, rounds, pr.method)
+        full = caruana_select(probs, pr.labels, rounds, metric=fit_metric, method=pr.method)
+        rows.append(Row("ensemble-fitted", "ensemble-fitted", AUTO, crossed, dict(zip(models, full.tolist()))))
     if ens.get("weights") == "given":
         for key in pr.policies:
             weights = pr.weights(key)
@@ -145,9 +152,9 @@ def _cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
     """Fold members, forward passes per image and seconds per 1,000 images of the models a row runs."""
     used = [m for m, w in row.weights.items() if w > 0]
     members = sum(len(pr.models[m]) for m in used)
-    passes = members * int(pr.policies[row.key]["views"])
+    passes = sum(len(pr.models[m]) * int(pr.policies[pr.model_key(m, row.key)]["views"]) for m in used)
     timings = pr.info.get("timings") or {}
-    seconds = [timings.get(m, {}).get(row.key, {}).get("seconds_per_1000") for m in used]
+    seconds = [timings.get(m, {}).get(pr.model_key(m, row.key), {}).get("seconds_per_1000") for m in used]
     return members, passes, math.nan if None in seconds else float(sum(seconds))
 
 

@@ -99,7 +99,9 @@ def in_sample_summary(df: pd.DataFrame, metric: Metric) -> dict[str, Any]:
 
 def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, seed: int) -> dict[str, Any]:
     base_row = df.loc[df.attrs["baseline_index"]]
-    weights_kind = pr.info["ensemble"].get("weights", "equal")
+    # What was submitted (ensemble=auto records its choice), else the configured weights.
+    submitted = ((pr.info.get("submitted") or {}).get("combine") or {})
+    weights_kind = submitted.get("weights") or pr.info["ensemble"].get("weights", "equal")
     ens_kind = {"caruana": "ensemble-fitted", "fitted": "ensemble-fitted", "given": "ensemble-given"}.get(
         weights_kind, "ensemble-equal")
     gib = metric.greater_is_better
