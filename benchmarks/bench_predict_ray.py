@@ -64,7 +64,7 @@ def run(large: bool, repeats: int, workdir: Path) -> dict[str, Any]:
             folder = out / f"run{next(runs)}"
             opts = PredictOptions(device="cpu", mode="submit", num_workers=0, prediction_cache_dir=str(folder / "cache"))
             submit(members, spec, [], create_policy("ten_crop"), folder / "predict", opts, EnsembleSpec(),
-                   SubmissionOptions())
+                   SubmissionOptions(), dist=dist)
         return call
 
     def ray(cpus: int) -> DistributeSpec:

@@ -23,7 +23,7 @@ from tests.conftest import copy_members
 def _submit(members: Path, data: Path, out: Path, dist: DistributeSpec | None, mode: str = "full") -> dict[str, Any]:
     opts = PredictOptions(device="cpu", num_workers=0, batch_size=64, prediction_cache_dir=str(out / "cache"), mode=mode)
     return submit(str(members), DataSpec(root=str(data)), [create_policy("none")], create_policy("ten_crop"), out / "predict",
-                  opts, EnsembleSpec(weights="caruana"), SubmissionOptions(), "accuracy", dist)
+                  opts, EnsembleSpec(weights="caruana"), SubmissionOptions(), "accuracy", dist=dist)
 
 
 def _check_same_run(single: Path, other: Path, summary: dict[str, Any], splits: tuple[str, ...] = ("test", "val"),
