@@ -232,8 +232,8 @@ def _loads_with_timm_alone(folder: Path, tmp_path: Path) -> None:
     _run(tmp_path, sys.executable, "-c", code, f"local-dir:{folder}", str(tmp_path / "timm.pt"))
     saved = torch.load(tmp_path / "timm.pt", weights_only=True)
     (member,), _ = find_members(folder)
-    with torch.no_grad():
-        assert torch.equal(build_model(member)(saved["x"]), saved["y"])
+    with torch.no_grad():  # the same weights; float sums may differ in the last bits with another thread count
+        torch.testing.assert_close(build_model(member)(saved["x"]), saved["y"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
