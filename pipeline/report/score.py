@@ -108,25 +108,20 @@ def candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[Row]:
     ens = pr.info["ensemble"]
     rounds = int(ens.get("caruana_rounds", 50))
     fit_metric = get_metric(ens.get("fit_metric") or metric.name)  # the weights are fitted as predict fits them
-    for key in pr.policies:
-        probs = [pr.oof[(m, key)] for m in models]
+    # tta=auto with a policy per model: the submitted mix is one more key (each model under its own choice)
+    keys = [*pr.policies, *([AUTO] if pr.mixed else [])]
+    for key in keys:
+        probs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
         merged = merge_members(probs, method=pr.method).numpy()
         equal = dict.fromkeys(models, 1.0 / len(models))
         rows.append(Row("ensemble-equal", "ensemble-equal", key, merged, equal))
-    for key in pr.policies:
-        probs = [pr.oof[(m, key)] for m in models]
+    for key in keys:
+        probs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
         crossed = cross_fit_predict(probs, pr.labels, fit_metric, CROSS_FIT_PARTS, seed, rounds, pr.method)
         # The weights a deployment would use (fitted on all rows) decide which models cost inference.
         full = caruana_select(probs, pr.labels, rounds, metric=fit_metric, method=pr.method)
         deployed = dict(zip(models, full.tolist()))
         rows.append(Row("ensemble-fitted", "ensemble-fitted", key, crossed, deployed))
-    if pr.mixed:  # tta=auto: each model under its own chosen policy, as submitted
-        probs = [pr.oof[(m, pr.model_key(m, AUTO))] for m in models]
-        rows.append(Row("ensemble-equal", "ensemble-equal", AUTO, merge_members(probs, method=pr.method).numpy(),
-                        dict.fromkeys(models, 1.0 / len(models))))
-        crossed = cross_fit_predict(probs, pr.labels, fit_metric, CROSS_FIT_PARTS, seed, rounds, pr.method)
-        full = caruana_select(probs, pr.labels, rounds, metric=fit_metric, method=pr.method)
-        rows.append(Row("ensemble-fitted", "ensemble-fitted", AUTO, crossed, dict(zip(models, full.tolist()))))
     if ens.get("weights") == "given":
         for key in pr.policies:
             weights = pr.weights(key)
