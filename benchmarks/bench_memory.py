@@ -16,7 +16,7 @@ Part 2 (``--scale``, saved into the same result): the steps after prediction, on
 (two members, Dirichlet probabilities, no training) from 10,000 to 100,000 rows and from 10 to 1,000
 classes. Each (rows, classes, step) runs in a fresh subprocess that reports its own peak RSS above its RSS
 after imports: ``merge`` (``merge_files``, the ensemble of the members' test files), ``fit`` (``model_oof``
-+ ``fit_weights`` with Caruana, 10 rounds, as it exists), ``submission`` (the streamed writer the stage
++ Caruana fitted through ``pipeline.predict.fitting``, 10 rounds), ``submission`` (the streamed writer the stage
 uses) and ``submission (whole array)`` (``read_predictions`` + ``build_submission`` + ``write_submission``,
 the stage's path before streaming).
 """
@@ -129,8 +129,9 @@ def _scale_files(workdir: Path, n: int, k: int) -> tuple[list[Path], list[str]]:
 
 def scale_child(step: str, n: int, k: int, workdir: Path) -> dict[str, Any]:
     """Inside the subprocess: one step on the synthetic files; peak RSS above the RSS after imports."""
-    from pipeline.member.predictions import read_predictions
-    from pipeline.predict.ensemble import fit_weights, merge_files, model_oof
+    from pipeline.member.predictions import PROB_PREFIX, read_predictions
+    from pipeline.predict.ensemble import merge_files, model_oof
+    from pipeline.predict.fitting import rule
     from pipeline.predict.spec import EnsembleSpec
     from pipeline.submission.build import build_submission, write_submission, write_submission_from_predictions
     from pipeline.submission.format import format_from_config
@@ -143,8 +144,9 @@ def scale_child(step: str, n: int, k: int, workdir: Path) -> dict[str, Any]:
     if step == "merge":
         merge_files(paths, out, classes, [0.5, 0.5], "prob_mean")
     elif step == "fit":
-        frames = {p.stem: model_oof({p.stem: p}, classes, None) for p in paths}
-        fit_weights(frames, EnsembleSpec(weights="caruana", caruana_rounds=10), "accuracy")
+        frames = [model_oof({p.stem: p}, classes, None) for p in paths]
+        rule("caruana", EnsembleSpec(caruana_rounds=10), "accuracy").fit(
+            [f.filter(like=PROB_PREFIX).to_numpy() for f in frames], frames[0]["label"].to_numpy())
     elif step == "submission":
         ids = [f"{r:07d}" for r in range(n)]
         write_submission_from_predictions(paths[0], out, fmt, classes, ids, ids)

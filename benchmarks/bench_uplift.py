@@ -42,10 +42,12 @@ from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet
 __all__ = ["DATASETS", "run", "main", "make_digits", "make_shapes"]
 
 NAME = "uplift"
-DATASETS = ("demo", "digits", "shapes")
+DATASETS = ("demo", "digits", "shapes", "photos")
 METHODS = ("mean", "caruana", "rank", "stack", "optimize", "auto")  # those with a conf/ensemble/<name>.yaml run
 POLICIES = ("none", "hflip", "vflip", "five_crop", "ten_crop")     # those with a conf/tta/<name>.yaml run
 SHAPES = ("circle", "square", "triangle_up", "triangle_down")
+PHOTOS = ("astronaut", "brick", "camera", "coffee", "grass", "gravel", "moon", "rocket")
+"""scikit-image's bundled photographs (in its wheel, no download) whose 32-px tiles make the ``photos`` set."""
 
 
 # --------------------------------------------------------------------------- data sets
@@ -112,13 +114,50 @@ def make_shapes(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     return _write_comp(root, images, labels, list(SHAPES), n_test, seed)
 
 
+def make_photos(root: Path, n_train: int, n_test: int) -> Path:
+    """Real photographs: which of scikit-image's bundled photos a 32-px grey tile comes from.
+
+    Each photo (:data:`PHOTOS`, shipped inside the scikit-image wheel) is turned grey, resized so its
+    shorter side is 512 px and centre-cropped to 512×512, then cut into non-overlapping 32-px tiles
+    (256 per photo, 2,048 in all); train and test tiles are a stratified split of those tiles, so no
+    pixel is in both. Flat regions (sky, a table top) look alike across photos, so the task is not easy.
+    """
+    import os
+
+    import skimage
+    from PIL import Image
+
+    folder = Path(os.path.dirname(skimage.__file__)) / "data"
+    tiles, labels = [], []
+    for label, name in enumerate(PHOTOS):
+        path = next(folder / f"{name}{ext}" for ext in (".png", ".jpg") if (folder / f"{name}{ext}").is_file())
+        im = Image.open(path).convert("L")
+        scale = 512 / min(im.size)
+        im = im.resize((max(512, round(im.size[0] * scale)), max(512, round(im.size[1] * scale))), Image.BILINEAR)
+        left, top = (im.size[0] - 512) // 2, (im.size[1] - 512) // 2
+        pixels = np.asarray(im.crop((left, top, left + 512, top + 512)), dtype=np.uint8)
+        for y in range(0, 512, 32):
+            for x in range(0, 512, 32):
+                tiles.append(pixels[y:y + 32, x:x + 32])
+                labels.append(label)
+    images, target = np.stack(tiles), np.array(labels)
+    n = min(len(target), n_train + n_test)
+    if n < len(target):  # a stratified subset of the tiles
+        from sklearn.model_selection import train_test_split
+
+        keep, _ = train_test_split(np.arange(len(target)), train_size=n, stratify=target, random_state=0)
+        images, target = images[np.sort(keep)], target[np.sort(keep)]
+    return _write_comp(root, images, target, list(PHOTOS), min(n_test, n // 3), 0)
+
+
 def make_dataset(name: str, root: Path, n_train: int, n_test: int) -> Path:
     """The competition folder of data set ``name`` (reused when complete)."""
     if name == "demo":
         from pipeline.data.demo import prepare_demo
 
         return prepare_demo(root, n_train=n_train, n_test=n_test)
-    return make_digits(root, n_train, n_test) if name == "digits" else make_shapes(root, n_train, n_test)
+    makers = {"digits": make_digits, "shapes": make_shapes, "photos": make_photos}
+    return makers[name](root, n_train, n_test)
 
 
 # --------------------------------------------------------------------------- train and predict (real configs)
@@ -140,8 +179,13 @@ def _compose(config: str, overrides: list[str]) -> Any:
         GlobalHydra.instance().clear()
 
 
-def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs: int, batch_size: int) -> None:
-    """One real member folder per (model, seed), as ``pipeline-train -m`` would (completed ones are kept)."""
+def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs: int, batch_size: int,
+                patience: int | None = None) -> None:
+    """One real member folder per (model, seed), as ``pipeline-train -m`` would (completed ones are kept).
+
+    ``patience``: stop a member when its validation log loss has not improved for that many epochs
+    (``early_stopping_patience``), ``epochs`` being the most it may train: members as users train them.
+    """
     from omegaconf import open_dict
 
     from pipeline.cli.train import train_spec
@@ -153,6 +197,7 @@ def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs:
             f"trainer.max_epochs={epochs}", f"data.batch_size={batch_size}", "trainer.enable_progress_bar=false",
             "data.num_workers=0",
             "data.check_images=false", f"paths.root={sweep}",
+            *([f"early_stopping_patience={patience}"] if patience else []),
         ])
         with open_dict(cfg):
             cfg.paths.output_dir = str(sweep / cfg.member_name)
@@ -297,13 +342,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             args.n_test)
         runs: dict[int, list[dict[str, Any]]] = {}
         for seed in range(args.seeds):
-            size = f"{name}-{args.n_train}-{args.n_test}-e{args.epochs}-b{args.batch_size}"
+            stop = f"-p{args.patience}" if args.patience else ""
+            size = f"{name}-{args.n_train}-{args.n_test}-e{args.epochs}{stop}-b{args.batch_size}"
             sweep = args.workdir / "uplift" / size / f"seed{seed}"
             members = [(m, 100 * seed + i) for i, m in enumerate(models)]
-            train_sweep(sweep, comp, members, args.epochs, args.batch_size)
+            train_sweep(sweep, comp, members, args.epochs, args.batch_size, args.patience)
+            if args.train_only:
+                continue
             dirs = {method: predict_sweep(sweep, comp, method, tta, policies) for method in methods}
             runs[seed] = score_run(comp, dirs, args.n_boot, seed)
             log_progress(NAME, f"{name} seed {seed}: done ({(time.perf_counter() - started) / 60:.1f} min so far)")
+        if args.train_only:
+            continue
         tables.append(dataset_table(name, runs))
         raw[name] = runs
     minutes = (time.perf_counter() - started) / 60
@@ -312,7 +362,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "title": f"Uplift: ensembles and TTA against the best single model, on hidden test labels ({machine['date']})",
         "what": __doc__,
         "params": {"datasets": args.datasets, "seeds": args.seeds, "models": models, "epochs": args.epochs,
-                   "batch_size": args.batch_size, "n_train": args.n_train, "n_test": args.n_test, "methods": methods,
+                   "patience": args.patience, "batch_size": args.batch_size,
+                   "n_train": args.n_train, "n_test": args.n_test, "methods": methods,
                    "policies": policies, "ensemble_tta": tta, "n_boot": args.n_boot},
         "tables": tables, "targets": [],
         "notes": [f"Run {machine['date']} on {machine['cpu']} ({machine['usable_cores']} usable cores, GPU: "
@@ -332,7 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {list(DATASETS)}")
     parser.add_argument("--seeds", type=int, default=3, help="sweeps per data set (member seeds 100·s + i)")
     parser.add_argument("--models", default="resnet10t,resnet10t,lenet5", help="one member per entry")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=40, help="most epochs a member trains (with --patience)")
+    parser.add_argument("--patience", type=int, default=4, help="early stopping on validation log loss; 0: train "
+                        "every --epochs epoch (the old reduced runs)")
+    parser.add_argument("--train-only", action="store_true", help="train the sweeps and stop (predict later)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (data.batch_size)")
     parser.add_argument("--n-train", type=int, default=1500)
     parser.add_argument("--n-test", type=int, default=500)
@@ -354,7 +408,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     quiet()
-    save_result(NAME, run(args), args.json)
+    result = run(args)
+    if not args.train_only:
+        save_result(NAME, result, args.json)
 
 
 if __name__ == "__main__":

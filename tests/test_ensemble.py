@@ -260,7 +260,8 @@ def _noisy(labels: np.ndarray, rng: np.random.Generator, accuracy: float, k: int
 
 
 def test_stacking_learns_a_permuted_model_that_equal_weights_are_hurt_by() -> None:
-    from pipeline.predict.merge import cross_fit_predict, fit_combiner
+    from pipeline.predict.fitting import cross_fit
+    from pipeline.predict.merge import fit_combiner
     from pipeline.predict.spec import EnsembleSpec
 
     rng = np.random.default_rng(0)
@@ -274,7 +275,7 @@ def test_stacking_learns_a_permuted_model_that_equal_weights_are_hurt_by() -> No
     b = model()[:, [1, 2, 3, 0]]  # a second good model whose class columns are shuffled
     acc = get_metric("accuracy")
     spec = EnsembleSpec(combine="stack")
-    stacked = cross_fit_predict([a, b], labels, lambda p, y: fit_combiner(p, y, spec, "accuracy"), 5, 0)
+    stacked = cross_fit(lambda p, y: fit_combiner(p, y, spec, "accuracy"), [a, b], labels, 5, 0)
     equal = merge_members([a, b]).numpy()
     assert acc(labels, equal) < acc(labels, a) - 0.05  # equal averaging is hurt by the permuted copy
     assert acc(labels, stacked) > acc(labels, a) + 0.05  # the meta-model undoes the permutation and gains from b

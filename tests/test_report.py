@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sklearn.model_selection import StratifiedKFold
 
 from pipeline.core.io import read_json, safe_name, write_json
 from pipeline.core.metrics import get_metric, paired_bootstrap, score_all
@@ -31,8 +30,9 @@ from pipeline.core.tracking import LoggerSpec
 from pipeline.member.manifest import MemberManifest, write_manifest
 from pipeline.member.predictions import read_predictions, write_predictions
 from pipeline.predict.ensemble import caruana_select
+from pipeline.predict.fitting import cross_fit, rule, split
+from pipeline.predict.spec import EnsembleSpec
 from pipeline.report.build import build_report, compute_report
-from pipeline.report.score import CROSS_FIT_PARTS, cross_fit_predict
 from pipeline.report.text import render_table
 from tests.wandb_records import logged
 
@@ -194,9 +194,11 @@ def test_fitted_row_equals_an_independent_cross_fit(folder: Path, report: pd.Dat
     assert labels is not None
     metric = get_metric("accuracy")
     out = np.zeros_like(probs[0])
-    splitter = StratifiedKFold(n_splits=CROSS_FIT_PARTS, shuffle=True, random_state=0)  # seed 0: the default
-    for fit, held in splitter.split(np.zeros(len(labels)), labels):
-        w = caruana_select([p[fit] for p in probs], labels[fit], n_rounds=20, metric=metric)
+    parts = split(labels, 5, seed=0)  # the ensemble settings' parts and seed (defaults: 5, 0)
+    for part in range(5):
+        fit, held = parts != part, parts == part
+        # Caruana as predict fits it: 20 rounds (this folder's setting) for the default fit metric, log loss
+        w = caruana_select([p[fit] for p in probs], labels[fit], n_rounds=20, metric=get_metric("log_loss"))
         out[held] = merge_members([p[held] for p in probs], weights=w).numpy()
     row = report[(report["kind"] == "ensemble-fitted") & (report["policy"] == "none")].iloc[0]
     assert row["accuracy"] == pytest.approx(metric(labels, out), abs=1e-12)
@@ -210,7 +212,8 @@ def test_cross_fitting_does_not_reward_fitting_noise() -> None:
     noise = [rng.dirichlet([1.0, 1.0], 300) for _ in range(8)]
     acc = get_metric("accuracy")
     in_sample = acc(labels, merge_members(noise, caruana_select(noise, labels, 30, metric=acc)).numpy())
-    crossed = acc(labels, cross_fit_predict(noise, labels, acc, n_rounds=30))
+    caruana = rule("caruana", EnsembleSpec(caruana_rounds=30, fit_metric="accuracy"), "accuracy")
+    crossed = acc(labels, cross_fit(caruana, noise, labels, 5, 0))
     assert in_sample > 0.56
     assert crossed < in_sample - 0.04
     assert abs(crossed - 0.5) < 0.06
@@ -300,7 +303,7 @@ def test_report_regenerates_identically(folder: Path) -> None:
 def test_report_files_say_what_they_measured(folder: Path, report: pd.DataFrame) -> None:
     md = (folder / "report.md").read_text()
     assert "leaderboard score on the hidden solution file, not validation" in md
-    assert f"cross-fitted: the OOF rows are split into {CROSS_FIT_PARTS} stratified parts" in md
+    assert "cross-fitted: the OOF rows are split into 5 stratified parts" in md
     assert "best single model without TTA" in md
     for png in PNGS:
         assert f"]({png})" in md
@@ -378,7 +381,7 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
     run_id = run.id
     run.finish()
     info = read_json(out / "predict.json")
-    write_json(out / "predict.json", {**info, "wandb_run_id": run_id, "wandb_dir": str(out)})
+    write_json(out / "predict.json", {**info, "wandb": {"run_id": run_id, "dir": str(out)}})
 
     build_report(out, n_boot=50, wandb_spec=LoggerSpec(mode="offline"))
     wandb.teardown()  # finish() can return before the service has flushed the run file; teardown waits

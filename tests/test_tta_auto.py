@@ -11,8 +11,10 @@ from PIL import Image
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import read_json
+from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.predict.choose import candidate_policies
+from pipeline.predict.fitting import Margin
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.tta import create_policy
 from pipeline.submission.spec import SubmissionOptions
@@ -79,21 +81,24 @@ def test_tta_auto_never_mirrors_left_right_where_that_swaps_the_label(left_right
     summary = _run(comp, sweep, sweep / "predict")
     (model,) = summary["models"]
     choice = summary["tta_choice"][model]
-    policies = summary["policies"]
-    scores = choice["scores"]
-    assert set(scores) == set(policies)  # every candidate was scored on the OOF rows
-    by_name = {(p["name"], p["flip"] if p["name"] == "ten_crop" else None): k for k, p in policies.items()}
+    policies, names = summary["policies"], summary["policy_names"]
+    scores = choice["scores"]  # by readable name: no file-key hash in what the user reads
+    assert set(scores) == {names[k] for k in policies}  # every candidate was scored on the OOF rows
+    assert not any("." in name for name in scores)
+    by_name = {(p["name"], p["flip"] if p["name"] == "ten_crop" else None): names[k] for k, p in policies.items()}
     none, hflip = by_name[("none", None)], by_name[("hflip", None)]
     assert scores[none] > 0.9  # the member learned the task...
     assert scores[hflip] < scores[none] - 0.2  # ...and mirrored views destroy it
-    chosen = policies[choice["chosen"]]
+    assert not choice["gains"][hflip]["beats_baseline"]
+    chosen = policies[choice["key"]]
+    assert names[choice["key"]] == choice["chosen"]
     assert chosen["name"] != "hflip" and not (chosen["name"] == "ten_crop" and chosen["flip"] == "horizontal")
     assert any(s.startswith(f"Horizontal flips hurt model {model} by −") for s in choice["harms"])
     assert not any(s.startswith("Vertical") for s in choice["harms"]) or scores[by_name[("vflip", None)]] < scores[none]
     # The test set is predicted under the chosen policy only, and the submission comes from it.
-    assert summary["test_policies"] == [choice["chosen"]]
-    assert summary["submission_policy"] == choice["chosen"]
-    assert (sweep / "predict" / "test" / f"{model}__{choice['chosen']}.csv").is_file()
+    assert summary["test_policies"] == [choice["key"]]
+    assert summary["submission_policy"] == choice["key"]
+    assert (sweep / "predict" / "test" / f"{model}__{choice['key']}.csv").is_file()
     assert read_json(sweep / "predict" / "predict.json")["tta_choice"] == summary["tta_choice"]
     sub = pd.read_csv(sweep / "predict" / "submission.csv")
     assert (sub["label"] == np.where(np.arange(len(sub)) % 2, "left", "right")).mean() > 0.9
@@ -104,7 +109,7 @@ def test_tta_auto_respects_the_pass_budget(left_right: tuple[Path, Path], tmp_pa
     comp, sweep = left_right
     summary = _run(comp, sweep, tmp_path / "predict", max_passes=1)
     (choice,) = summary["tta_choice"].values()
-    assert choice["views"] == 1 and summary["policies"][choice["chosen"]]["name"] == "none"
+    assert choice["views"] == 1 and summary["policies"][choice["key"]]["name"] == "none"
     assert "over the budget of 1 passes" in choice["reason"]
     with pytest.raises(ConfigError, match=r"tta.max_passes=0: no candidate policy fits"):
         _run(comp, sweep, tmp_path / "again", max_passes=0)
@@ -121,8 +126,9 @@ def test_ensemble_auto_submits_the_single_model_with_one_view_when_nothing_beats
     summary = _run(comp, sweep, tmp_path / "predict", max_passes=1, ens=EnsembleSpec(combine="auto"))
     choice = summary["ensemble_choice"]
     (model,) = summary["models"]
-    assert choice["chosen"] == "single" and set(choice["scores"]) == {"single", "mean"}
-    assert f"{model} alone, one view, is submitted" in choice["reason"]
+    assert choice["chosen"] == "single" and set(choice["scores"]) == {"single"}
+    assert f"the best single model {model}, without TTA, one view, is submitted" in choice["reason"]
+    assert "one model: nothing to merge" in choice["notes"] and "one model: nothing to merge" in choice["reason"]
     none_key = summary["submission_policy"]
     assert summary["policies"][none_key]["name"] == "none" and summary["submitted"]["models"] == {model: none_key}
     assert summary["weights"][none_key] == {model: 1.0}
@@ -147,7 +153,9 @@ def test_fitted_merges_run_in_the_stage_and_record_an_honest_score(
     if ens.temperature:
         (t,) = fit["temperatures"]
         assert t > 0
-    assert 0.9 <= fit["cross_fitted_score"]["accuracy"] <= 1.0  # out of sample, on a task the member solved
+    crossed = summary["cross_fitted"]
+    assert crossed["metric"] == "accuracy" and crossed["rule"] == summary["rule"]
+    assert 0.9 <= crossed["score"] <= 1.0  # out of sample, on a task the member solved
     _, probs, _ = read_predictions(tmp_path / "predict" / "ensemble_test.csv", summary["classes"])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs.argmax(axis=1) == 1 - np.arange(len(probs)) % 2).mean() > 0.9  # classes: left=0, right=1
@@ -174,8 +182,8 @@ def test_pipeline_predict_config_runs_tta_auto_and_ensemble_auto(left_right: tup
         GlobalHydra.instance().clear()
     summary = run(cfg)
     (choice,) = summary["tta_choice"].values()
-    assert choice["views"] <= 5 and summary["policies"][choice["chosen"]]["name"] in ("none", "vflip", "five_crop")
-    assert summary["ensemble_choice"]["chosen"] in ("single", "mean")
+    assert choice["views"] <= 5 and summary["policies"][choice["key"]]["name"] in ("none", "vflip", "five_crop")
+    assert summary["ensemble_choice"]["chosen"] in ("single", "single+tta")
     assert Path(summary["submission"]).is_file()
 
 
@@ -188,22 +196,61 @@ def test_bad_candidates_name_the_entry() -> None:
         candidate_policies([])
 
 
-def test_policy_rule_takes_the_cheaper_policy_when_the_halves_disagree() -> None:
+def test_policy_rule_leaves_none_only_for_a_gain_beyond_noise_and_then_takes_the_best() -> None:
     from pipeline.predict.choose import choose_policies
-    from pipeline.predict.merge import stratified_parts
 
-    labels = np.repeat([0, 1], 20)
-    half = stratified_parts(labels, 2, seed=0)
-    right, wrong = np.eye(2)[labels], np.eye(2)[1 - labels]
-    policies = {"cheap": {"name": "none", "views": 1}, "dear": {"name": "five_crop", "views": 5},
-                "mid": {"name": "vflip", "views": 2}}
-    # "dear" wins on half 0 only, "mid" on half 1 only; "cheap" is never best: the halves disagree.
-    probs = {"cheap": np.full((40, 2), 0.5) + 0.1 * (right - wrong) * (np.arange(40) % 4 == 0)[:, None],
-             "dear": np.where((half == 0)[:, None], right, wrong), "mid": np.where((half == 1)[:, None], right, wrong)}
-    out = choose_policies({"m": {k: (labels, p) for k, p in probs.items()}}, policies, "accuracy")["m"]
-    assert sorted(out["half_choices"]) == ["dear", "mid"] and out["chosen"] == "mid"  # the cheaper of the two
-    assert "halves disagreed" in out["reason"]
-    assert out["cross_fitted_score"] == 0.0  # each half's pick is wrong on the other half: the honest score says so
-    probs["dear"], probs["mid"] = right, wrong  # now best on both halves: chosen although dearest
-    out = choose_policies({"m": {k: (labels, p) for k, p in probs.items()}}, policies, "accuracy")["m"]
-    assert out["chosen"] == "dear" and out["reason"] == "both halves of the OOF rows chose it"
+    acc = get_metric("accuracy")
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 150)
+    onehot = np.eye(2)[labels]
+    base = np.clip(0.3 * onehot + 0.35 + rng.normal(0, 0.15, (300, 2)), 0.02, None)
+    base /= base.sum(axis=1, keepdims=True)
+    # "hflip": other views make each row more or less sure (its argmax unchanged, as real views move rows both
+    # ways), and three wrong rows happen to come out right: +1 point of accuracy, by luck.
+    lucky = np.exp(np.log(base) * np.where(np.arange(300) % 2, 0.6, 1.4)[:, None])
+    lucky /= lucky.sum(axis=1, keepdims=True)
+    wrong = np.flatnonzero(lucky.argmax(axis=1) != labels)[:3]
+    lucky[wrong] = onehot[wrong] * 0.7 + 0.15
+    sharper = base ** 1.6 / (base ** 1.6).sum(axis=1, keepdims=True)  # "ten_crop": every row a little surer
+    policies = {"n": {"name": "none", "views": 1}, "h": {"name": "hflip", "views": 2},
+                "t": {"name": "ten_crop", "flip": "horizontal", "views": 10}}
+    oof = {"m": {"n": (labels, base), "h": (labels, lucky), "t": (labels, sharper)}}
+    assert acc(labels, lucky) == pytest.approx(acc(labels, base) + 0.01)
+    out = choose_policies(oof, policies, "accuracy")["m"]
+    assert not out["gains"]["hflip"]["beats_baseline"]  # 3 lucky rows of 300: within noise
+    assert out["gains"]["ten_crop"]["beats_baseline"]
+    assert out["chosen"] == "ten_crop" and out["key"] == "t"  # the best that passed, although the dearest
+    # Without ten_crop nothing beats none, and the cheapest is kept...
+    two = {k: policies[k] for k in "nh"}
+    out = choose_policies({"m": {k: oof["m"][k] for k in "nh"}}, two, "accuracy")["m"]
+    assert out["chosen"] == "none" and "no policy beat none beyond noise" in out["reason"]
+    # ...where the old rule without a margin (tta.margin=null) falls for the three lucky rows.
+    out = choose_policies({"m": {k: oof["m"][k] for k in "nh"}}, two, "accuracy", margin=Margin(level=None))["m"]
+    assert out["chosen"] == "hflip"
+
+
+def test_ensemble_auto_does_not_take_a_merge_that_wins_by_a_few_lucky_rows() -> None:
+    # Two models as good as each other: each is confidently right on three rows where the other is weakly
+    # wrong, and otherwise the same rows made more or less sure. Any merge fixes those rows: +1 point of
+    # cross-fitted accuracy over the best single model, by luck of six rows out of 300.
+    from pipeline.predict.choose import choose_ensemble
+
+    acc = get_metric("accuracy")
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 150)
+    onehot = np.eye(2)[labels]
+    base = np.clip(0.3 * onehot + 0.35 + rng.normal(0, 0.15, (300, 2)), 0.02, None)
+    base /= base.sum(axis=1, keepdims=True)
+    m0, m1 = base.copy(), np.exp(np.log(base) * np.where(np.arange(300) % 2, 0.6, 1.4)[:, None])
+    m1 /= m1.sum(axis=1, keepdims=True)
+    a, b = np.flatnonzero(base.argmax(1) != labels)[:3], np.flatnonzero(base.argmax(1) == labels)[:3]
+    m1[a], m0[b], m1[b] = onehot[a] * 0.6 + 0.2, onehot[b] * 0.6 + 0.2, 0.55 - onehot[b] * 0.1
+    models = {"m0": m0, "m1": m1}
+    assert acc(labels, m0) == acc(labels, m1) < acc(labels, (m0 + m1) / 2)
+    spec = EnsembleSpec(combine="auto", candidates=["mean"])
+    _, naive = choose_ensemble(models, labels, models, spec, "accuracy", Margin(level=None))
+    assert naive["chosen"] != "single" and naive["scores"][naive["chosen"]] > naive["scores"]["single"]
+    _, honest = choose_ensemble(models, labels, models, spec, "accuracy")
+    assert honest["chosen"] == "single"  # the margin does not fall for it
+    assert not any(g["beats_baseline"] for g in honest["gains"].values())
+    assert "no method beat it beyond noise" in honest["reason"]

@@ -16,7 +16,6 @@ from pipeline.cli import CONF_DIR
 from pipeline.cli.config import metric_name, register, to_container, to_dataclass
 from pipeline.cli.errors import PREDICT_PATHS, compact_errors
 from pipeline.core.errors import ConfigError
-from pipeline.core.io import write_json
 from pipeline.core.tracking import LoggerSpec, init_wandb
 from pipeline.data.spec import DataSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions, TTASpec
@@ -74,22 +73,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger = to_dataclass(LoggerSpec, cfg.logger)
     run = None
     try:
+        run_info: dict[str, Any] = {}
+        if isinstance(cfg.metric, DictConfig):  # so that pipeline-report can import the user's metric again
+            run_info["metric_target"] = to_container(cfg.metric)
         if logger.kind == "wandb":
             run = init_wandb(logger, out_dir, "predict", f"{cfg.experiment_name}/{cfg.sweep_name}", "predict", to_container(cfg))
+            # The report stage logs its table and plots into this same run.
+            run_info["wandb"] = {"run_id": run.id, "dir": str(out_dir), "project": logger.project,
+                                 "mode": run.settings.mode}
         summary = submit(
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
             to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), metric,
-            candidates, tta.max_passes, distribute_spec(to_container(cfg.get("distribute"))),
+            candidates, tta.max_passes, distribute_spec(to_container(cfg.get("distribute"))), tta.margin, run_info,
         )
-        if isinstance(cfg.metric, DictConfig):  # so that pipeline-report can import the user's metric again
-            summary["metric_target"] = to_container(cfg.metric)
-            write_json(out_dir / "predict.json", summary)
         if run is not None:
             _log_wandb(run, summary)
-            # The report stage logs its table and plots into this same run.
-            summary.update(wandb_run_id=run.id, wandb_dir=str(out_dir), wandb_project=logger.project,
-                           wandb_mode=run.settings.mode)
-            write_json(out_dir / "predict.json", summary)
     finally:
         if run is not None:
             run.finish()

@@ -1,18 +1,22 @@
 """Honest choices on OOF rows: a TTA policy per model (``tta=auto``) and a merge method (``ensemble=auto``).
 
-Both choices are cross-fitted, so that picking the best of several candidates on the same rows does not
-flatter the pick (Cawley & Talbot 2010):
+Picking the best of several candidates on the same rows flatters the pick (Cawley & Talbot 2010), and
+on a few hundred OOF rows a complex method can "win" by three lucky rows. Both choices therefore start
+from the simplest candidate, the best single model without TTA, and move away from it only for a
+candidate that beats it by more than selection noise (:func:`pipeline.predict.fitting.beats`: the lower
+end of a one-sided paired-bootstrap interval of the gain is above zero, tested on a smooth score, log
+loss, which separates candidates on far fewer rows than accuracy does) and is not worse on the
+competition metric. Among the candidates that pass, the best score wins: cost never outweighs a
+measured gain; it breaks exact ties only, or enters as a budget (``tta.max_passes``).
 
-- **Policies** (:func:`choose_policies`): the OOF rows are split into two stratified halves. On each half
-  the best candidate is chosen (ties to the cheaper policy) and scored on the other half. When the halves
-  agree, that policy is the model's; when they disagree the gain is within noise and the cheaper of the
-  two wins. Candidates costing more than ``max_passes`` forward passes per image are left out.
-- **Methods** (:func:`choose_ensemble`): every candidate method is scored out of sample by
-  :func:`pipeline.predict.merge.cross_fit_predict`, and so is "the best single model, no TTA" (the model
-  chosen on the fitting parts, under policy ``none``). A method is chosen only when it beats that single
-  model; otherwise the single model with one view is submitted.
+- **Policies** (:func:`choose_policies`): each model's candidates are scored on its OOF rows (no fit,
+  so no cross-fitting is needed) against its ``none`` policy.
+- **Methods** (:func:`choose_ensemble`): every candidate method, and the best single model with and
+  without its chosen TTA, is scored out of sample by :func:`pipeline.predict.fitting.cross_fit` on the
+  one seeded split; the margin test compares those cross-fitted predictions row by row.
 
-What was chosen and why is returned as plain dicts for ``predict.json`` (keys in docs/uplift.md).
+What was chosen and why is returned as plain dicts for ``predict.json`` (keys in docs/uplift.md), with
+readable policy names (hashes stay in file names).
 """
 
 from __future__ import annotations
@@ -25,24 +29,28 @@ import numpy as np
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import Metric, get_metric
-from pipeline.predict.merge import Combiner, cross_fit_predict, fit_combiner, stratified_parts
+from pipeline.predict.fitting import Margin, beats, cross_fit, rule
+from pipeline.predict.merge import Combiner
+from pipeline.predict.plan import policy_names
 from pipeline.predict.spec import EnsembleSpec
 from pipeline.predict.tta import TTAPolicy, create_policy
 
-__all__ = ["METHODS", "candidate_policies", "choose_ensemble", "choose_policies", "flip_harms"]
+__all__ = ["METHODS_RULE", "SINGLE", "SINGLE_TTA", "SMOOTH", "candidate_policies", "choose_ensemble", "choose_policies",
+           "flip_harms", "margin_of"]
 
 log = logging.getLogger(__name__)
 
-METHODS: dict[str, tuple[str, str]] = {
-    "mean": ("weighted", "equal"),
-    "caruana": ("weighted", "caruana"),
-    "optimize": ("weighted", "optimize"),
-    "stack": ("stack", "equal"),
-    "rank": ("rank", "equal"),
-}
-"""``ensemble.candidates`` names → (``combine``, ``weights``)."""
-
 SINGLE = "single"
+SINGLE_TTA = "single+tta"
+"""The best single model under its ``tta=auto`` policy (a candidate of ``ensemble=auto`` when some policy is not none)."""
+
+SMOOTH = "log_loss"
+"""The score the margin test runs on: smooth, so it separates candidates on fewer rows than a step metric."""
+
+
+def margin_of(level: float | None, seed: int, score: str = SMOOTH) -> Margin:
+    """The :class:`~pipeline.predict.fitting.Margin` of a ``margin`` setting (None: the best score wins)."""
+    return Margin(level=None if level is None else float(level), score=score, seed=seed)
 
 
 def candidate_policies(entries: Sequence[str | Mapping[str, Any]], crop_size: int | None = None) -> list[TTAPolicy]:
@@ -65,15 +73,6 @@ def candidate_policies(entries: Sequence[str | Mapping[str, Any]], crop_size: in
 
 def _better(metric: Metric, a: float, b: float) -> bool:
     return a > b if metric.greater_is_better else a < b
-
-
-def _best(metric: Metric, scores: Mapping[str, float], order: Sequence[str]) -> str:
-    """The best-scoring key; exact ties go to the earlier key in ``order`` (the cheaper one)."""
-    best = order[0]
-    for key in order[1:]:
-        if _better(metric, scores[key], scores[best]):
-            best = key
-    return best
 
 
 def _flip_axis(policy: Mapping[str, Any]) -> str | None:
@@ -107,111 +106,185 @@ def flip_harms(model: str, scores: Mapping[str, float], policies: Mapping[str, M
     return out
 
 
+def _passes(labels: np.ndarray, cand: np.ndarray, base: np.ndarray, m: Metric, margin: Margin,
+            ) -> tuple[bool, dict[str, Any]]:
+    """The margin test of one candidate against the baseline, and its record.
+
+    With a margin, the candidate passes when its smooth score (log loss) beats the baseline's beyond noise
+    and its competition-metric score is not worse: a measured loss on the metric is never traded for log
+    loss. Without one (``margin: null``), when its metric score is strictly better.
+    """
+    diff = float(m(labels, cand) - m(labels, base))
+    better = diff > 0 if m.greater_is_better else diff < 0
+    if margin.level is None:
+        return better, {"diff": diff, "beats_baseline": better}
+    on = get_metric(SMOOTH) if margin.score == SMOOTH else m
+    won, boot = beats(labels, cand, base, on, margin)
+    ok = bool(won and (better or diff == 0))
+    record: dict[str, Any] = {"diff": diff, "beats_baseline": ok}
+    if boot is not None:
+        sign = 1.0 if on.greater_is_better else -1.0  # gains: positive is better
+        low, high = sorted((sign * boot.low, sign * boot.high))
+        record[f"{on.name}_gain"] = {"diff": sign * boot.diff, "low": low, "high": high,
+                                                 "level": f"one-sided {1 - margin.level:.0%}"}
+    return ok, record
+
+
+def _pick(m: Metric, scores: Mapping[str, float], smooth: Mapping[str, float], passing: Sequence[str]) -> str:
+    """Among the passing keys (simplest first), the best metric score; ties: the lower log loss, then the first."""
+    sign = 1.0 if m.greater_is_better else -1.0
+    return min(passing, key=lambda k: (-sign * scores[k], smooth[k], passing.index(k)))
+
+
 def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-                    policies: Mapping[str, Mapping[str, Any]], metric: str, seed: int = 0,
+                    policies: Mapping[str, Mapping[str, Any]], metric: str, margin: Margin | None = None,
                     max_passes: int | None = None) -> dict[str, dict[str, Any]]:
-    """Each model's TTA policy, chosen on its OOF rows by the cross-fitted halves rule (module docstring).
+    """Each model's TTA policy: the best on its OOF rows among those that beat ``none`` beyond noise.
 
     Args:
         oof: Model → candidate policy key → (``[N]`` labels, ``[N, K]`` probabilities).
-        policies: Candidate key → its settings with ``views`` (forward passes per image), cheapest first
-            after sorting by views.
+        policies: Candidate key → its settings with ``views`` (forward passes per image).
         metric: Registered metric name.
-        seed: Seed of the halves.
+        margin: The margin a policy must win by over the baseline (default: one-sided 95%).
         max_passes: Leave out candidates with more views than this; None: no budget.
 
     Returns:
-        Model → ``{chosen, scores, half_choices, cross_fitted_score, reason, harms}``.
+        Model → ``{chosen, key, baseline, scores, gains, views, reason, harms}`` with readable policy
+        names (``key``: the file key of the chosen policy).
 
     Raises:
         ConfigError: No candidate fits in ``max_passes``.
     """
-    m = get_metric(metric)
+    m, margin = get_metric(metric), margin or Margin()
+    names = policy_names(policies)
     order = sorted(policies, key=lambda k: int(policies[k]["views"]))  # stable: config order among equals
     allowed = [k for k in order if max_passes is None or int(policies[k]["views"]) <= max_passes]
     if not allowed:
         raise ConfigError(f"tta.max_passes={max_passes}: no candidate policy fits; the cheapest costs "
                           f"{policies[order[0]]['views']} passes per image")
+    base = next((k for k in allowed if policies[k]["name"] == "none"), allowed[0])
     out = {}
     for model, per_key in oof.items():
         labels = next(iter(per_key.values()))[0]
-        half = stratified_parts(labels, 2, seed)
         scores = {k: float(m(labels, per_key[k][1])) for k in allowed}
-        picks, held_out = [], []
-        for h in (0, 1):
-            fit, test = half == h, half != h
-            pick = _best(m, {k: float(m(labels[fit], per_key[k][1][fit])) for k in allowed}, allowed)
-            picks.append(pick)
-            held_out.append(float(m(labels[test], per_key[pick][1][test])))
-        if picks[0] == picks[1]:
-            chosen, reason = picks[0], "both halves of the OOF rows chose it"
+        smooth = {k: float(get_metric(SMOOTH)(labels, per_key[k][1])) for k in allowed}
+        gains, passing = {}, [base]
+        for k in allowed:
+            if k != base:
+                ok, gains[names[k]] = _passes(labels, per_key[k][1], per_key[base][1], m, margin)
+                passing += [k] if ok else []
+        chosen = _pick(m, scores, smooth, passing)
+        if chosen == base:
+            reason = f"no policy beat {names[base]} beyond noise ({_level(margin)}), so the cheapest"
         else:
-            chosen = min(picks, key=allowed.index)
-            reason = (f"the halves disagreed ({picks[0]} vs {picks[1]}): the gain is within noise, so the cheaper "
-                      "policy")
-        over = [k for k in order if k not in allowed]
+            beaten = len(passing) - 1
+            reason = (f"best {m.name} of the {beaten} polic{'y' if beaten == 1 else 'ies'} that beat {names[base]} "
+                      f"beyond noise ({_level(margin)})")
+        over = [names[k] for k in order if k not in allowed]
         if over:
             reason += f"; over the budget of {max_passes} passes: {over}"
-        harms = flip_harms(model, scores, {k: policies[k] for k in allowed}, m)
-        out[model] = {"chosen": chosen, "scores": scores, "half_choices": picks,
-                      "cross_fitted_score": float(np.mean(held_out)), "views": int(policies[chosen]["views"]),
-                      "reason": reason, "harms": harms}
-        log.info("tta=auto: model %s uses %s (%s)", model, chosen, reason)
+        harms = flip_harms(model, {names[k]: v for k, v in scores.items()},
+                           {names[k]: policies[k] for k in allowed}, m)
+        out[model] = {"chosen": names[chosen], "key": chosen, "baseline": names[base],
+                      "scores": {names[k]: v for k, v in scores.items()}, "gains": gains,
+                      "views": int(policies[chosen]["views"]), "reason": reason, "harms": harms}
+        log.info("tta=auto: model %s uses %s (%s)", model, names[chosen], reason)
         for sentence in harms:
             log.info("tta=auto: %s", sentence)
     return out
 
 
-def _candidate_fit(name: str, spec: EnsembleSpec, metric: str) -> Any:
-    combine, weights = METHODS[name]
-    return lambda probs, labels: fit_combiner(probs, labels, spec, metric, combine, weights)
+def _level(margin: Margin) -> str:
+    if margin.level is None:
+        return "no margin: the best score wins"
+    if margin.score != SMOOTH:
+        return f"paired bootstrap of the metric's gain, one-sided {1 - margin.level:.0%}"
+    return f"paired bootstrap of the {SMOOTH} gain, one-sided {1 - margin.level:.0%}, and no loss of the metric"
 
 
-def _single_fit(spec: EnsembleSpec, metric: str) -> Any:
-    return lambda probs, labels: fit_combiner(probs, labels, spec, metric, SINGLE)
+def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.ndarray, parts: int) -> list[str]:
+    """Why nothing can be merged honestly: one model, identical models, too few OOF rows to cross-fit."""
+    notes = []
+    if len(models) < 2:
+        notes.append("one model: nothing to merge")
+    for i in range(len(models)):
+        for j in range(i + 1, len(models)):
+            if np.array_equal(probs[i], probs[j]):
+                notes.append(f"models {models[i]} and {models[j]} are identical (same OOF predictions): "
+                             "merging them adds nothing")
+    smallest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min()) if len(labels) else 0
+    if len(labels) < 2 * parts or smallest < 2:
+        notes.append(f"{len(labels)} OOF rows (smallest class {smallest}): too few to cross-fit a merge over "
+                     f"{parts} parts, so no method is compared")
+    return notes
 
 
 def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oof: Mapping[str, np.ndarray],
-                    spec: EnsembleSpec, metric: str) -> tuple[Combiner, dict[str, Any]]:
-    """The merge to submit, by cross-fitted score; the best single model without TTA unless a method beats it.
+                    spec: EnsembleSpec, metric: str, margin: Margin | None = None,
+                    ) -> tuple[Combiner, dict[str, Any]]:
+    """The merge to submit: the best cross-fitted candidate among those that beat the best single model.
 
     Args:
         oof: Model → its OOF probabilities under its submission policy (rows aligned with ``labels``).
         labels: ``[N]`` labels.
-        single_oof: Model → its OOF probabilities under policy ``none`` (the "single, no TTA" candidate).
+        single_oof: Model → its OOF probabilities under policy ``none`` (the "single, no TTA" baseline).
         spec: The ensemble settings (``candidates``, ``cross_fit_parts``, ``seed``...).
         metric: The competition metric (scores and direction).
+        margin: The margin a candidate must win by over the baseline (default: one-sided 95%).
 
     Returns:
-        The combiner fitted on all rows, and ``{chosen, scores, reason, notes}``. A ``single`` combiner is
-        fitted on ``single_oof``: the caller predicts that model's test rows with one view.
+        The combiner fitted on all rows, and ``{chosen, scores, gains, reason, notes, fit, models}``. A
+        ``single`` combiner is fitted on ``single_oof`` and ``single+tta`` on ``oof``: the caller predicts
+        that model's test rows alone (``models`` names it).
     """
-    m = get_metric(metric)
-    models, probs = list(oof), list(oof.values())
-    notes = []
-    names = [c for c in spec.candidates if len(models) > 1 or c == "mean"]
-    if metric == "log_loss" and "rank" in names:
+    m, margin = get_metric(metric), margin or Margin(seed=spec.seed)
+    models, probs = list(oof), [np.asarray(p, np.float32) for p in oof.values()]
+    singles = [np.asarray(p, np.float32) for p in single_oof.values()]
+    notes = _data_notes(models, probs, labels, spec.cross_fit_parts)
+    too_few = any(n.endswith("so no method is compared") for n in notes)
+    names = [] if too_few else [c for c in spec.candidates if len(models) > 1]
+    if metric == SMOOTH and "rank" in names:
         names.remove("rank")
         notes.append("rank averaging left out: its output is not a probability, so its log loss means nothing")
-    crossed = {SINGLE: cross_fit_predict(list(single_oof.values()), labels, _single_fit(spec, metric),
-                                         spec.cross_fit_parts, spec.seed)}
-    for name in names:
-        crossed[name] = cross_fit_predict(probs, labels, _candidate_fit(name, spec, metric), spec.cross_fit_parts,
-                                          spec.seed)
+    with_tta = not too_few and any(not np.array_equal(a, b) for a, b in zip(probs, singles))
+    crossed: dict[str, np.ndarray] = {}
+    if not too_few:
+        single = rule(SINGLE, spec, metric)
+        crossed[SINGLE] = cross_fit(single, singles, labels, spec.cross_fit_parts, spec.seed)
+        if with_tta:
+            crossed[SINGLE_TTA] = cross_fit(single, probs, labels, spec.cross_fit_parts, spec.seed)
+        for name in names:
+            crossed[name] = cross_fit(rule(METHODS_RULE[name], spec, metric), probs, labels, spec.cross_fit_parts,
+                                      spec.seed)
     scores = {k: float(m(labels, v)) for k, v in crossed.items()}
-    chosen = _best(m, scores, [SINGLE, *names])
-    if chosen == SINGLE:
-        combiner = fit_combiner(list(single_oof.values()), labels, spec, metric, SINGLE)
-        best = list(single_oof)[int(np.argmax(combiner.weights))]
-        reason = (f"no method beat the best single model without TTA on the cross-fitted {metric}: "
-                  f"{best} alone, one view, is submitted")
+    smooth = {k: float(get_metric(SMOOTH)(labels, v)) for k, v in crossed.items()}
+    gains, passing = {}, [SINGLE]
+    for k in crossed:
+        if k != SINGLE:
+            ok, gains[k] = _passes(labels, crossed[k], crossed[SINGLE], m, margin)
+            passing += [k] if ok else []
+    chosen = _pick(m, scores, smooth, passing) if crossed else SINGLE
+    fit_on = singles if chosen == SINGLE else probs
+    combiner = rule(METHODS_RULE.get(chosen, SINGLE), spec, metric).fit(fit_on, labels)
+    if chosen in (SINGLE, SINGLE_TTA):
+        best = models[int(np.argmax(combiner.weights))]
+        what = "without TTA, one view" if chosen == SINGLE else "under its tta=auto policy"
+        why = "; ".join(notes) if notes else f"no method beat it beyond noise ({_level(margin)})"
+        reason = f"the best single model {best}, {what}, is submitted: {why}"
+        if chosen == SINGLE_TTA:
+            reason = (f"the best single model {best} under its tta=auto policy beat it without TTA beyond noise, "
+                      "and no merge beat that")
     else:
-        combine, weights = METHODS[chosen]
-        combiner = fit_combiner(probs, labels, spec, metric, combine, weights)
-        reason = (f"{chosen} has the best cross-fitted {metric} ({scores[chosen]:.4f}; best single model without "
-                  f"TTA {scores[SINGLE]:.4f})")
+        reason = (f"{chosen} has the best cross-fitted {metric} ({scores[chosen]:.4f}) of the candidates that beat "
+                  f"the best single model without TTA ({scores[SINGLE]:.4f}) beyond noise ({_level(margin)})")
     log.info("ensemble=auto: %s", reason)
-    record = {"chosen": chosen, "scores": scores, "scoring": f"cross-fitted over {spec.cross_fit_parts} parts",
-              "reason": reason, "notes": notes, "fit": combiner.info,
-              "models": models if chosen != SINGLE else list(single_oof)}
+    record = {"chosen": chosen, "scores": scores, "gains": gains,
+              "scoring": f"cross-fitted over {spec.cross_fit_parts} parts (seed {spec.seed})",
+              "margin": _level(margin), "reason": reason, "notes": notes, "fit": combiner.info,
+              "models": [best] if chosen in (SINGLE, SINGLE_TTA) else models}
     return combiner, record
+
+
+METHODS_RULE = {"mean": "mean", "caruana": "caruana", "optimize": "optimize", "stack": "stack", "rank": "rank",
+                "bagged": "bagged", "temperature": "temperature", SINGLE: SINGLE, SINGLE_TTA: SINGLE}
+"""``ensemble.candidates`` (and the single-model candidates) → :data:`pipeline.predict.fitting.RULES` names."""

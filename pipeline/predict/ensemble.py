@@ -2,7 +2,7 @@
 
 K-fold members of one config form one *model*: its OOF predictions are the folds' concatenated
 validation rows, its test prediction the mean of its folds. Models are merged with equal, given or
-Caruana-fitted weights; weights are fitted on OOF rows only, never on the test rows.
+Caruana-fitted weights; every fit on OOF rows goes through :mod:`pipeline.predict.fitting`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ __all__ = [
     "group_models",
     "merge_files",
     "model_oof",
-    "fit_weights",
     "check_ensemble",
 ]
 
@@ -283,23 +282,6 @@ def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequ
     return oof.assign(_r=oof["id"].map(rank)).sort_values("_r").drop(columns="_r").reset_index(drop=True)
 
 
-def fit_weights(oofs: dict[str, pd.DataFrame], opts: EnsembleSpec, metric: str) -> np.ndarray:
-    """Ensemble weights over models from their OOF predictions (equal, given, or Caruana); others fit in merge."""
-    names = list(oofs)
-    if opts.weights not in ("equal", "given", "caruana", "fitted"):
-        return resolve_weights("equal", len(names))
-    fitted = None
-    if opts.weights in ("caruana", "fitted"):
-        ids = [set(f["id"]) for f in oofs.values()]
-        if any(s != ids[0] for s in ids):
-            raise ValueError(f"Models {names} have OOF predictions on different rows; Caruana weights need the same rows.")
-        probs = [f.filter(like=PROB_PREFIX).to_numpy() for f in oofs.values()]
-        fitted = caruana_bagged(probs, oofs[names[0]]["label"].to_numpy(), opts.bags, opts.bag_fraction, opts.seed,
-                                n_rounds=opts.caruana_rounds, metric=get_metric(opts.fit_metric or metric),
-                                method=opts.method)
-    return resolve_weights(opts.weights, len(names), opts.given_weights, fitted)
-
-
 def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str) -> None:
     """Validate the ``ensemble`` settings and the metric against the models, before any prediction is made.
 
@@ -312,6 +294,10 @@ def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str) -> No
             get_metric(name)
         except KeyError as err:
             raise ConfigError(f"{key}: {err.args[0]}") from err
+    if opts.combine == "rank" and metric == "log_loss":
+        raise ConfigError("ensemble.combine=rank cannot serve metric=log_loss: rank averaging orders rows, its output "
+                          "is not a calibrated probability; use ensemble=caruana|optimize|stack|mean, or a rank metric "
+                          "such as roc_auc")
     if opts.method not in REDUCTIONS:
         raise ConfigError(f"ensemble.method={opts.method!r} is not one of {list(REDUCTIONS)}")
     if opts.weights not in (*WEIGHT_KINDS, "fitted"):
@@ -340,6 +326,10 @@ def _check_merge(opts: EnsembleSpec, n_models: int) -> None:
         raise ConfigError(f"ensemble.cross_fit_parts must be an integer of at least 2; got {opts.cross_fit_parts!r}")
     if not float(opts.stack_c) > 0:
         raise ConfigError(f"ensemble.stack_c must be positive; got {opts.stack_c!r}")
+    if opts.margin is not None and (isinstance(opts.margin, bool) or not isinstance(opts.margin, (int, float))
+                                    or not 0 < float(opts.margin) < 0.5):
+        raise ConfigError(f"ensemble.margin must be null (the best cross-fitted score wins) or a one-sided miss rate "
+                          f"in (0, 0.5), e.g. 0.05; got {opts.margin!r}")
     unknown = [c for c in opts.candidates if c not in ENSEMBLE_CANDIDATES]
     if opts.combine == "auto" and unknown:
         raise ConfigError(f"ensemble.candidates {unknown} are unknown; accepted: {list(ENSEMBLE_CANDIDATES)}")

@@ -11,7 +11,7 @@ on ``[N, K]`` float32 arrays, one per model; no members × rows × classes float
   renormalised to sum to one so a probability submission stays valid, but they are **not calibrated
   probabilities** and their log loss is meaningless;
 - ``stack``: a multinomial logistic regression (scikit-learn) on the models' OOF log-probabilities. Its
-  honest OOF score comes from :func:`cross_fit_predict`; the deployed meta-model is refitted on all rows;
+  honest OOF score comes from :func:`pipeline.predict.fitting.cross_fit`; the deployed meta-model is refitted on all rows;
 - ``single``: one model alone (what ``ensemble=auto`` falls back to).
 
 Temperature scaling (Guo et al. 2017; ``ensemble.temperature``) divides each model's log-probabilities by
@@ -20,7 +20,7 @@ a scalar fitted on its OOF rows (1-D minimisation of log loss) before any of the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,8 @@ from pipeline.core.reduce import from_space, to_space
 from pipeline.predict.ensemble import caruana_bagged, resolve_weights
 from pipeline.predict.spec import COMBINES, EnsembleSpec
 
-__all__ = ["COMBINES", "SMOOTH_METRICS", "Combiner", "apply_temperature", "cross_fit_predict", "fit_combiner",
-           "fit_temperature", "optimize_weights", "rank_average", "stratified_parts"]
+__all__ = ["COMBINES", "SMOOTH_METRICS", "Combiner", "apply_temperature", "fit_combiner", "fit_temperature",
+           "optimize_weights", "rank_average"]
 
 SMOOTH_METRICS = ("log_loss",)
 """Metrics ``optimize`` can minimise directly; for any other it minimises log loss (and records that)."""
@@ -233,35 +233,3 @@ def fit_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: Ensemble
         w = resolve_weights(weights, len(arrays), spec.given_weights)
         info["weights"] = weights
     return Combiner(kind, np.asarray(w, dtype=np.float64), spec.method, temps, None, info)
-
-
-def stratified_parts(labels: np.ndarray, parts: int, seed: int) -> np.ndarray:
-    """A part index in ``[0, parts)`` per row: each class's rows shuffled (seeded) and dealt out in turn."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    out = np.zeros(len(labels), np.int64)
-    offset = 0
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        out[rows] = (np.arange(len(rows)) + offset) % parts
-        offset += len(rows)  # so small classes do not all start in part 0
-    return out
-
-
-def cross_fit_predict(probs: Sequence[np.ndarray], labels: np.ndarray,
-                      fit: Callable[[list[np.ndarray], np.ndarray], Combiner], parts: int, seed: int) -> np.ndarray:
-    """Out-of-sample predictions of a fitting rule: each part merged by ``fit`` on the other parts.
-
-    Scoring the concatenation gives an honest score of the rule; scoring a fit on its own rows flatters it.
-    """
-    labels = np.asarray(labels)
-    arrays = _f32(probs)
-    part = stratified_parts(labels, parts, seed)
-    out = np.zeros(arrays[0].shape, np.float32)
-    for k in range(parts):
-        test, train = part == k, part != k
-        if not test.any():
-            continue
-        # Rank averaging ranks the held-out part among itself, as it ranks the test rows among themselves.
-        out[test] = fit([p[train] for p in arrays], labels[train]).apply([p[test] for p in arrays])
-    return out

@@ -29,15 +29,38 @@ from pipeline.member.folder import Member
 from pipeline.predict.spec import PredictOptions, crop_override_allowed
 from pipeline.predict.tta import TTAPolicy
 
-__all__ = ["EVAL_TRANSFORM", "EvalGroup", "MemberPlan", "policy_key", "eval_group", "member_policy", "settings_key",
-           "plan_members"]
+__all__ = ["EVAL_TRANSFORM", "EvalGroup", "MemberPlan", "policy_key", "policy_names", "eval_group", "member_policy",
+           "settings_key", "plan_members"]
 
 EVAL_TRANSFORM = "eval_transform.json"
 
 
 def policy_key(policy: TTAPolicy) -> str:
-    """File-name key of a policy: its name plus a hash of all its settings."""
+    """File-name key of a policy: its name plus a hash of all its settings (files and caches only, never shown)."""
     return f"{policy.name}.{short_hash(asdict(policy), 8)}"
+
+
+_SHOWN_FIELDS = ("flip", "crop_size", "scales", "squares", "crops", "flips")
+
+
+def policy_names(policies: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Readable name of each policy key: its name, plus the settings that tell apart policies sharing it.
+
+    >>> policy_names({"a": {"name": "none"}, "b": {"name": "ten_crop", "flip": "horizontal"},
+    ...               "c": {"name": "ten_crop", "flip": "vertical"}})
+    {'a': 'none', 'b': 'ten_crop (flip horizontal)', 'c': 'ten_crop (flip vertical)'}
+    """
+    out = {}
+    for key, p in policies.items():
+        twins = [q for q in policies.values() if q["name"] == p["name"]]
+        differ = [f for f in _SHOWN_FIELDS if len({str(q.get(f)) for q in twins}) > 1]
+        shown = ", ".join(f"{f} {_plain(p.get(f))}" for f in differ)
+        out[key] = f"{p['name']} ({shown})" if shown else str(p["name"])
+    return out
+
+
+def _plain(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ __all__ = ["COMBINES", "ENSEMBLE_CANDIDATES", "MODES", "TTASpec", "EnsembleSpec"
 COMBINES = ("weighted", "rank", "stack", "auto")
 """Accepted ``ensemble.combine`` values (see :mod:`pipeline.predict.merge`)."""
 
-ENSEMBLE_CANDIDATES = ("mean", "caruana", "optimize", "stack", "rank")
+ENSEMBLE_CANDIDATES = ("mean", "caruana", "bagged", "optimize", "stack", "rank", "temperature")
 """Accepted ``ensemble.candidates`` of ``combine: auto`` (see :mod:`pipeline.predict.choose`)."""
 
 MODES = ("full", "submit")
@@ -50,6 +50,9 @@ class TTASpec:
         flips: multiscale: subset of none, horizontal, vertical.
         candidates: auto: the policies tried per model, each ``{name: ..., <policy field>: ...}``.
         max_passes: auto: most forward passes per image a model's chosen policy may cost (null: no budget).
+        margin: auto: a policy replaces ``none`` only when it beats it beyond noise: the lower ``margin``
+            quantile of the paired bootstrap of its log-loss gain on the OOF rows is above zero, and it is not
+            worse on the metric. null: the best OOF score wins, however small the gain.
     """
 
     name: str = "ten_crop"
@@ -64,6 +67,7 @@ class TTASpec:
     flips: list[str] = field(default_factory=lambda: ["none"])
     candidates: list[dict[str, Any]] = field(default_factory=list)
     max_passes: int | None = None
+    margin: float | None = 0.05
 
     def policy_fields(self) -> dict[str, Any]:
         """The fields that define the policy's views (what :func:`~pipeline.predict.tta.create_policy` takes)."""
@@ -94,7 +98,12 @@ class EnsembleSpec:
         stack_c: stack: inverse L2 strength of the logistic regression.
         candidates: auto: the methods compared (mean, caruana, optimize, stack, rank); the best single model
             without TTA is always compared too.
-        cross_fit_parts: stack and auto: parts of the OOF rows each fit is scored out of sample on.
+        cross_fit_parts: Parts of the OOF rows each fit is scored out of sample on (the one split of
+            :mod:`pipeline.predict.fitting`, seeded by ``seed``).
+        margin: auto: a method (or the best single model's TTA) replaces the best single model without TTA only
+            when its cross-fitted predictions beat it beyond noise: the lower ``margin`` quantile of the paired
+            bootstrap of the log-loss gain is above zero, and it is not worse on the metric. null: the best
+            cross-fitted score wins, however small the gain.
     """
 
     method: str = "prob_mean"
@@ -110,6 +119,7 @@ class EnsembleSpec:
     stack_c: float = 1.0
     candidates: list[str] = field(default_factory=lambda: ["mean", "caruana", "optimize", "stack", "rank"])
     cross_fit_parts: int = 5
+    margin: float | None = 0.05
 
 
 @dataclass

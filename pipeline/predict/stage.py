@@ -20,7 +20,7 @@ Outputs, in ``<sweep>/predict/``::
     ensemble_test.csv     the ensemble's test probabilities (submission policy)
     oof/<model>__<policy>.csv   model-level OOF predictions, every policy with OOF rows
     test/<model>__<policy>.csv  model-level test predictions, the submission policy (or every policy)
-    predict.json          members, skipped folders, policies, weights, timings (+ submission, leaderboard)
+    predict.json          the PredictRecord (written once, by the submission stage)
 """
 
 from __future__ import annotations
@@ -35,20 +35,22 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import ConfigError, MemberError
-from pipeline.core.io import read_json, safe_name, short_hash, write_json
+from pipeline.core.io import read_json, safe_name, short_hash
 from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, write_predictions
-from pipeline.predict.choose import choose_ensemble, choose_policies
+from pipeline.predict.choose import METHODS_RULE, SINGLE, SINGLE_TTA, choose_ensemble, choose_policies, margin_of
 from pipeline.predict.distributed import DistributeSpec, Runner, distributed, task_summary
-from pipeline.predict.ensemble import check_ensemble, fit_weights, group_models, merge_files, model_oof, resolve_weights
-from pipeline.predict.merge import Combiner, cross_fit_predict, fit_combiner
+from pipeline.predict.ensemble import check_ensemble, group_models, merge_files, model_oof, resolve_weights
+from pipeline.predict.fitting import Margin, Rule, cross_fit, rule_name, submitted_rule
+from pipeline.predict.merge import Combiner
 from pipeline.predict.offline import cached_oof_sets
 from pipeline.predict.options import check_options
-from pipeline.predict.plan import eval_group, member_policy, policy_key
+from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_names
+from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
@@ -63,14 +65,14 @@ class PredictResult:
     """What the predict stage leaves for the submission: its summary and the ensemble's test file.
 
     Attributes:
-        summary: ``predict.json`` as written.
+        record: What ``predict.json`` will hold (the submission stage completes and writes it).
         ensemble_path: ``ensemble_test.csv``, the ensemble's test probabilities under the submission policy.
         classes: Class names, in probability-column order.
         test: The test images, in the sample submission's order when there is one.
         sample_ids: The sample submission's ids, or None.
     """
 
-    summary: dict[str, Any]
+    record: PredictRecord
     ensemble_path: Path
     classes: list[str]
     test: ImageTable
@@ -195,46 +197,88 @@ def _write_tests(out_dir: Path, models: dict[str, list[Member]], test: dict[tupl
     _drop_stale(out_dir / "test", {f"{safe_name(g)}__{k}.csv" for g, keys in test_keys.items() for k in keys})
 
 
-def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str], ens: EnsembleSpec,
-               metric: str) -> tuple[Combiner, dict[str, str], dict[str, Any] | None]:
-    """The fitted merge of the models' OOF rows (each under its policy), the keys its test files need, its record.
-
-    ``ensemble.combine=auto`` may fall back to the best single model under policy ``none``: the keys then
-    name that model alone.
-    """
-    if ens.combine == "weighted" and ens.weights in ("equal", "given") and not ens.temperature:  # nothing to fit
-        fixed = resolve_weights(ens.weights, len(model_keys), ens.given_weights)
-        return Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights}), model_keys, None
+def _oof_arrays(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str],
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The OOF labels and each model's probabilities under its key (same rows, same order, or an error)."""
     oofs = {g: frames[k][g] for g, k in model_keys.items()}
-    ids = [set(f["id"]) for f in oofs.values()]
-    if any(s != ids[0] for s in ids):
-        raise ValueError(f"Models {list(oofs)} have OOF predictions on different rows; fitted merges need the same rows.")
+    ids = [f["id"].tolist() for f in oofs.values()]
+    if any(i != ids[0] for i in ids):
+        raise MemberError(f"Models {list(oofs)} have OOF predictions on different rows (were they trained on other "
+                          "folds or another split?); fitted merges need the same rows.")
     labels = next(iter(oofs.values()))["label"].to_numpy()
-    probs = {g: f.filter(like=PROB_PREFIX).to_numpy(np.float32) for g, f in oofs.items()}
+    return labels, {g: f.filter(like=PROB_PREFIX).to_numpy(np.float32) for g, f in oofs.items()}
+
+
+def _fit_policies(frames: dict[str, dict[str, pd.DataFrame]], models: list[str], ens: EnsembleSpec,
+                  metric: str) -> dict[str, Combiner]:
+    """The configured rule fitted once per policy on the models' OOF rows (its weights go to predict.json)."""
+    rule = submitted_rule(ens, metric)
+    out = {}
+    for key in frames:
+        if ens.combine == "auto" or not rule.fitted:
+            w = resolve_weights(ens.weights if ens.weights in ("equal", "given") else "equal", len(models),
+                                ens.given_weights)
+            out[key] = Combiner("weighted", w, ens.method, info={"kind": "weighted", "weights": ens.weights})
+        else:
+            labels, probs = _oof_arrays(frames, dict.fromkeys(models, key))
+            out[key] = rule.fit(list(probs.values()), labels)
+    return out
+
+
+def _cross_fitted(rule: Rule, probs: dict[str, np.ndarray], labels: np.ndarray, ens: EnsembleSpec, metric: str,
+                  key: str) -> dict[str, Any] | None:
+    """The submitted rule's honest OOF score: :func:`~pipeline.predict.fitting.cross_fit` on the one split."""
+    if not rule.fitted or len(labels) < 2 * ens.cross_fit_parts:
+        return None
+    crossed = cross_fit(rule, list(probs.values()), labels, ens.cross_fit_parts, ens.seed)
+    return {"metric": metric, "score": float(get_metric(metric)(labels, crossed)), "parts": ens.cross_fit_parts,
+            "seed": ens.seed, "policy": key, "rule": rule.name}
+
+
+def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str], ens: EnsembleSpec,
+               metric: str, fitted: dict[str, Combiner]) -> tuple[Combiner, dict[str, str], dict[str, Any]]:
+    """The submission's merge, the keys its test files need, and its record (rule, cross-fitted score, choice).
+
+    A policy already fitted (``fitted``, every model under one key) is reused: each policy is fitted once.
+    ``ensemble.combine=auto`` may fall back to the best single model (under ``none``, or under its tta=auto
+    policy): the keys then name that model alone.
+    """
+    rule = submitted_rule(ens, metric)
+    keys = set(model_keys.values())
+    if ens.combine != "auto" and not rule.fitted:  # nothing to fit
+        fixed = resolve_weights(ens.weights, len(model_keys), ens.given_weights)
+        combiner = Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights})
+        return combiner, model_keys, {"rule": rule.name, "cross_fitted": None, "choice": None}
+    labels, probs = _oof_arrays(frames, model_keys)
     if ens.combine != "auto":
-        combiner = fit_combiner(list(probs.values()), labels, ens, metric)
-        if ens.combine != "weighted" or ens.weights in ("caruana", "fitted", "optimize") or ens.temperature:
-            # A fit scored on its own rows flatters it: record the honest, cross-fitted OOF score too.
-            crossed = cross_fit_predict(list(probs.values()), labels, lambda p, y: fit_combiner(p, y, ens, metric),
-                                        ens.cross_fit_parts, ens.seed)
-            combiner.info["cross_fitted_score"] = {metric: float(get_metric(metric)(labels, crossed)),
-                                                   "parts": ens.cross_fit_parts}
-        return combiner, model_keys, None
+        combiner = fitted[next(iter(keys))] if len(keys) == 1 else rule.fit(list(probs.values()), labels)
+        key = next(iter(keys)) if len(keys) == 1 else "auto"
+        return combiner, model_keys, {"rule": rule.name, "cross_fitted": _cross_fitted(rule, probs, labels, ens, metric,
+                                                                                       key), "choice": None}
     none_key = next((k for k in frames if k.startswith("none.")), None)
     if none_key is None:
         raise ConfigError("ensemble.combine=auto compares every method with the best single model without TTA, which "
                           "needs OOF predictions under policy none; no member has them (mode=submit without cached OOF)")
     singles = {g: frames[none_key][g].filter(like=PROB_PREFIX).to_numpy(np.float32) for g in model_keys}
-    combiner, record = choose_ensemble(probs, labels, singles, ens, metric)
-    if record["chosen"] == "single":
-        best = list(singles)[int(np.argmax(combiner.weights))]
-        return Combiner("single", np.ones(1), combiner.method, None if combiner.temperatures is None else
-                        combiner.temperatures[[list(singles).index(best)]], None, combiner.info), {best: none_key}, record
-    return combiner, model_keys, record
+    combiner, record = choose_ensemble(probs, labels, singles, ens, metric, margin_of(ens.margin, ens.seed))
+    chosen = record["chosen"]
+    out = {"rule": METHODS_RULE[chosen], "choice": record,
+           "cross_fitted": {"metric": metric, "score": record["scores"].get(chosen), "parts": ens.cross_fit_parts,
+                            "seed": ens.seed, "rule": METHODS_RULE[chosen],
+                            "policy": none_key if chosen == SINGLE else ("auto" if len(keys) > 1 else next(iter(keys)))}
+           if chosen in record["scores"] else None}
+    if chosen in (SINGLE, SINGLE_TTA):
+        best = record["models"][0]
+        key = none_key if chosen == SINGLE else model_keys[best]
+        index = list(singles).index(best)
+        single = Combiner("single", np.ones(1), combiner.method, None if combiner.temperatures is None else
+                          combiner.temperatures[[index]], None, combiner.info)
+        return single, {best: key}, out
+    return combiner, model_keys, out
 
 
 def _choose_tta(frames: dict[str, dict[str, pd.DataFrame]], templates: dict[str, TTAPolicy], keys: list[str],
-                models: list[str], metric: str, seed: int, max_passes: int | None) -> dict[str, dict[str, Any]]:
+                models: list[str], metric: str, margin: Margin, max_passes: int | None) -> dict[str, dict[str, Any]]:
     """``tta=auto``: each model's policy among the candidate ``keys`` that have OOF rows."""
     if not keys:
         raise ConfigError("tta=auto needs out-of-fold predictions under its candidates; none has them (mode=submit "
@@ -242,7 +286,7 @@ def _choose_tta(frames: dict[str, dict[str, pd.DataFrame]], templates: dict[str,
     views = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in keys}
     oof = {g: {k: (frames[k][g]["label"].to_numpy(), frames[k][g].filter(like=PROB_PREFIX).to_numpy()) for k in keys}
            for g in models}
-    return choose_policies(oof, views, metric, seed, max_passes)
+    return choose_policies(oof, views, metric, margin, max_passes)
 
 
 def _policy_notes(policies: Sequence[TTAPolicy]) -> list[str]:
@@ -255,15 +299,17 @@ def predict(
     members: Sequence[Member], skipped: dict[str, str], spec: DataSpec, policies: Sequence[TTAPolicy],
     submit_policy: TTAPolicy, out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, metric: str = "accuracy",
     candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
-    dist: DistributeSpec | None = None,
+    dist: DistributeSpec | None = None, tta_margin: float | None = 0.05,
 ) -> PredictResult:
     """OOF rows under every policy, the test set under the submission policy, model files, weights, the ensemble.
 
-    Writes ``oof/``, ``test/``, ``ensemble_test.csv`` (the submission policy) and ``predict.json`` into
-    ``out_dir``; :func:`pipeline.submission.stage.submit` then writes the submission file from them.
+    Writes ``oof/``, ``test/`` and ``ensemble_test.csv`` (the submission policy) into ``out_dir`` and returns
+    the :class:`~pipeline.predict.record.PredictRecord`; :func:`pipeline.submission.stage.submit` then writes
+    the submission file and ``predict.json`` (once).
     With ``candidates`` (``tta=auto``) each model's policy is chosen among them on its OOF rows
-    (:func:`pipeline.predict.choose.choose_policies`, at most ``max_passes`` views) and ``submit_policy`` is
-    not used; ``ens.combine`` other than ``weighted`` fits the merge of :mod:`pipeline.predict.merge`. With
+    (:func:`pipeline.predict.choose.choose_policies`, at most ``max_passes`` views, leaving ``none`` only for a
+    policy that beats it by ``tta_margin``) and ``submit_policy`` is not used; ``ens.combine`` other than
+    ``weighted`` fits the merge of :mod:`pipeline.predict.merge` (:mod:`pipeline.predict.fitting`). With
     ``dist`` (:mod:`pipeline.predict.distributed`) the members' predictions run as one task per member.
 
     Raises:
@@ -284,6 +330,7 @@ def predict(
     submit_policy = canonical_policy(submit_policy)
     templates = {policy_key(p): p for p in map(canonical_policy, [*policies, *extra, *auto, submit_policy])}
     submit_key = policy_key(submit_policy)
+    names = policy_names({k: asdict(p) for k, p in templates.items()})  # what logs and the report show
     detail = _check_members(members, templates, opts)
     test, sample_ids = read_test_in_sample_order(spec, classes)
     log.info("Predicting %d member(s) in %d model(s), mode=%s, policies %s", len(members), len(models), opts.mode,
@@ -296,23 +343,26 @@ def predict(
         tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
         if auto:
             tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames],
-                                     list(models), metric, ens.seed, max_passes)
-            model_keys = {g: c["chosen"] for g, c in tta_choice.items()}
+                                     list(models), metric, margin_of(tta_margin, ens.seed), max_passes)
+            model_keys = {g: c["key"] for g, c in tta_choice.items()}
             chosen = set(model_keys.values())
             submit_key = chosen.pop() if len(chosen) == 1 else "auto"
+            names["auto"] = "tta=auto (each model its own policy)"
         fit_key = _fit_key(submit_key, list(oof), templates, ens) if submit_key != "auto" else submit_key
-        weights = {k: dict(zip(models, fit_weights(f, ens, metric).tolist())) for k, f in frames.items()}
-        combiner, ensemble_choice = None, None
+        fitted = _fit_policies(frames, list(models), ens, metric)  # each policy fitted once
+        weights = {k: dict(zip(models, c.weights.tolist())) for k, c in fitted.items()}
+        combiner: Combiner | None = None
+        fit_record: dict[str, Any] = {"rule": rule_name(ens), "cross_fitted": None, "choice": None}
         if fit_key is None:
             equal = resolve_weights(ens.weights, len(models), ens.given_weights)
             weights[submit_key] = dict(zip(models, equal.tolist()))
         else:
             if fit_key != submit_key:
                 log.warning("No OOF predictions under the submission policy %s; its weights are fitted on "
-                            "policy %s.", submit_key, fit_key)
+                            "policy %s.", names.get(submit_key, submit_key), names.get(fit_key, fit_key))
             fit_keys = {g: fit_key if k == submit_key else k for g, k in model_keys.items()}
-            combiner, used, ensemble_choice = _fit_merge(frames, fit_keys, ens, metric)
-            if used is not fit_keys:  # ensemble=auto chose the best single model, one view
+            combiner, used, fit_record = _fit_merge(frames, fit_keys, ens, metric, fitted)
+            if used is not fit_keys:  # ensemble=auto chose the best single model (one view, or its own policy)
                 model_keys, submit_key = used, next(iter(used.values()))
                 fit_key = submit_key
             weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
@@ -332,23 +382,21 @@ def predict(
     else:
         ens_path = merge_files(paths, out_dir / "ensemble_test.csv", classes, None, ens.method,
                                50_000 if combiner.rowwise else None, combiner.apply)
-    summary: dict[str, Any] = {
-        "mode": opts.mode, "members": {m.name: str(m.path) for m in members}, "skipped": skipped,
-        "models": {g: [m.name for m in ms] for g, ms in models.items()},
-        "policies": {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in oof},
-        "submission_policy": submit_key,
-        "submission_policy_spec": asdict(templates[submit_key]) if submit_key in templates else None,
-        "test_policies": list(dict.fromkeys(k for keys in test_keys.values() for k in keys)), "ensemble": asdict(ens),
-        "metric": metric, "weights": weights, "tta_choice": tta_choice, "ensemble_choice": ensemble_choice,
-        "submitted": {"models": model_keys, "combine": None if combiner is None else combiner.info},
-        "weights_fitted_on": {submit_key: fit_key}, "oof_source": sources,
-        "timings": _timings(models, templates, oof, test_files), "classes": classes, "n_test": len(test),
-        "policy_notes": _policy_notes([*policies, *candidates]),
-        "member_detail": detail, "options": asdict(opts),
-        "prediction_cache": {m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
-                             for m in members},
-    }
-    if tasks:
-        summary["distributed"] = task_summary(tasks, dist)
-    write_json(out_dir / "predict.json", summary)
-    return PredictResult(summary, ens_path, classes, test, sample_ids)
+    policy_set = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in oof}
+    record = PredictRecord(
+        mode=opts.mode, members={m.name: str(m.path) for m in members}, skipped=skipped,
+        models={g: [m.name for m in ms] for g, ms in models.items()}, policies=policy_set,
+        policy_names=names, submission_policy=submit_key,
+        submission_policy_spec=asdict(templates[submit_key]) if submit_key in templates else None,
+        test_policies=list(dict.fromkeys(k for keys in test_keys.values() for k in keys)), ensemble=asdict(ens),
+        metric=metric, weights=weights, rule=str(fit_record["rule"]), cross_fitted=fit_record["cross_fitted"],
+        tta_choice=tta_choice, ensemble_choice=fit_record["choice"],
+        submitted={"models": model_keys, "combine": None if combiner is None else combiner.info},
+        weights_fitted_on={submit_key: fit_key}, oof_source=sources,
+        timings=_timings(models, templates, oof, test_files), classes=classes, n_test=len(test),
+        policy_notes=_policy_notes([*policies, *candidates]), member_detail=detail, options=asdict(opts),
+        prediction_cache={m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
+                          for m in members},
+        distributed=task_summary(tasks, dist) if tasks else None,
+    )
+    return PredictResult(record, ens_path, classes, test, sample_ids)

@@ -10,11 +10,9 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "load": ["PredictRun", "load_predict_run"],
-        "score": [
-            "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_parts", "cross_fit_predict", "candidate_rows", "baseline_row",
-            "score_rows",
-        ],
-        "nested": ["NestedPick", "nested_pick"],
+        "score": ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "kind_of", "score_rows",
+                  "submitted_row"],
+        "nested": ["NESTED_PARTS", "NestedPick", "nested_pick"],
         "savings": ["flip_effects", "redundant_policies", "droppable_models"],
         "text": ["relative_error_reduction", "summarize", "paragraph", "render_table", "markdown"],
         "plots": ["MOST_WRONG", "save_figure", "plot_score_vs_cost", "plot_confusion", "plot_most_wrong"],

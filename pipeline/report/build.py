@@ -29,15 +29,14 @@ import pandas as pd
 
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
-from pipeline.core.reduce import merge_members
 from pipeline.core.tracking import LoggerSpec, log_files_artifact, resume_wandb
 from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.groups import group_warnings
 from pipeline.report.load import PredictRun, load_predict_run
-from pipeline.report.nested import nested_pick
+from pipeline.report.nested import NESTED_PARTS, nested_pick
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost, save_figure
 from pipeline.report.savings import droppable_models, flip_effects, redundant_policies
-from pipeline.report.score import CROSS_FIT_PARTS, Row, baseline_row, candidate_rows, score_rows
+from pipeline.report.score import Row, baseline_row, candidate_rows, score_rows, submitted_row
 from pipeline.report.text import in_sample_summary, markdown, nested_summary, paragraph, summarize
 
 __all__ = ["compute_report", "build_report"]
@@ -58,11 +57,14 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     rows = candidate_rows(pr, m, seed)
     base = baseline_row(pr, rows, m)
     df = score_rows(pr, rows, base, m, n_boot, seed)
+    submitted = submitted_row(pr, rows)
+    df["submitted"] = df.index == (-1 if submitted is None else submitted)
     df.attrs.update(metric=m.name, baseline=f"{base.model} / {pr.policy_names[base.key]}",
                     baseline_index=next(i for i, r in enumerate(rows) if r is base))
+    df.attrs["final"] = _final_probs(pr, df, rows)  # the "final ensemble" plots show the submitted merge
     # Candidates cheapest first, so ties in score or in votes go to the cheaper row.
     order = sorted(range(len(rows)), key=lambda i: (int(df.loc[i, "forward_passes_per_image"]), i))
-    parts = min(CROSS_FIT_PARTS, len(pr.labels))  # a handful of OOF rows: as many parts as rows
+    parts = min(NESTED_PARTS, len(pr.labels))  # a handful of OOF rows: as many parts as rows
     if parts < 2:
         raise ValueError(f"{pr.path}: the OOF files share {len(pr.labels)} row(s); the report needs at least 2.")
     pick = nested_pick([rows[i].probs for i in order], pr.labels, m, parts, seed)
@@ -101,22 +103,20 @@ def _plain(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _final_probs(pr: PredictRun) -> tuple[np.ndarray, str]:
-    """OOF predictions of the submitted ensemble: submission policy, submission weights.
+def _final_probs(pr: PredictRun, df: pd.DataFrame, rows: list[Row]) -> tuple[np.ndarray, str]:
+    """OOF predictions of the submitted merge, as the report scored it (cross-fitted when it is fitted).
 
-    An inference-only run (``mode=submit``) may have no OOF rows under the submission policy; the plots
-    then show the policy its weights were fitted on, and the title says so.
+    An inference-only run (``mode=submit``) may have no OOF rows under the submission policy; the row then
+    uses the policy its merge was fitted on, and the title names it.
     """
-    key = pr.info["submission_policy"]
-    weights = pr.weights(key)
-    if key not in pr.policies and not pr.mixed:
-        shown = (pr.info.get("weights_fitted_on") or {}).get(key)
-        key = shown if shown in pr.policies else next(iter(pr.policies))
-    probs = merge_members([pr.oof[(m, pr.model_key(m, key))] for m in pr.models], list(weights.values()), pr.method)
-    kind = pr.info["ensemble"].get("weights", "equal")
-    # Submitted Caruana weights were fitted on these very rows: say so rather than hide it.
-    note = ", weights fitted on these rows" if kind in ("caruana", "fitted") else ""
-    return probs.numpy(), f"final ensemble ({kind} weights / {pr.policy_names[key]}{note})"
+    hits = df.index[df["submitted"]]
+    if len(hits):
+        row = rows[int(hits[0])]
+        how = ", cross-fitted" if row.rule not in ("mean", "given", "single", "") else ""
+        return row.probs, f"submitted: {row.rule} / {pr.policy_names[row.key]}{how}"
+    base = next(i for i, r in enumerate(rows) if r.kind == "single" and f"{r.model} / {pr.policy_names[r.key]}"
+                == df.attrs["baseline"])
+    return rows[base].probs, f"best single model ({df.attrs['baseline']}; the submitted merge has no OOF row)"
 
 
 def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int = 1000, seed: int = 0,
@@ -128,7 +128,7 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
         metric: Competition metric; None uses ``predict.json``'s.
         n_boot: Bootstrap resamples for the intervals.
         seed: Seed of the bootstrap and of the cross-fitting split.
-        wandb_spec: When given (and ``predict.json`` records ``wandb_run_id`` and ``wandb_dir``), the
+        wandb_spec: When given (and ``predict.json`` records its W&B run under ``wandb``), the
             predict run is resumed and the table, plots and gains are logged to it.
 
     Returns:
@@ -137,7 +137,7 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     df, summary, pr = compute_report(predict_dir, metric, n_boot, seed)
     out = pr.path
     plots = [plot_score_vs_cost(df, summary["metric"], out / "score_vs_cost.png")]
-    final, title = _final_probs(pr)
+    final, title = df.attrs["final"]
     plots.append(plot_confusion(pr.labels, final, pr.classes, f"{title}, {len(pr.labels)} OOF rows",
                                 out / "confusion_matrix.png"))
     plots += _diagnostic_plots(pr, df, final, title, out)
@@ -168,13 +168,13 @@ def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title
 def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary: dict[str, Any],
                files: list[Path]) -> None:
     """Log the table, the plots and the gains to the predict stage's W&B run; every file as the ``report`` artifact."""
-    if not info.get("wandb_run_id") or not info.get("wandb_dir"):
-        log.info("predict.json records no W&B run (wandb_run_id, wandb_dir); not logging to W&B.")
+    run = info.get("wandb") or {}
+    if not run.get("run_id") or not run.get("dir"):
+        log.info("predict.json records no W&B run (wandb.run_id, wandb.dir); not logging to W&B.")
         return
     import wandb
 
-    wb = resume_wandb(str(info["wandb_run_id"]), info["wandb_dir"], spec, info.get("wandb_project"),
-                      info.get("wandb_entity"))
+    wb = resume_wandb(str(run["run_id"]), run["dir"], spec, run.get("project"), run.get("entity"))
     try:
         wb.log({"report/table": wandb.Table(dataframe=df),
                  **{f"report/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})

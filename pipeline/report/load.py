@@ -9,16 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.io import read_json, safe_name
+from pipeline.core.io import safe_name
 from pipeline.member.predictions import read_predictions
+from pipeline.predict.plan import policy_names
+from pipeline.predict.record import PredictRecord
 
 __all__ = ["AUTO", "PredictRun", "load_predict_run"]
 
 log = logging.getLogger(__name__)
 
-_REQUIRED_KEYS = (
-    "members", "models", "policies", "submission_policy", "ensemble", "metric", "weights", "classes",
-)
 
 
 
@@ -33,7 +32,8 @@ class PredictRun:
         ids: OOF row ids shared by every model and policy, in file order.
         labels: ``[N]`` integer labels of those rows.
         oof: ``(model, policy key) → [N, K]`` probabilities, rows aligned with ``ids``.
-        policy_names: Display name of each policy key (its name, or the key when names repeat).
+        policy_names: Readable name of each policy key (its name, plus the settings that tell apart policies
+            sharing it; never the file key's hash).
     """
 
     path: Path
@@ -80,9 +80,6 @@ AUTO = "auto"
 """The policy key of a submission whose models were each predicted under their own ``tta=auto`` choice."""
 
 
-def _policy_names(policies: dict[str, dict[str, Any]]) -> dict[str, str]:
-    names = [p["name"] for p in policies.values()]
-    return {k: p["name"] if names.count(p["name"]) == 1 else k for k, p in policies.items()}
 
 
 _Oof = tuple[list[str], np.ndarray, np.ndarray]
@@ -113,16 +110,7 @@ def load_predict_run(predict_dir: str | Path) -> PredictRun:
         ValueError: A malformed ``predict.json`` or labels that disagree between files.
     """
     path = Path(predict_dir)
-    if not (path / "predict.json").is_file():
-        raise FileNotFoundError(
-            f"No predict.json in {path}: run pipeline-predict first, or set predict_dir=..."
-        )
-    info = read_json(path / "predict.json")
-    missing = [k for k in _REQUIRED_KEYS if k not in info]
-    if missing:
-        raise ValueError(
-            f"{path / 'predict.json'} lacks the keys {missing}; was it written by pipeline-predict?"
-        )
+    info = PredictRecord.read(path).as_dict()  # the record predict wrote, checked for the keys it must have
     raw = _read_oof(path, info)
     first_ids = next(iter(raw.values()))[0]
     common = set(first_ids).intersection(*(set(ids) for ids, _, _ in raw.values()))
@@ -140,7 +128,7 @@ def load_predict_run(predict_dir: str | Path) -> PredictRun:
         labels = file_labels[rows]
         oof[(model, key)] = probs[rows]
     assert labels is not None
-    names = _policy_names(info["policies"])
+    names = {**policy_names(info["policies"]), **(info.get("policy_names") or {})}
     if info.get("submission_policy") == AUTO:
         names[AUTO] = "tta=auto (each model its own policy)"
     return PredictRun(path, info, list(info["classes"]), ids, labels, oof, names)

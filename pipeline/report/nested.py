@@ -4,8 +4,8 @@ The report scores a couple of dozen rows (models × policies × ensemble kinds) 
 The row that scores best there is partly best by luck, and its score is optimistic (the winner's
 curse; Cawley & Talbot, JMLR 2010). The nested rule judges the *choosing* instead:
 
-1. split the OOF rows into :data:`~pipeline.report.score.CROSS_FIT_PARTS` stratified parts (the same
-   seeded split the fitted ensemble is cross-fitted on);
+1. split the OOF rows into stratified parts (:func:`pipeline.predict.fitting.split`, the one seeded split
+   every cross-fitted score uses);
 2. for each part, pick the row that scores best on the *other* parts, and take that row's predictions
    for the held part;
 3. the concatenation of those held-out picks is scored and bootstrapped against the baseline.
@@ -30,9 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.core.metrics import Metric
-from pipeline.report.score import CROSS_FIT_PARTS, cross_fit_parts
+from pipeline.predict.fitting import split
 
-__all__ = ["NestedPick", "nested_pick"]
+NESTED_PARTS = 5
+"""Parts of the nested pick."""
+
+__all__ = ["NESTED_PARTS", "NestedPick", "nested_pick"]
 
 
 @dataclass
@@ -58,7 +61,7 @@ class NestedPick:
 
 
 def nested_pick(
-    candidates: Sequence[np.ndarray], labels: np.ndarray, metric: Metric, n_parts: int = CROSS_FIT_PARTS,
+    candidates: Sequence[np.ndarray], labels: np.ndarray, metric: Metric, n_parts: int = NESTED_PARTS,
     seed: int = 0,
 ) -> NestedPick:
     """Pick the best candidate on all parts but one, score it on that one; repeat for every part.
@@ -69,14 +72,14 @@ def nested_pick(
         labels: ``[N]`` integer labels.
         metric: The metric rows are chosen by (its direction is respected).
         n_parts: Number of stratified parts, at least 2.
-        seed: Seed of the split (:func:`pipeline.report.score.cross_fit_parts`).
+        seed: Seed of the split (:func:`pipeline.predict.fitting.split`).
 
     Returns:
         The held-out picks and the row picked most often.
     """
     if not candidates:
         raise ValueError("nested_pick needs at least one candidate row")
-    parts = cross_fit_parts(labels, n_parts, seed)
+    parts = split(labels, n_parts, seed)
     out = np.empty_like(np.asarray(candidates[0], dtype=np.float64))
     picks = []
     for part in range(n_parts):

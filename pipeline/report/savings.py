@@ -4,8 +4,8 @@
   (``hflip``/``vflip`` → ``none``, ``ten_crop`` → ``five_crop``, ``d4`` → ``rot90``), per model. Flips do
   not preserve every label (digits, text); the report says so when the OOF score fell.
 - **Redundant policies**: a policy that is not better, beyond noise, than one with fewer views, per model.
-- **Droppable members**: a model whose removal does not lower the submitted kind of ensemble's score
-  beyond noise (Caruana weights re-fitted cross-fitted without it, for the fitted kind).
+- **Droppable members**: a model whose removal does not lower the submitted merge's score beyond noise
+  (the same rule re-fitted, cross-fitted, without it, for fitted rules).
 
 "Beyond noise" means the 95% paired bootstrap interval of the difference excludes 0.
 """
@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
+from pipeline.core.metrics import Metric, paired_bootstrap
 from pipeline.core.reduce import merge_members
+from pipeline.predict.fitting import cross_fit
 from pipeline.report.load import PredictRun
-from pipeline.report.score import CROSS_FIT_PARTS, Row, cross_fit_predict
+from pipeline.report.score import Row, ensemble_spec, pr_rule
 
 __all__ = ["FLIP_OF", "flip_effects", "redundant_policies", "droppable_models", "points"]
 
@@ -96,17 +97,23 @@ def redundant_policies(pr: PredictRun, metric: Metric, n_boot: int, seed: int) -
     return out
 
 
+def _metric(pr: PredictRun) -> Metric:
+    from pipeline.core.metrics import get_metric
+
+    return get_metric(str(pr.info["metric"]))
+
+
 def _without(pr: PredictRun, row: Row, drop: str, seed: int) -> np.ndarray:
     """The ensemble ``row`` with model ``drop`` removed, built the way ``row`` was."""
     keep = [m for m in pr.models if m != drop]
     probs = [pr.oof[(m, pr.model_key(m, row.key))] for m in keep]
     if len(keep) == 1:
         return probs[0]
-    if row.kind == "ensemble-fitted":
-        ens = pr.info["ensemble"]
-        fit_metric = get_metric(ens.get("fit_metric") or pr.info["metric"])
-        return cross_fit_predict(probs, pr.labels, fit_metric, CROSS_FIT_PARTS, seed,
-                                 int(ens.get("caruana_rounds", 50)), pr.method)
+    if row.rule and row.rule not in ("mean", "given", "single"):
+        r = pr_rule(pr, row.rule, ensemble_spec(pr), _metric(pr))
+        if r.fitted:
+            return cross_fit(r, probs, pr.labels, min(r.spec.cross_fit_parts, len(pr.labels)), r.spec.seed)
+        return r.fit(probs, pr.labels).apply(probs)
     weights = [row.weights[m] for m in keep] if row.kind == "ensemble-given" else None
     if weights is not None and sum(weights) <= 0:
         weights = None

@@ -1,14 +1,17 @@
-"""Scoring the report's rows: every single model and every ensemble kind, under every TTA policy, on OOF rows.
+"""Scoring the report's rows: every single model and every merge method, under the TTA policies, on OOF rows.
 
 Every row is scored on the same OOF rows:
 
 - every single model under every TTA policy;
-- the ensemble with equal weights under every policy;
-- the ensemble with Caruana weights under every policy, scored **cross-fitted**: the OOF rows are
-  split into :data:`CROSS_FIT_PARTS` stratified parts, each part is predicted with weights fitted on
-  the other parts, and the metric is computed on the concatenation. Weights fitted and scored on the
-  same rows would flatter the ensemble;
+- the equal-weight mean and the Caruana-weighted ensemble under every policy;
+- every other merge method (bagged Caruana, optimised weights, rank averaging, stacking, temperature
+  scaling, and the submitted rule whatever it is) under the submission's policy and the baseline's;
 - the ensemble with the configured weights, when ``predict.json`` used ``given`` weights.
+
+Fitted rows are scored **cross-fitted**, through :func:`pipeline.predict.fitting.cross_fit` with the
+ensemble settings ``predict.json`` records (the same rule, parts and seed the predict stage used), so the
+submitted rule's row equals the cross-fitted score ``predict.json`` recorded. The row of what was
+submitted carries ``submitted``.
 
 Each row's difference to the *baseline* (the best single model without TTA: policy ``none``, or the
 policy with the fewest views when ``none`` was not predicted) comes with a 95% paired bootstrap
@@ -19,116 +22,121 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.metrics import METRICS, Metric, get_metric, paired_bootstrap, score_all
+from pipeline.core.metrics import METRICS, Metric, paired_bootstrap, score_all
 from pipeline.core.progress import progress
-from pipeline.core.reduce import merge_members
-from pipeline.data.folds import make_folds
-from pipeline.predict.ensemble import caruana_select
+from pipeline.predict.fitting import Rule, cross_fit, rule, rule_name
+from pipeline.predict.spec import EnsembleSpec
 from pipeline.report.load import AUTO, PredictRun
 
-__all__ = [
-    "CROSS_FIT_PARTS", "KINDS", "Row", "cross_fit_parts", "cross_fit_predict", "candidate_rows", "baseline_row",
-    "score_rows",
-]
+__all__ = ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "ensemble_spec", "kind_of", "score_rows",
+           "submitted_name", "submitted_row"]
 
-CROSS_FIT_PARTS = 5
-"""Stratified parts of the OOF rows for scoring the fitted ensemble out of sample."""
+KINDS = ("single", "ensemble-equal", "ensemble-fitted", "ensemble-given", "ensemble-bagged", "ensemble-optimize",
+         "ensemble-rank", "ensemble-stack", "ensemble-temperature")
+"""Values of the report's ``kind`` column (``ensemble-fitted`` is Caruana; a submitted rule with temperature
+scaling adds ``ensemble-<rule>+temperature``)."""
 
-KINDS = ("single", "ensemble-equal", "ensemble-fitted", "ensemble-given")
-"""Values of the report's ``kind`` column."""
-
+OTHER_RULES = ("bagged", "optimize", "rank", "stack", "temperature")
+"""Merge methods scored under the submission's and the baseline's policy only."""
 
 
 @dataclass
 class Row:
-    """One row before scoring: a prediction and the models (with weights) it costs."""
+    """One row before scoring: a prediction, the models (with weights) it costs, and the rule that made it."""
 
     kind: str
     model: str
     key: str
     probs: np.ndarray
     weights: dict[str, float]
+    rule: str = ""
 
 
-def cross_fit_parts(labels: np.ndarray, n_parts: int = CROSS_FIT_PARTS, seed: int = 0) -> np.ndarray:
-    """The part (``0..n_parts-1``) of each row: stratified, seeded; the one split every cross-fitted rule uses."""
-    if not 2 <= n_parts <= len(labels):
-        raise ValueError(f"cross-fitting needs 2 <= n_parts <= {len(labels)} rows; got n_parts={n_parts}")
-    return make_folds([str(i) for i in range(len(labels))], labels, n_parts, seed, 0.2)["fold"].to_numpy()
+def kind_of(rule_name: str) -> str:
+    """The report's ``kind`` of a merge rule's row."""
+    return {"mean": "ensemble-equal", "caruana": "ensemble-fitted", "given": "ensemble-given",
+            "single": "single", "single+tta": "single"}.get(rule_name, f"ensemble-{rule_name}")
 
 
-def cross_fit_predict(
-    member_probs: Sequence[np.ndarray],
-    labels: np.ndarray,
-    metric: Metric,
-    n_parts: int = CROSS_FIT_PARTS,
-    seed: int = 0,
-    n_rounds: int = 50,
-    method: str = "prob_mean",
-) -> np.ndarray:
-    """Out-of-sample predictions of a Caruana-weighted ensemble.
+def submitted_name(pr: PredictRun) -> str:
+    """The submitted merge rule's name (records from before it was recorded: derived from the settings)."""
+    return str(pr.info.get("rule") or rule_name(ensemble_spec(pr)))
 
-    The rows are split into ``n_parts`` stratified parts (:func:`pipeline.data.folds.make_folds`, seeded);
-    each part is merged with weights fitted (:func:`pipeline.predict.ensemble.caruana_select`) on the other
-    parts only, so no row's prediction has seen that row's label.
 
-    Args:
-        member_probs: One ``[N, K]`` array per model.
-        labels: ``[N]`` integer labels.
-        metric: Metric the weights are fitted for (its direction is respected).
-        n_parts: Number of parts, at least 2 and at most N.
-        seed: Seed of the split.
-        n_rounds: Caruana rounds.
-        method: Reduction over models.
+def ensemble_spec(pr: PredictRun) -> EnsembleSpec:
+    """The ensemble settings ``predict.json`` records, as the predict stage used them."""
+    known = {f.name for f in fields(EnsembleSpec)}
+    return EnsembleSpec(**{k: v for k, v in pr.info["ensemble"].items() if k in known})
 
-    Returns:
-        ``[N, K]`` merged probabilities, rows in input order.
-    """
-    parts = cross_fit_parts(labels, n_parts, seed)
-    out = np.empty_like(np.asarray(member_probs[0], dtype=np.float64))
-    for part in range(n_parts):
-        test, fit = parts == part, parts != part
-        fit_probs = [p[fit] for p in member_probs]
-        weights = caruana_select(fit_probs, labels[fit], n_rounds, metric=metric, method=method)
-        out[test] = merge_members([p[test] for p in member_probs], weights=weights, method=method).numpy()
-    return out
+
+def _merge_row(pr: PredictRun, r: Rule, key: str, models: Sequence[str]) -> Row:
+    """A merge rule's row under ``key``: cross-fitted when the rule fits something (the predict stage's split)."""
+    probs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
+    parts = min(r.spec.cross_fit_parts, len(pr.labels))
+    deployed = r.fit(probs, pr.labels)  # the weights a deployment uses decide which models cost inference
+    merged = cross_fit(r, probs, pr.labels, parts, r.spec.seed) if r.fitted else deployed.apply(probs)
+    weights = dict(zip(models, deployed.weights.tolist())) if deployed.kind == "weighted" else dict.fromkeys(
+        models, 1.0 / len(models))
+    return Row(kind_of(r.name), kind_of(r.name), key, merged, weights, r.name)
 
 
 def candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[Row]:
-    """Every single model, then each ensemble kind, under every policy."""
+    """Every single model under every policy, then the merges (see the module docstring)."""
     models = list(pr.models)
-    rows = [Row("single", m, k, pr.oof[(m, k)], {m: 1.0}) for m in models for k in pr.policies]
+    rows = [Row("single", m, k, pr.oof[(m, k)], {m: 1.0}, "single") for m in models for k in pr.policies]
     if len(models) < 2:
         return rows
-    ens = pr.info["ensemble"]
-    rounds = int(ens.get("caruana_rounds", 50))
-    fit_metric = get_metric(ens.get("fit_metric") or metric.name)  # the weights are fitted as predict fits them
+    spec, name = ensemble_spec(pr), submitted_name(pr)
     # tta=auto with a policy per model: the submitted mix is one more key (each model under its own choice)
     keys = [*pr.policies, *([AUTO] if pr.mixed else [])]
-    for key in keys:
-        probs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
-        merged = merge_members(probs, method=pr.method).numpy()
-        equal = dict.fromkeys(models, 1.0 / len(models))
-        rows.append(Row("ensemble-equal", "ensemble-equal", key, merged, equal))
-    for key in keys:
-        probs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
-        crossed = cross_fit_predict(probs, pr.labels, fit_metric, CROSS_FIT_PARTS, seed, rounds, pr.method)
-        # The weights a deployment would use (fitted on all rows) decide which models cost inference.
-        full = caruana_select(probs, pr.labels, rounds, metric=fit_metric, method=pr.method)
-        deployed = dict(zip(models, full.tolist()))
-        rows.append(Row("ensemble-fitted", "ensemble-fitted", key, crossed, deployed))
-    if ens.get("weights") == "given":
-        for key in pr.policies:
-            weights = pr.weights(key)
-            probs = [pr.oof[(m, key)] for m in models]
-            merged = merge_members(probs, weights=[weights[m] for m in models], method=pr.method).numpy()
-            rows.append(Row("ensemble-given", "ensemble-given", key, merged, weights))
+    for base in ("mean", "caruana"):
+        rows += [_merge_row(pr, rule(base, spec, metric.name), key, models) for key in keys]
+    focus = list(dict.fromkeys(k for k in (_submit_key(pr), _base_key(pr)) if k in keys))
+    others = [n for n in (*OTHER_RULES, name) if n not in ("mean", "caruana", "given", "single", "single+tta")]
+    if metric.name == "log_loss" and name != "rank":
+        others = [n for n in others if n != "rank"]  # rank averages orders, not probabilities: no log loss
+    for other in dict.fromkeys(others):
+        r = pr_rule(pr, other, spec, metric)
+        rows += [_merge_row(pr, r, key, models) for key in focus]
+    if spec.weights == "given":
+        rows += [_merge_row(pr, rule("given", spec, metric.name), key, models) for key in pr.policies]
     return rows
+
+
+def pr_rule(pr: PredictRun, name: str, spec: EnsembleSpec, metric: Metric) -> Rule:
+    """The rule ``name``; the submitted one exactly as predict fitted it (its recorded settings)."""
+    if name == submitted_name(pr) and spec.combine != "auto":
+        return Rule(name, spec, metric.name)
+    return rule(name, spec, metric.name)
+
+
+def _submit_key(pr: PredictRun) -> str:
+    key = str(pr.info["submission_policy"])
+    if key in pr.policies or key == AUTO:
+        return key
+    fitted_on = (pr.info.get("weights_fitted_on") or {}).get(key)
+    return str(fitted_on) if fitted_on in pr.policies else next(iter(pr.policies))
+
+
+def _base_key(pr: PredictRun) -> str:
+    keys = [k for k, p in pr.policies.items() if p["name"] == "none"]
+    return keys[0] if keys else min(pr.policies, key=lambda k: int(pr.policies[k]["views"]))
+
+
+def submitted_row(pr: PredictRun, rows: list[Row]) -> int | None:
+    """The index of the row that is what was submitted (its rule, under its policy), when the report has it."""
+    name, key = submitted_name(pr), _submit_key(pr)
+    if name in ("single", "single+tta") or len(pr.models) < 2:
+        model = next(iter((pr.info.get("submitted") or {}).get("models") or pr.models))
+        hits = [i for i, r in enumerate(rows) if r.kind == "single" and r.model == model and r.key == key]
+    else:
+        hits = [i for i, r in enumerate(rows) if r.rule == name and r.key == key and r.kind != "single"]
+    return hits[0] if hits else None
 
 
 def baseline_row(pr: PredictRun, rows: list[Row], metric: Metric) -> Row:
@@ -167,7 +175,7 @@ def score_rows(
         boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed)
         weights = ", ".join(f"{m}={w:.2f}" for m, w in r.weights.items() if w > 0)
         records.append({
-            "row": f"{r.model} / {pr.policy_names[r.key]}", "kind": r.kind, "model": r.model,
+            "row": f"{r.model} / {pr.policy_names[r.key]}", "kind": r.kind, "rule": r.rule, "model": r.model,
             "policy": pr.policy_names[r.key], "policy_key": r.key, "members": members, "weights": weights,
             **score_all(pr.labels, r.probs, _metric_names(metric.name)),
             "diff_vs_best_single": boot.diff, "ci_low": boot.low, "ci_high": boot.high,

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline.core.metrics import BootstrapResult, Metric
 from pipeline.report.load import PredictRun
-from pipeline.report.score import CROSS_FIT_PARTS
+from pipeline.report.score import kind_of, submitted_name
 
 __all__ = [
     "relative_error_reduction", "nested_summary", "in_sample_summary", "summarize", "paragraph", "render_table",
@@ -99,20 +99,18 @@ def in_sample_summary(df: pd.DataFrame, metric: Metric) -> dict[str, Any]:
 
 def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, seed: int) -> dict[str, Any]:
     base_row = df.loc[df.attrs["baseline_index"]]
-    # What was submitted (ensemble=auto records its choice), else the configured weights.
-    submitted = ((pr.info.get("submitted") or {}).get("combine") or {})
-    weights_kind = submitted.get("weights") or pr.info["ensemble"].get("weights", "equal")
-    ens_kind = {"caruana": "ensemble-fitted", "fitted": "ensemble-fitted", "given": "ensemble-given"}.get(
-        weights_kind, "ensemble-equal")
+    # What was submitted: the rule predict.json records (ensemble=auto's choice included), under its policy.
+    rule = submitted_name(pr)
+    ens_kind = kind_of(rule) if kind_of(rule) != "single" else "ensemble-fitted"
     gib = metric.greater_is_better
     ens = _pick(df, ens_kind, base_row["policy_key"])
+    if ens is None and ens_kind != "ensemble-fitted":
+        ens = _pick(df, "ensemble-fitted", base_row["policy_key"])
     tta_key = _tta_key(pr, base_row["policy_key"])
     tta = None if tta_key is None else _pick(df, "single", tta_key, base_row["model"])
-    submit = pr.info["submission_policy"]
-    if len(pr.models) > 1:
-        final = _pick(df, ens_kind, submit)
-    else:
-        final = _pick(df, "single", submit, base_row["model"])
+    hits = df[df["submitted"]] if "submitted" in df else df.iloc[:0]
+    final = None if hits.empty else hits.iloc[0]
+    spec = pr.info["ensemble"]
     return {
         "metric": metric.name, "greater_is_better": gib, "n_rows": len(pr.labels),
         "n_classes": len(pr.classes), "n_boot": n_boot, "seed": seed,
@@ -123,9 +121,11 @@ def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, see
                                               "views": int(pr.policies[str(tta_key)]["views"])},
         "final_gain": None if final is None else _gain(final, base_row, metric),
         "best_row": str(df.loc[df["best"], "row"].iloc[0]),
-        "fitted_ensemble": {"scoring": "cross-fitted", "parts": CROSS_FIT_PARTS, "seed": seed,
-                            "caruana_rounds": int(pr.info["ensemble"].get("caruana_rounds", 50)),
-                            "method": pr.method, "fit_metric": pr.info["ensemble"].get("fit_metric") or metric.name},
+        "fitted_ensemble": {"scoring": "cross-fitted", "parts": int(spec.get("cross_fit_parts", 5)),
+                            "seed": int(spec.get("seed", 0)), "caruana_rounds": int(spec.get("caruana_rounds", 50)),
+                            "method": pr.method, "fit_metric": spec.get("fit_metric") or metric.name},
+        "submitted": {"rule": rule, "row": None if final is None else final["row"],
+                      "cross_fitted": pr.info.get("cross_fitted")},
         "leaderboard": pr.info.get("leaderboard"),
         "tta_choice": pr.info.get("tta_choice"), "ensemble_choice": pr.info.get("ensemble_choice"),
     }

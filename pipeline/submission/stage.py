@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.io import read_csv_as_text, write_json
+from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
-from pipeline.member.predictions import read_predictions
 from pipeline.predict.distributed import DistributeSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
@@ -67,23 +66,50 @@ def default_metric(fmt: SubmissionFormat, sample: str | None) -> tuple[str, str]
     return "accuracy", f"accuracy: {where} asks for a class label ({fmt.kind})"
 
 
-def solution_score(
-    spec: DataSpec, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], metric: str
-) -> dict[str, Any] | None:
-    """Leaderboard score against the competition's solution file, when one is available (the demo)."""
+def _submitted_probs(path: Path, fmt: SubmissionFormat, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The written submission read back as ``[N, K]`` scores: its probabilities, or one-hot labels (top-k: ranked)."""
+    df = read_csv_as_text(path)
+    ids = df[fmt.id_column].tolist()
+    out = np.zeros((len(df), len(classes)))
+    index = {c: i for i, c in enumerate(classes)}
+    if fmt.has_probabilities and fmt.kind != "label+probabilities":
+        for col, name in zip(fmt.prob_value_columns, fmt.prob_columns or []):
+            out[:, index[name]] = df[col].astype(float).to_numpy()
+        return ids, out / out.sum(axis=1, keepdims=True)
+    cells = df[str(fmt.label_column)].tolist()
+    for r, cell in enumerate(cells):
+        for rank, token in enumerate(cell.split(" ") if fmt.kind == "topk" else [cell]):
+            out[r, int(token) if fmt.label_as == "index" else index[token]] = 1.0 / (rank + 1)
+    return ids, out / out.sum(axis=1, keepdims=True)
+
+
+def solution_score(spec: DataSpec, submission: Path, fmt: SubmissionFormat, classes: Sequence[str],
+                   metric: str) -> dict[str, Any] | None:
+    """Leaderboard score of the submission file as written, against the competition's solution file (the demo).
+
+    It scores the file that is submitted, read back: labels one-hot (top-k by rank), probabilities as given.
+    """
     if not spec.solution or not (spec.root_path / spec.solution).is_file():
         return None
-    sol = read_csv_as_text(spec.root_path / spec.solution).set_index(spec.id_col)[spec.label_col]
+    path = spec.root_path / spec.solution
+    sol = read_csv_as_text(path).set_index(spec.id_col)[spec.label_col]
+    ids, probs = _submitted_probs(submission, fmt, classes)
     index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(sol[i]) for i in ids if sol[i] not in index})
+    if unknown:
+        raise SubmissionError(f"{path}: labels {unknown[:5]} in column {spec.label_col!r} are not classes; "
+                              f"accepted: {list(classes)[:10]}")
     labels = np.array([index[sol[i]] for i in ids])
     return {"metric": metric, "score": float(get_metric(metric)(labels, probs)), "rows": len(ids),
-            "note": "leaderboard score on the hidden solution file, not validation"}
+            "file": str(submission), "note": "leaderboard score of the submission file on the hidden solution, not "
+            "validation"}
 
 
 def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
     out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None = None,
     candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None, dist: DistributeSpec | None = None,
+    tta_margin: float | None = 0.05, run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
 
@@ -91,7 +117,8 @@ def submit(
     fits the weights for the metric. ``predict.json`` records both and ``metric_reason``. ``candidates`` and
     ``max_passes`` are ``tta=auto``'s (see :func:`pipeline.predict.stage.predict`). ``dist`` runs the members'
     predictions as one task per member on Ray or SLURM (:mod:`pipeline.predict.distributed`); None or
-    ``backend: none`` runs them in this process.
+    ``backend: none`` runs them in this process. ``tta_margin`` is ``tta.margin``; ``run_info`` sets record
+    fields only the command line knows (``wandb``, ``metric_target``).
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -106,16 +133,16 @@ def submit(
     ens = replace(ens, fit_metric=ens.fit_metric or metric)
     log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
     result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes,
-                     dist)
-    summary = result.summary
-    summary["metric_reason"] = reason
+                     dist, tta_margin)
+    record = result.record
+    record.metric_reason = reason
     expected = result.sample_ids or result.test.ids
     # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
-    summary["submission"] = str(write_submission_from_predictions(
-        result.ensemble_path, out_dir / sub.filename, fmt, classes, expected, result.sample_ids))
-    summary["leaderboard"] = None
-    if spec.solution and (spec.root_path / spec.solution).is_file():  # the demo's hidden answers
-        ids, probs, _ = read_predictions(result.ensemble_path, classes)
-        summary["leaderboard"] = solution_score(spec, ids, probs, classes, metric)
-    write_json(out_dir / "predict.json", summary)
-    return summary
+    written = write_submission_from_predictions(result.ensemble_path, out_dir / sub.filename, fmt, classes, expected,
+                                                result.sample_ids)
+    record.submission = str(written)
+    record.leaderboard = solution_score(spec, written, fmt, classes, metric)  # the demo's hidden answers
+    for key, value in (run_info or {}).items():  # what only the command line knows (W&B run, a user metric)
+        setattr(record, key, value)
+    record.write(out_dir)  # predict.json, written once
+    return record.as_dict()
