@@ -80,24 +80,36 @@ def test_default_loss_is_the_hard_label_cross_entropy_of_before(train_cfg: Calla
     logits = torch.randn(len(batch["target"]), module.hparams["num_classes"])
     expected = F.cross_entropy(logits, batch["target"], label_smoothing=0.1)
     assert torch.equal(module.criterion(logits, batch["target"]), expected)
+    # the soft-target loss on hard labels (no mixing) is the same loss, through smoothed one-hot targets
+    soft = ClassifierModule("lenet5", module.hparams["num_classes"], 1, 28, [0.5], [0.25], label_smoothing=0.1,
+                            loss="soft_target_cross_entropy")
+    assert soft.mixup is None
+    assert float(soft.criterion(logits, batch["target"])) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_learning_rate_rises_linearly_during_warmup_then_follows_cosine(train_cfg: Callable[..., DictConfig]) -> None:
-    # 2 epochs × 4 batches = 8 optimiser steps; warmup_epochs=1 → 4 warmup steps, then 4 cosine steps
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_learning_rate_rises_linearly_during_warmup_then_follows_cosine(
+    train_cfg: Callable[..., DictConfig], accumulate: int
+) -> None:
+    # 2 epochs × 4 batches = 8 batches: T = 8 / accumulate optimiser steps, warmup_epochs=1 → W = T / 2 warmup steps
     cfg = train_cfg(*TINY, "logger=csv", "trainer.log_every_n_steps=1", "trainer.max_epochs=2",
-                    "scheduler=warmup_cosine", "scheduler.warmup_epochs=1")
+                    "scheduler=warmup_cosine", "scheduler.warmup_epochs=1", f"trainer.accumulate_grad_batches={accumulate}")
     train(cfg)
     logged = pd.read_csv(Path(cfg.paths.output_dir) / "csv_logs" / "metrics.csv")
-    rows = logged.dropna(subset=["train/lr"]).sort_values("step")
-    lr = rows["train/lr"].to_numpy()
-    base = float(cfg.optimizer.lr)
-    assert list(rows["step"]) == list(range(8))
-    assert lr[:4] == pytest.approx([base * (s + 1) / 4 for s in range(4)])  # linear rise to the base rate
-    assert lr[4:] == pytest.approx([base * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)])
-    assert all(a < b for a, b in zip(lr[:4], lr[1:4], strict=False)) and all(a > b for a, b in zip(lr[4:], lr[5:], strict=False))
+    rows = logged.dropna(subset=["train/lr"])
+    per_step = rows.groupby("step")["train/lr"]
+    assert (per_step.nunique() == 1).all()  # the batches of one optimiser step share its rate
+    lr = per_step.first().to_numpy()
+    base, total = float(cfg.optimizer.lr), 8 // accumulate
+    warmup = total // 2
+    assert list(per_step.first().index) == list(range(total))
+    assert lr[:warmup] == pytest.approx([base * (s + 1) / warmup for s in range(warmup)])  # linear rise to the base rate
+    assert lr[warmup:] == pytest.approx([base * 0.5 * (1 + math.cos(math.pi * s / warmup)) for s in range(warmup)])
+    assert all(a < b for a, b in zip(lr[:warmup], lr[1:warmup], strict=False))
+    assert all(a > b for a, b in zip(lr[warmup:], lr[warmup + 1:], strict=False))
     # the Lightning LR monitor sees the same rates
-    monitor = logged.dropna(subset=["lr-AdamW/head"]).sort_values("step")
-    assert monitor["lr-AdamW/head"].to_numpy() == pytest.approx(lr)
+    monitor = logged.dropna(subset=["lr-AdamW/head"]).groupby("step")["lr-AdamW/head"].first()
+    assert monitor.to_numpy() == pytest.approx(lr)
 
 
 def test_warmup_factor_and_schedule_check_the_exact_run_length() -> None:
