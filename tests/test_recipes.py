@@ -110,6 +110,9 @@ def test_learning_rate_rises_linearly_during_warmup_then_follows_cosine(
     # the Lightning LR monitor sees the same rates
     monitor = logged.dropna(subset=["lr-AdamW/head"]).groupby("step")["lr-AdamW/head"].first()
     assert monitor.to_numpy() == pytest.approx(lr)
+    # a resume restores the schedule: its state is in last.ckpt, which loads with weights_only=True as resuming does
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == total and ckpt["lr_schedulers"][0]["warmup_steps"] == warmup
 
 
 def test_warmup_factor_and_schedule_check_the_exact_run_length() -> None:
