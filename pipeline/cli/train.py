@@ -29,7 +29,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
 from pipeline.models.spec import ModelSpec
-from pipeline.train.spec import TrainSpec
+from pipeline.train.spec import MixupSpec, TrainSpec
 
 __all__ = ["train_spec", "run", "monitored_value", "main"]
 
@@ -71,7 +71,8 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         transforms=transforms, optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler and "_target_" in scheduler else None,
         trainer=instantiate(cfg.trainer, _partial_=True), logger=to_dataclass(LoggerSpec, cfg.logger),
-        seed=int(cfg.seed), label_smoothing=float(cfg.label_smoothing), monitor=str(cfg.monitor),
+        seed=int(cfg.seed), label_smoothing=float(cfg.label_smoothing), loss=str(cfg.get("loss") or "cross_entropy"),
+        mixup=to_dataclass(MixupSpec, cfg.aug), monitor=str(cfg.monitor),
         monitor_mode=str(cfg.monitor_mode), early_stopping_patience=cfg.early_stopping_patience,
         overwrite=bool(cfg.get("overwrite", False)), aug_mean=to_container(cfg.aug.get("mean")),
         aug_std=to_container(cfg.aug.get("std")), name=str(cfg.member_name),

@@ -10,7 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "manifest": [
-            "MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed",
+            "MANIFEST", "STATUSES", "MemberManifest", "Recipe", "write_manifest", "read_manifest", "member_status", "mark_failed",
             "check_member_name",
         ],
         "folder": ["Member", "find_members", "inside"],

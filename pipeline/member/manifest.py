@@ -2,7 +2,7 @@
 
 Layout (``outputs/<experiment>/<sweep>/<model>-s<seed>-<fold>/``)::
 
-    member.json            manifest: model, classes, sizes, normalisation, data, fold, status, checkpoint
+    member.json            manifest: model, classes, sizes, normalisation, data, fold, status, checkpoint, recipe
     config.yaml            the resolved config, for people (nothing after training reads it)
     classes.json           the class list, in output order
     folds.csv              id,label,fold for every training row (the sweep's shared folds)
@@ -31,7 +31,7 @@ from pipeline.core.errors import MemberError
 from pipeline.core.io import atomic_path, read_json, safe_name, write_json
 
 __all__ = [
-    "MANIFEST", "STATUSES", "MemberManifest", "write_manifest", "read_manifest", "member_status", "mark_failed",
+    "MANIFEST", "STATUSES", "MemberManifest", "Recipe", "write_manifest", "read_manifest", "member_status", "mark_failed",
     "check_member_name",
 ]
 
@@ -39,6 +39,25 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "member.json"
 STATUSES = ("running", "completed", "failed")
+
+
+@dataclass
+class Recipe:
+    """How a member was trained beyond its model and data, so a report can say which recipe each member used.
+
+    Members written before this record existed have none (``MemberManifest.recipe`` is None).
+    """
+
+    loss: str = "cross_entropy"
+    label_smoothing: float = 0.0
+    mixup: dict[str, Any] | None = None  # {mixup, cutmix, mixup_prob, mixup_switch_prob, mixup_mode}; None: off
+    scheduler: str | None = None  # the LR scheduler's class; None: a constant rate
+    scheduler_interval: str = "epoch"  # when it steps: "epoch" or "step" (every optimiser step)
+    warmup: dict[str, Any] | None = None  # {"epochs": e} or {"steps": s}; None: no warmup
+    precision: str = "32-true"  # as resolved for the Trainer (never "auto-mixed")
+    accumulate_grad_batches: int = 1
+    averaging: list[dict[str, Any]] = field(default_factory=list)  # EMA / SWA callbacks and their settings
+    snapshots: int = 0
 
 
 @dataclass
@@ -65,6 +84,7 @@ class MemberManifest:
     sweep: str = ""
     model_group: str = ""  # the member's model across folds: name without the fold part
     data: dict[str, Any] = field(default_factory=dict)  # the data spec it was trained on (root, layout, cache…)
+    recipe: Recipe | None = None  # loss, Mixup/CutMix, schedule, precision, accumulation, averaging; None: older member
 
 
 def write_manifest(folder: Path, manifest: MemberManifest) -> None:
@@ -88,6 +108,8 @@ def read_manifest(folder: Path) -> MemberManifest:
     known = set(MemberManifest.__dataclass_fields__)
     try:
         manifest = MemberManifest(**{k: v for k, v in data.items() if k in known})
+        if isinstance(manifest.recipe, dict):  # keys a newer version adds are left out, as for the manifest
+            manifest.recipe = Recipe(**{k: v for k, v in manifest.recipe.items() if k in Recipe.__dataclass_fields__})
     except TypeError as err:
         raise MemberError(f"{path}: {err}") from err
     _check_fields(manifest, path)
@@ -103,6 +125,8 @@ def _check_fields(m: MemberManifest, path: Path) -> None:
     wrong = [k for k in _INT_FIELDS if not isinstance(getattr(m, k), int) or isinstance(getattr(m, k), bool)]
     wrong += [k for k in _STR_FIELDS if not isinstance(getattr(m, k), str)]
     wrong += [k for k in ("model_kwargs", "data") if not isinstance(getattr(m, k), dict)]
+    if m.recipe is not None and not isinstance(m.recipe, Recipe):
+        wrong.append("recipe")
     if not isinstance(m.classes, list) or not all(isinstance(c, str) for c in m.classes):
         wrong.append("classes")
     for key in ("mean", "std"):

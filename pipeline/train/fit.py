@@ -40,6 +40,15 @@ from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
 from pipeline.train.module import ClassifierModule, optimizer_lr
+from pipeline.train.recipe import (
+    AUTO_MIXED,
+    aug_identity,
+    check_recipe,
+    check_run_length,
+    describe_recipe,
+    recipe_identity,
+    resolve_precision,
+)
 from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
@@ -81,7 +90,7 @@ def _record(spec: TrainSpec, mean: list[float], std: list[float]) -> dict[str, A
 def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
     """Short hash of what defines a member's result (:data:`MEMBER_KEYS`)."""
     view = {
-        "model": config.get("model"), "aug": config.get("aug"), "optimizer": config.get("optimizer"),
+        "model": config.get("model"), "aug": aug_identity(config.get("aug")), "optimizer": config.get("optimizer"),
         "scheduler": config.get("scheduler"), "seed": spec.seed, "label_smoothing": spec.label_smoothing,
         "data_split": {**{k: getattr(spec.data, k) for k in _SPLIT_KEYS},  # group/fold columns only when set: old
                        **{k: v for k in ("group_col", "fold_col") if (v := getattr(spec.data, k))}},  # hashes stay
@@ -94,6 +103,7 @@ def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
         record["averaging"] = averaging
     if spec.snapshots:
         record["snapshots"] = int(spec.snapshots)
+    record.update(recipe_identity(spec))  # loss, Mixup/CutMix, accumulation: only when not the default
     return short_hash(record, 16)
 
 
@@ -148,7 +158,8 @@ def _build_module(spec: TrainSpec, num_classes: int) -> ClassifierModule:
         model_name=m.name, num_classes=num_classes, in_chans=data.in_chans, crop_size=data.crop_size, mean=mean,
         std=std, pretrained=bool(m.pretrained), weights=m.weights, model_kwargs=kwargs,
         label_smoothing=float(spec.label_smoothing), optimizer=spec.optimizer, scheduler=scheduler,
-        head_lr=m.head_lr, layer_decay=m.layer_decay,
+        head_lr=m.head_lr, layer_decay=m.layer_decay, loss=spec.loss,
+        mixup=asdict(spec.mixup) if spec.mixup is not None else None,
     )
 
 
@@ -160,6 +171,7 @@ def _manifest(spec: TrainSpec, classes: list[str], module: ClassifierModule, dig
         n_folds=data.n_folds, fold=data.fold, seed=int(spec.seed), split_seed=data.split_seed, config_hash=digest,
         model_kwargs=dict(spec.model.kwargs or {}), sweep=spec.sweep, model_group=name.rsplit("-", 1)[0],
         data={**asdict(data), "root": str(data.root_path.resolve())},
+        recipe=describe_recipe(spec, module.scheduler_factory),
     )
 
 
@@ -190,6 +202,9 @@ def _trainer_overrides(spec: TrainSpec) -> dict[str, Any]:
     if settings.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
         log.info("trainer.sync_batchnorm needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own statistics.")
         extra["sync_batchnorm"] = False
+    if settings.get("precision") == AUTO_MIXED:
+        extra["precision"] = resolve_precision(AUTO_MIXED, accelerator)
+        log.info("trainer.precision=%s resolved to %s", AUTO_MIXED, extra["precision"])
     return extra
 
 
@@ -241,6 +256,7 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
         _prepare_folder(member_dir)
     pl.seed_everything(int(spec.seed), workers=True)
     check_trainer_settings(spec.trainer_settings)
+    check_recipe(spec)
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
     check_fold_index(spec.data.fold, spec.data.n_folds)
@@ -256,6 +272,7 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     if spec.snapshots:
         check_snapshot_folders(member_dir, spec.member_name, spec.snapshots, digest, spec.overwrite)
     table, folds, new_folds = _prepare_data(spec.data, table, member_dir.parent)
+    check_run_length(spec, len(split_indices(folds, spec.data.fold, spec.data.n_folds)[0]))
     manifest = _manifest(spec, table.classes, module, digest)
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:

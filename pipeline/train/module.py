@@ -1,8 +1,9 @@
-"""The LightningModule: any timm model (or a registered classic) trained with cross-entropy.
+"""The LightningModule: any timm model (or a registered classic) trained with cross-entropy (or a soft-target loss).
 
 Validation sees exactly what the ``none`` TTA policy sees at inference (S×S image, centre C×C crop,
 normalised on the device), so a member's saved validation predictions are its ``none``-policy OOF
-predictions.
+predictions. Training may mix batches (Mixup/CutMix) and use soft targets (:mod:`pipeline.train.recipe`);
+validation loss and metrics always use the hard labels.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pipeline.data.augment import center_crop, normalize_batch
 from pipeline.models.factory import create_model
 from pipeline.models.finetune import build_param_groups
 from pipeline.train.loggers import log_sample_grid
+from pipeline.train.recipe import create_mixup, training_loss
+from pipeline.train.schedules import schedule_interval
 
 __all__ = ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"]
 
@@ -51,7 +54,9 @@ class ClassifierModule(pl.LightningModule):
         pretrained: use timm's pretrained weights (hub) when ``weights`` is not given.
         weights: local weights file for fine-tuning.
         model_kwargs: extra ``timm.create_model`` keyword arguments.
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: label smoothing of the training targets (Mixup's, when mixing).
+        loss: the training loss (:func:`pipeline.train.recipe.training_loss`).
+        mixup: Mixup/CutMix settings (a :class:`~pipeline.train.spec.MixupSpec` as a dict), or None.
         optimizer: ``functools.partial`` of an optimizer class (from ``conf/optimizer``).
         scheduler: ``functools.partial`` of an LR scheduler (from ``conf/scheduler``), or None.
         head_lr: separate learning rate for the classifier head.
@@ -74,6 +79,8 @@ class ClassifierModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         head_lr: float | None = None,
         layer_decay: float | None = None,
+        loss: str = "cross_entropy",
+        mixup: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -89,6 +96,8 @@ class ClassifierModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_log_loss = MeanMetric()  # mean per-sample NLL over the epoch (multiclass log loss)
         self.samples_logged = False
+        self.criterion = training_loss(loss, float(label_smoothing), num_classes)
+        self.mixup = create_mixup(mixup, float(label_smoothing), num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for already normalised, already cropped images."""
@@ -99,20 +108,33 @@ class ClassifierModule(pl.LightningModule):
         # contiguous, as the TTA views are: the network sees the same memory layout at validation and inference
         return self.model(center_crop(normalize_batch(images, self.mean, self.std), self.crop_size).contiguous())
 
-    def on_train_epoch_start(self) -> None:
-        # train/lr: the largest rate among the parameter groups (optimizer.lr as scheduled, unless head_lr is larger);
-        # the schedulers step per epoch, so the rate at the epoch's start is the epoch's rate.
+    def _log_lr(self, per_step: bool) -> None:
+        # train/lr: the largest rate among the parameter groups (optimizer.lr as scheduled, unless head_lr is larger)
         optimizers = self.trainer.optimizers
         if optimizers:
             lr = max(float(group["lr"]) for group in optimizers[0].param_groups)
-            self.log("train/lr", lr, on_step=False, on_epoch=True, batch_size=1)
+            self.log("train/lr", lr, on_step=per_step, on_epoch=not per_step, batch_size=1)
+
+    def _steps_per_update(self) -> bool:
+        return self.scheduler_factory is not None and schedule_interval(self.scheduler_factory) == "step"
+
+    def on_train_epoch_start(self) -> None:
+        if not self._steps_per_update():  # per-epoch schedules: the rate at the epoch's start is the epoch's rate
+            self._log_lr(per_step=False)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._steps_per_update():  # the rate this batch's optimiser step uses
+            self._log_lr(per_step=True)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch["image"], batch["target"]
+        if self.mixup is not None:  # soft targets (rows sum to 1); the accuracy below stays on the hard labels
+            images, targets = self.mixup(images, batch["target"])
         if batch_idx == 0 and self.current_epoch == 0 and not self.samples_logged:
-            # once: the first batch the network trains on, after augmentation (W&B only)
-            self.samples_logged = log_sample_grid(self.logger, batch["image"], self.mean, self.std, self.global_step)
-        logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["target"], label_smoothing=self.hparams["label_smoothing"])
+            # once: the first batch the network trains on, after augmentation and mixing (W&B only)
+            self.samples_logged = log_sample_grid(self.logger, images, self.mean, self.std, self.global_step)
+        logits = self(images)
+        loss = self.criterion(logits, targets)
         if not torch.isfinite(loss):
             # Training on from here would only produce garbage weights; stop this member now.
             raise NonFiniteLossError(
@@ -147,8 +169,18 @@ class ClassifierModule(pl.LightningModule):
         optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if not self._steps_per_update():
+            scheduler = self.scheduler_factory(optimizer)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # A per-step schedule needs the run's length in optimiser steps, which only the Trainer knows.
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError("scheduler: a per-step schedule needs a run of known length; set trainer.max_epochs "
+                              "or trainer.max_steps.")
+        per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(total), steps_per_epoch=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def optimizer_lr(factory: OptimizerFactory) -> float:

@@ -21,12 +21,40 @@ from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
 from pipeline.models.spec import ModelSpec
 
-__all__ = ["TrainSpec", "TransformFactory"]
+__all__ = ["TrainSpec", "TransformFactory", "MixupSpec", "LOSS_NAMES"]
 
 TransformFactory = Callable[[list[float], list[float]], tuple[Any, Any]]
 """``(mean, std) → (train pipeline, eval pipeline)``: albumentations pipelines built once the model's
 normalisation is known. The eval pipeline resizes to S×S and returns ``uint8`` (see
 :mod:`pipeline.data.augment`)."""
+
+
+LOSS_NAMES = ("cross_entropy", "soft_target_cross_entropy")
+"""The training losses ``loss`` accepts; the second takes the soft targets Mixup/CutMix make."""
+
+
+@dataclass
+class MixupSpec:
+    """Mixup/CutMix (``timm.data.Mixup``), from the ``aug`` config's keys of the same names; off while both alphas are 0.
+
+    Attributes:
+        mixup: Mixup alpha (λ ~ Beta(α, α)); 0 turns Mixup off. timm's ImageNet recipe: 0.8.
+        cutmix: CutMix alpha; 0 turns CutMix off. timm's recipe: 1.0.
+        mixup_prob: Probability that a batch (or pair, or image: ``mixup_mode``) is mixed.
+        mixup_switch_prob: With both on, the probability of CutMix instead of Mixup.
+        mixup_mode: ``batch`` (one λ per batch), ``pair`` or ``elem``.
+    """
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any image is mixed (an alpha above 0 and a probability above 0)."""
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
 
 @dataclass
@@ -44,7 +72,9 @@ class TrainSpec:
             callbacks, the logger and ``default_root_dir``. None is ``Trainer(max_epochs=10)``.
         logger: Experiment tracking (W&B offline by default in the configs; ``kind="none"`` here).
         seed: Seed of the weights, the augmentation and the data order.
-        label_smoothing: Cross-entropy label smoothing.
+        label_smoothing: Label smoothing of the training targets (through Mixup's ``label_smoothing`` when mixing).
+        loss: The training loss, one of :data:`LOSS_NAMES`; validation always scores hard labels.
+        mixup: Mixup/CutMix settings; None (or both alphas 0) trains on the batches as they are.
         monitor: Validation metric that picks the best checkpoint.
         monitor_mode: ``min`` or ``max``.
         early_stopping_patience: Epochs without improvement before stopping; None disables it.
@@ -75,6 +105,8 @@ class TrainSpec:
     logger: LoggerSpec = field(default_factory=lambda: LoggerSpec(kind="none"))
     seed: int = 0
     label_smoothing: float = 0.0
+    loss: str = "cross_entropy"
+    mixup: MixupSpec | None = None
     monitor: str = "val/log_loss"
     monitor_mode: str = "min"
     early_stopping_patience: int | None = None
