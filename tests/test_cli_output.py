@@ -1,0 +1,73 @@
+"""What the console scripts print: one-line refusals, help that lists only the groups a command reads, quiet pipes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli.help import print_help_if_asked
+
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    path = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert path, f"{name} is not installed next to {sys.executable}"
+    return path
+
+
+@pytest.mark.parametrize("command,flag", [("predict", "-m"), ("report", "--multirun")])
+def test_predict_and_report_refuse_a_sweep_before_hydra_creates_anything(tmp_path: Path, command: str, flag: str) -> None:
+    proc = subprocess.run([script(f"pipeline-{command}"), flag, "experiment=demo", "tta=none,hflip"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: pipeline-{command} does not take -m/--multirun: "), proc.stderr
+    assert "Could not override" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no multirun/, outputs/ or .hydra
+
+
+READ = {
+    "train": {"aug", "callbacks", "data", "experiment", "hparams_search", "launcher", "logger", "model", "optimizer",
+              "scheduler", "trainer"},
+    "predict": {"data", "tta", "ensemble", "logger", "distribute", "experiment"},
+    "report": {"experiment", "logger"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(READ))
+def test_help_lists_the_groups_the_command_reads_and_no_schema_base(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for rel in ("experiment/mine.yaml", "tta/base_mine.yaml", "base_extra/x.yaml"):  # a user's config folder
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("# @package _global_\n")
+    assert print_help_if_asked(f"pipeline-{command}", command, "…", ["--help", "--config-dir", str(tmp_path)])
+    text = capsys.readouterr().out
+    section = text.split("== Config groups (group=option) ==\n")[1].split("\n\n")[0]
+    groups = dict(line.split(": ", 1) for line in section.splitlines())
+    assert set(groups) == READ[command]
+    assert "mine" in groups["experiment"].split(", ") and "base_" not in section
+
+
+def test_a_closed_pipe_ends_help_quietly() -> None:
+    """The reader is gone before the help is written (`pipeline-predict --help | head -1`, deterministically)."""
+    proc = subprocess.Popen([script("pipeline-predict"), "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == "", err
+
+
+def test_help_through_head_prints_its_first_line_and_no_traceback() -> None:
+    proc = subprocess.run(f"'{script('pipeline-predict')}' --help | head -1", shell=True, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.startswith("pipeline-predict: ") and proc.stdout.count("\n") == 1
+    assert not re.search(r"Traceback|BrokenPipe", proc.stderr), proc.stderr
