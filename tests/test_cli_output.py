@@ -71,3 +71,26 @@ def test_help_through_head_prints_its_first_line_and_no_traceback() -> None:
                           timeout=120)
     assert proc.stdout.startswith("pipeline-predict: ") and proc.stdout.count("\n") == 1
     assert not re.search(r"Traceback|BrokenPipe", proc.stderr), proc.stderr
+
+
+@pytest.mark.slow
+def test_training_prints_no_third_party_noise_and_each_instantiation_once(tmp_path: Path) -> None:
+    """A tiny real training through the console script, W&B on (offline) with W&B's own default verbosity."""
+    from pipeline.data.demo import prepare_demo
+
+    prepare_demo(tmp_path / "data" / "fashion-mnist-demo", n_train=300, n_test=20)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_CONSOLE", "WANDB_QUIET")}
+    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONWARNINGS="")
+    proc = subprocess.run([script("pipeline-train"), "model=lenet5", "trainer=cpu", "trainer.max_epochs=1",
+                           "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "data.num_workers=0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "LeafSpec" not in out and "💡 Tip" not in out
+    assert not [line for line in out.splitlines() if line.startswith("wandb:")], out
+    made = [line.split(" - ", 1)[1] for line in out.splitlines() if " - Instantiating " in line]
+    assert made and len(made) == len(set(made)), made
+    assert {"Instantiating model <timm.create_model lenet5>", "Instantiating callback <ModelCheckpoint>"} <= set(made)
+    assert "Member lenet5-s0-holdout completed" in out  # the pipeline's own lines still show
+    (run,) = (tmp_path / "outputs" / "default" / "main" / "lenet5-s0-holdout" / "wandb").glob("offline-run-*")
+    assert (run / f"run-{run.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0  # the run is still written

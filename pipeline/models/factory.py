@@ -132,7 +132,8 @@ def create_model(
         if pretrained:
             log.info("weights=%s takes precedence over pretrained=True", weights)
         return _create_from_file(name, Path(weights), num_classes, in_chans, kwargs)
-    log.info(
+    # debug: the caller logs the instantiation once (training builds the network twice, a probe and the module)
+    log.debug(
         "Instantiating model <timm.create_model> %s (pretrained=%s, num_classes=%d, in_chans=%d)",
         name, pretrained, num_classes, in_chans,
     )  # fmt: skip
