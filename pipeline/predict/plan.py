@@ -112,7 +112,7 @@ def member_policy(template: TTAPolicy, member: Member, allowed: Sequence[str]) -
     try:  # the member's crop unless one is given; relative multiscale scales in the member's pixels
         return template.at_crop(template.crop_size or m.crop_size, m.image_size)
     except ValueError as err:
-        raise ConfigError(f"Member {member.name} (crop size {m.crop_size}, image size {m.image_size}): {err}") from err
+        raise ConfigError(f"Member {member.name} (crop size {m.crop_size}): {err}") from err
 
 
 def settings_key(group: EvalGroup, opts: PredictOptions, device: torch.device) -> str:
