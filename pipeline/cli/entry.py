@@ -6,13 +6,15 @@ here reads the config folders instead (:mod:`pipeline.cli.help`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 from pipeline.cli.help import print_help_if_asked
 
-__all__ = ["train", "predict", "report"]
+__all__ = ["train", "predict", "report", "quiet_closed_pipe"]
 
 _COMMANDS = {
     "train": ("pipeline-train", "train one ensemble member (or a sweep of them with -m) into member folders."),
@@ -35,18 +37,26 @@ def _refuse_multirun(command: str, argv: list[str]) -> None:
         sys.exit(f"Error: {_COMMANDS[command][0]} does not take -m/--multirun: {_ONE_RUN[command]}.")
 
 
+@contextlib.contextmanager
+def quiet_closed_pipe() -> Iterator[None]:
+    """End the command without a traceback when the reader of its output goes away (``... --help | head -1``)."""
+    try:
+        try:
+            yield
+        finally:  # also after argparse's --help, which exits with the text still buffered
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and fail once more, so stdout is pointed at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
 def _start(command: str) -> None:
     app, summary = _COMMANDS[command]
-    try:
+    with quiet_closed_pipe():
         if not print_help_if_asked(app, command, summary):
             _refuse_multirun(command, sys.argv[1:])
             importlib.import_module(f"pipeline.cli.{command}").main()
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (`pipeline-predict --help | head -1`): stop without a traceback. Python would
-        # flush stdout again at exit and fail once more, so stdout is pointed at /dev/null first.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
 
 
 def train() -> None:
