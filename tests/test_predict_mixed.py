@@ -142,3 +142,34 @@ def test_precision_is_part_of_the_cache_key(members: list[Member], demo_slice: P
     a, b = read_predictions(fp32[key])[1], read_predictions(bf16[key])[1]
     assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.05  # another computation, not a cache hit
     assert json.loads(bf16[key].with_suffix(".json").read_text())["precision"] == "bf16"
+
+
+def test_relative_multiscale_scales_fit_each_member_and_equal_its_pixel_scales(
+    members: list[Member], demo_slice: Path, tmp_path: Path
+) -> None:
+    """One list, [1.0, 1.25]: 32 and 40 px for the 32/28 member, 24 and 30 px for the 24/20 one, in one run."""
+    from pipeline.predict.plan import member_policy
+
+    fields = {"crops": ["center", "full"], "flips": ["none", "horizontal"]}
+    relative = create_policy("multiscale", scales=[1.0, 1.25], **fields)
+    resolved = {m.name: member_policy(relative, m, []) for m in members}
+    assert {n: (p.scales, p.crop_size) for n, p in resolved.items()} == {
+        "lenet5-s0-holdout": ((32, 40), 28), "lenet5-s1-holdout": ((24, 30), 20)}
+    test = read_test_table(DataSpec(root=str(demo_slice)))
+    mixed = predict_members(members, test, "test-ms", {"ms": relative}, _opts(prediction_cache_dir=str(tmp_path / "rel")))
+    for m in members:
+        pixels = create_policy("multiscale", scales=list(resolved[m.name].scales), **fields)
+        alone = predict_members([m], test, "test-ms", {"ms": pixels}, _opts(prediction_cache_dir=str(tmp_path / m.name)))
+        a, b = read_predictions(mixed[(m.name, "ms")]), read_predictions(alone[(m.name, "ms")])
+        assert a[0] == b[0] and np.array_equal(a[1], b[1]), m.name
+
+
+@pytest.mark.parametrize("scales,needle", [([0.5], r"\[16\] are smaller than tta.crop_size 28"),
+                                           ([32.0], r"tta.scales \[32.0\]: each scale is a size in pixels")])
+def test_relative_scales_that_do_not_fit_name_the_member_or_the_value(
+    members: list[Member], scales: list[float], needle: str
+) -> None:
+    from pipeline.predict.plan import member_policy
+
+    with pytest.raises((ConfigError, ValueError), match=needle):
+        member_policy(create_policy("multiscale", scales=scales), members[0], [])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from pipeline.core.progress import ENV, progress, progress_enabled
@@ -32,3 +34,25 @@ def test_force_argument_wins_over_the_environment(capsys: pytest.CaptureFixture[
     monkeypatch.setenv(ENV, "0")
     list(progress(range(3), 3, "Loud", force=True))
     assert "Loud" in capsys.readouterr().err
+
+
+def test_a_long_description_is_cut_not_the_count_rate_or_time_left(capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 100 columns the bar line keeps done/total, the rate and both times; the description ends in "…"."""
+    import re
+    import time
+
+    monkeypatch.setenv("COLUMNS", "100")
+    desc = "Predicting test (4 members × ten_crop, 2 members × multiscale, 12 views, chunk 512, bf16, channels_last)"
+
+    def slow(n: int) -> Iterator[int]:  # a measurable rate
+        for i in range(n):
+            time.sleep(0.002)
+            yield i
+
+    list(progress(slow(20), 20 * 64, desc, unit="img", size=lambda _: 64, force=True))
+    plain = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", capsys.readouterr().err)
+    last = [line for line in re.split(r"[\r\n]", plain) if line.strip()][-1]
+    assert len(last.rstrip()) <= 100
+    assert re.search(r"… ━+ 1280/1280 [\d,]+ img/s \d:\d\d:\d\d \d:\d\d:\d\d$", last.rstrip()), last
+    assert last.startswith("Predicting test (4 members")

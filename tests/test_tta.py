@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,17 @@ def test_tta_key_typo_fails_at_composition(conf_dir: Path) -> None:
             compose(config_name="config", overrides=["tta.flipp=none"])
         with pytest.raises(ConfigCompositionException, match="flipp"):
             compose(config_name="config", overrides=["tta=typo"])
+
+
+def test_multiscale_scales_compose_as_pixels_and_relative_floats(conf_dir: Path) -> None:
+    """Through the schema, 40 stays pixels and 1.0/1.25 stay floats: × the member's image size once resolved."""
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["tta=multiscale", "tta.scales=[1.0,1.25,40]"])
+    scales = OmegaConf.to_container(cfg.tta.scales)
+    assert scales == [1.0, 1.25, 40] and [type(s) for s in scales] == [float, float, int]  # type: ignore[union-attr]
+    template = create_policy("multiscale", scales=scales, crops=["center"], flips=["none"])
+    with pytest.raises(ValueError, match="relative scales"):
+        make_views(torch.zeros(2, 3, 32, 32), dataclasses.replace(template, crop_size=28))  # crop set, scales not
+    assert template.at_crop(28, 32).scales == (32, 40, 40) and template.at_crop(20, 24).scales == (24, 30, 40)
+    with pytest.raises(ValueError, match="relative to the member's image size"):
+        template.at_crop(28)

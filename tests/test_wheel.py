@@ -36,3 +36,11 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path: Path) -> None
     submission = work / "outputs" / "w" / "s" / "predict" / "submission.csv"
     lines = submission.read_text().splitlines()
     assert lines[0] == "id,label" and len(lines) == 21
+
+    # pipeline-export --kit, installed from a wheel: ships the wheel file pip recorded, or says to pass --wheel.
+    run(venv, work, "pipeline-export", "outputs/w/s", "--kit", "kit")
+    assert (work / "kit" / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    wheel.unlink()
+    gone = run(venv, work, "pipeline-export", "outputs/w/s", "--kit", "kit2", check=False)
+    assert gone.returncode == 1 and "pass the wheel with --wheel PATH" in gone.stderr and "Traceback" not in gone.stderr
+    assert not (work / "kit2").exists()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.cli.entry import quiet_closed_pipe
+
 __all__ = ["main"]
 
 
+@quiet_closed_pipe()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``pipeline-export``."""
     parser = argparse.ArgumentParser(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.cli import CONF_DIR
 
-__all__ = ["print_help_if_asked", "config_groups"]
+__all__ = ["print_help_if_asked", "config_groups", "groups_read"]
 
 
 def _user_config_dirs(argv: Sequence[str]) -> list[Path]:
@@ -27,17 +27,39 @@ def _user_config_dirs(argv: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def config_groups(dirs: Sequence[Path]) -> dict[str, list[str]]:
-    """Config group → its options (YAML file stems), over every folder, user folders included."""
+def groups_read(primary: Path) -> set[str]:
+    """The config groups a command reads: its primary config's defaults that pick an option, and the empty
+    slots after ``_self_`` (``experiment``, ``hparams_search``), which exist to be picked. Empty slots before
+    ``_self_`` only let one experiment file serve every command; this command ignores those groups."""
+    import yaml
+
+    read, after_self = set(), False
+    for entry in yaml.safe_load(primary.read_text()).get("defaults", []):
+        if entry == "_self_":
+            after_self = True
+        elif isinstance(entry, dict):
+            ((key, option),) = entry.items()
+            group = key.split()[-1].lstrip("/")  # "optional x", "override /x"
+            if option is not None or after_self:
+                read.add(group)
+    return read
+
+
+def config_groups(dirs: Sequence[Path], only: set[str] | None = None) -> dict[str, list[str]]:
+    """Config group → its options (YAML file stems), over every folder, user folders included.
+
+    ``only`` keeps those groups; schema bases (``base_*``, the dataclass links) are never listed.
+    """
     groups: dict[str, set[str]] = {}
     for root in dirs:
         if not root.is_dir():
             continue
         for path in root.rglob("*.yaml"):
-            if path.parent == root:
+            if path.parent == root or path.stem.startswith("base_"):
                 continue
             group = path.parent.relative_to(root).as_posix()
-            groups.setdefault(group, set()).add(path.stem)
+            if (only is None or group in only) and not group.split("/")[-1].startswith("base_"):
+                groups.setdefault(group, set()).add(path.stem)
     return {g: sorted(options) for g, options in sorted(groups.items())}
 
 
@@ -47,13 +69,13 @@ def print_help_if_asked(app: str, config_name: str, summary: str, argv: Sequence
     if not {"--help", "-h"} & set(args):
         return False
     dirs = [CONF_DIR, *_user_config_dirs(args)]
+    primary = CONF_DIR / f"{config_name}.yaml"
     lines = [
         f"{app}: {summary}", "",
         f"Usage: {app} [--config-dir DIR] [-m] [group=option ...] [key=value ...]", "",
         "== Config groups (group=option) ==",
     ]
-    lines += [f"{group}: {', '.join(options)}" for group, options in config_groups(dirs).items()]
-    primary = CONF_DIR / f"{config_name}.yaml"
+    lines += [f"{group}: {', '.join(options)}" for group, options in config_groups(dirs, groups_read(primary)).items()]
     lines += ["", f"== Primary config ({primary}) ==", primary.read_text().rstrip(), "",
               f"`{app} [overrides] --cfg job` prints the composed config; `--hydra-help` lists Hydra's own flags;",
               "`--config-dir DIR` adds your own config folder (e.g. DIR/experiment/mycomp.yaml → experiment=mycomp)."]

@@ -50,7 +50,6 @@ def instantiate_callbacks(node: Any) -> list[Any] | None:
             continue
         if not isinstance(sub, DictConfig) or "_target_" not in sub:
             raise ConfigError(f"callbacks.{name} has no _target_: each callbacks/ node names the callback class to build.")
-        log.info("Instantiating callback <%s>", sub._target_)
         callbacks.append(instantiate(sub))
     return callbacks
 
@@ -62,7 +61,6 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         node = copy.deepcopy(cfg)  # the aug pipelines interpolate ${aug.mean}/${aug.std}; cfg itself stays as composed
         with open_dict(node):
             node.aug.mean, node.aug.std = mean, std
-        log.info("Instantiating train/eval augmentation <%s>", node.aug.train.get("_target_"))
         return instantiate(node.aug.train), instantiate(node.aug.eval)
 
     scheduler = cfg.get("scheduler")
@@ -107,7 +105,9 @@ def run(cfg: DictConfig) -> float | None:
     """
     from pipeline.member.manifest import mark_failed
     from pipeline.train.fit import MemberConflict, train_member
+    from pipeline.train.quiet import quiet_third_party
 
+    quiet_third_party()
     member_dir = Path(cfg.paths.output_dir)
     try:
         try:

@@ -53,11 +53,15 @@ def progress(
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Column
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    # The description takes what the other columns leave and is cut with "…", so the count, rate and time
+    # left stay whole on a narrow terminal (rich would otherwise squeeze every column alike).
+    columns = (TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+               BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
     console = Console(file=sys.stderr, force_terminal=True if force or not sys.stderr.isatty() else None)
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=False, expand=True) as bar:
         task = bar.add_task(desc, total=total, rate="")
         for item in iterable:
             yield item

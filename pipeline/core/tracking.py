@@ -118,10 +118,20 @@ def _no_network_telemetry() -> None:
         disable()
 
 
-def _online_settings(spec: LoggerSpec, seconds_left: float) -> Any:
+def _settings(spec: LoggerSpec, seconds_left: float | None = None) -> Any:
+    """W&B settings: quiet on the terminal unless ``WANDB_SILENT=false``; online runs get the time limits.
+
+    W&B's ``wandb:`` lines (run folder, sync hint, the history table at exit) would bury the pipeline's own
+    output, once per member; the run folder still records everything, the console output included
+    (``console`` stays W&B's default).
+    """
     import wandb
 
-    return wandb.Settings(init_timeout=max(1.0, seconds_left), finish_timeout=max(0.0, float(spec.finish_timeout)))
+    silent = os.environ.get("WANDB_SILENT", "true").strip().lower() in ("true", "1", "yes", "on")
+    if seconds_left is None:
+        return wandb.Settings(silent=silent)
+    return wandb.Settings(init_timeout=max(1.0, seconds_left), finish_timeout=max(0.0, float(spec.finish_timeout)),
+                          silent=silent)
 
 
 def _go_online(spec: LoggerSpec) -> tuple[str | None, float]:
@@ -163,7 +173,7 @@ def init_wandb(
         problem, spent = _go_online(spec)
         if problem is None:
             try:
-                return wandb.init(mode="online", settings=_online_settings(spec, spec.init_timeout - spent), **kwargs)
+                return wandb.init(mode="online", settings=_settings(spec, spec.init_timeout - spent), **kwargs)
             except Exception as err:  # wandb raises several error types for an unreachable service
                 problem = str(err).splitlines()[0]
                 wandb.teardown()  # the half-started service would block the offline run
@@ -174,7 +184,7 @@ def init_wandb(
         mode = "offline"
     if mode != "online":
         _no_network_telemetry()
-    return wandb.init(mode=mode, **kwargs)  # type: ignore[arg-type]
+    return wandb.init(mode=mode, settings=_settings(spec), **kwargs)  # type: ignore[arg-type]
 
 
 def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: str | None = None,
@@ -182,7 +192,7 @@ def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: st
     """Resume an earlier stage's run (the report logs into the predict run); online falls back to offline."""
     import wandb
 
-    def init(mode: str, settings: Any = None) -> Any:
+    def init(mode: str, settings: Any) -> Any:
         return wandb.init(
             id=run_id, resume="allow", dir=str(run_dir), reinit="finish_previous",
             project=project or spec.project, entity=entity or spec.entity, mode=cast(Any, mode), settings=settings,
@@ -193,15 +203,15 @@ def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: st
         problem, spent = _go_online(spec)
         if problem is None:
             try:
-                return init("online", _online_settings(spec, spec.init_timeout - spent))
+                return init("online", _settings(spec, spec.init_timeout - spent))
             except Exception as err:  # wandb raises several error types for an unreachable service
                 problem = str(err).splitlines()[0]
                 wandb.teardown()
         log.warning("W&B online resume unavailable (%s); logging offline.", problem)
         _no_network_telemetry()
-        return init("offline")
+        return init("offline", _settings(spec))
     _no_network_telemetry()
-    return init(mode)
+    return init(mode, _settings(spec))
 
 
 def log_files_artifact(

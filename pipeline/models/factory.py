@@ -37,6 +37,7 @@ __all__ = [
     "load_weights_file",
     "min_input_size",
     "model_data_config",
+    "sized_kwargs",
     "strip_model_prefix",
     "suggest_model_names",
 ]
@@ -98,6 +99,27 @@ def min_input_size(name: str) -> int | None:
     return None
 
 
+def sized_kwargs(name: str, size: int, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``kwargs`` plus ``img_size=size`` when architecture ``name`` has a fixed input size (ViT, DeiT, Swin...).
+
+    Such models are built for one input size (224 for ``vit_tiny_patch16_224``) and refuse any other, so a
+    member trained on ``size``×``size`` crops builds them at that size (timm resamples the position
+    embeddings of pretrained weights). Other models, and an ``img_size`` given explicitly, are left alone.
+
+    >>> sized_kwargs("vit_tiny_patch16_224", 32)
+    {'img_size': 32}
+    >>> sized_kwargs("resnet18", 32)
+    {}
+    """
+    kwargs = dict(kwargs or {})
+    if "img_size" in kwargs or ":" in name:
+        return kwargs
+    cfg = get_pretrained_cfg(split_model_name_tag(name)[0])
+    if cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[-2:]) != (size, size):
+        kwargs["img_size"] = int(size)
+    return kwargs
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -132,13 +154,18 @@ def create_model(
         if pretrained:
             log.info("weights=%s takes precedence over pretrained=True", weights)
         return _create_from_file(name, Path(weights), num_classes, in_chans, kwargs)
-    log.info(
+    # debug: the caller logs the instantiation once (training builds the network twice, a probe and the module)
+    log.debug(
         "Instantiating model <timm.create_model> %s (pretrained=%s, num_classes=%d, in_chans=%d)",
         name, pretrained, num_classes, in_chans,
     )  # fmt: skip
-    return timm.create_model(
-        name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
-    )
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as err:  # an architecture without an input-size argument
+        if "img_size" not in kwargs or "img_size" not in str(err):
+            raise
+        raise ConfigError(f"timm model {name!r} cannot be built for {kwargs['img_size']}×{kwargs['img_size']} inputs "
+                          f"(it takes no img_size): pick another model or data.crop_size.") from err
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -319,7 +346,7 @@ def check_input_size(model: nn.Module | str, in_chans: int = 3, size: int = 224,
     try:
         with torch.no_grad():
             net(x)
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, AssertionError) as err:  # timm asserts the size of fixed-size models
         raise ConfigError(_size_message(name, in_chans, size, err)) from err
     finally:
         for module, training in modes.items():
@@ -329,10 +356,14 @@ def check_input_size(model: nn.Module | str, in_chans: int = 3, size: int = 224,
 def _size_message(name: str, in_chans: int, size: int, err: Exception) -> str:
     """Explain a failed size check, naming the known minimum when there is one."""
     minimum = min_input_size(name)
+    why = " ".join(str(err).split()) or type(err).__name__  # one line: torch's messages span several
+    if isinstance(err, AssertionError):  # a fixed-size model built for another size (an explicit img_size)
+        return (f"Model {name!r} cannot take {size}×{size} inputs (in_chans={in_chans}): {why} Leave "
+                "model.kwargs.img_size unset (it follows data.crop_size), or pick another model or crop size.")
     if minimum is not None and size >= minimum:
         return (
             f"Forward pass of {name!r} failed at {size}×{size} (in_chans={in_chans}), although sizes "
-            f"from {minimum}×{minimum} normally work: {err}"
+            f"from {minimum}×{minimum} normally work: {why}"
         )
     hint = (
         f"it needs at least {minimum}×{minimum}"
@@ -341,7 +372,7 @@ def _size_message(name: str, in_chans: int, size: int, err: Exception) -> str:
     )
     return (
         f"Input size {size}×{size} is too small for {name!r} (in_chans={in_chans}): {hint}. "
-        f"Raise the image size or pick another model. Forward pass error: {err}"
+        f"Raise the image size or pick another model. Forward pass error: {why}"
     )
 
 

@@ -9,12 +9,14 @@
     DIR/README.md       the commands
 
 Kaggle's notebook image already has torch, torchvision, timm, albumentations, pandas and scikit-learn, so
-the wheel is installed without dependencies. The wheel is built from the installed source tree with
-``pip wheel --no-deps`` (an editable install), or taken from ``--wheel``.
+the wheel is installed without dependencies. The wheel is taken from ``--wheel``; else built from the
+source tree with ``pip wheel --no-deps`` (an editable install); else, for a package installed from a wheel
+file, that file (pip records it in the installation's ``direct_url.json``) when it is still there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -22,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from pipeline.core.errors import ConfigError
 from pipeline.member.export import export_ensemble
 
-__all__ = ["KIT_SCRIPT", "WHEELS", "MEMBERS", "build_kit", "build_wheel"]
+__all__ = ["KIT_SCRIPT", "WHEELS", "MEMBERS", "build_kit", "build_wheel", "installed_wheel"]
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +38,29 @@ WHEELS = "wheels"
 MEMBERS = "members"
 _WHEEL_NAME = re.compile(r"pipeline-[^-]+-.+\.whl")
 _SOURCE = ("pyproject.toml", "README.md", "pipeline")
+_PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def _source_tree() -> Path:
-    """The checkout this package runs from (an editable install), or a :class:`ConfigError` saying to pass a wheel."""
-    import pipeline
-
-    root = Path(pipeline.__file__).resolve().parent.parent
+def _source_tree() -> Path | None:
+    """The checkout this package runs from (an editable install), or None when it is installed from a wheel."""
+    root = _PACKAGE.parent
     pyproject = root / "pyproject.toml"
-    if not (pyproject.is_file() and re.search(r'(?m)^name = "pipeline"', pyproject.read_text())):
-        raise ConfigError(
-            f"pipeline is installed from a wheel ({root}), not from its source tree, so no wheel can be built "
-            "here; pass the wheel with --wheel PATH (pip download is not needed: `pip wheel --no-deps <checkout>`)."
-        )
-    return root
+    if pyproject.is_file() and re.search(r'(?m)^name = "pipeline"', pyproject.read_text()):
+        return root
+    return None
+
+
+def installed_wheel() -> Path | None:
+    """The wheel file this package was installed from, if pip recorded it and it still exists."""
+    from importlib import metadata
+
+    try:
+        record = metadata.distribution("pipeline").read_text("direct_url.json")
+        url = urlparse(json.loads(record or "{}").get("url", ""))
+    except (metadata.PackageNotFoundError, ValueError, AttributeError):
+        return None
+    path = Path(unquote(url.path))
+    return path if url.scheme == "file" and _WHEEL_NAME.fullmatch(path.name) and path.is_file() else None
 
 
 def build_wheel(dest: str | Path) -> Path:
@@ -62,6 +74,9 @@ def build_wheel(dest: str | Path) -> Path:
             holds pip's output).
     """
     root = _source_tree()
+    if root is None:
+        raise ConfigError(f"pipeline is installed from a wheel ({_PACKAGE.parent}), not from its source "
+                          "tree, so no wheel can be built here; pass the wheel with --wheel PATH.")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +95,17 @@ def build_wheel(dest: str | Path) -> Path:
                               f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         (wheel,) = Path(tmp).glob("pipeline-*.whl")
         return Path(shutil.copy2(wheel, dest / wheel.name))
+
+
+def _kit_wheel(tmp: str) -> Path:
+    """The wheel to ship when no ``--wheel`` is given: built from the source tree, else the one installed from."""
+    if _source_tree() is not None:
+        return build_wheel(tmp)
+    if (found := installed_wheel()) is None:
+        raise ConfigError(f"pipeline is installed from a wheel ({_PACKAGE.parent}), not from its source tree, and pip "
+                          "recorded no wheel file that still exists; pass the wheel with --wheel PATH.")
+    log.info("Shipping the wheel pipeline was installed from: %s", found)
+    return found
 
 
 def _check_kit_dir(kit: Path) -> None:
@@ -106,7 +132,7 @@ def build_kit(members_spec: str | Path | list[str] | list[Path], kit_dir: str | 
     if wheel is not None and (not Path(wheel).is_file() or not _WHEEL_NAME.fullmatch(Path(wheel).name)):
         raise ConfigError(f"--wheel {wheel}: expected an existing pipeline-<version>-*.whl file")
     with tempfile.TemporaryDirectory() as tmp:
-        built = Path(wheel) if wheel is not None else build_wheel(tmp)  # before anything is written
+        built = Path(wheel) if wheel is not None else _kit_wheel(tmp)  # before anything is written
         export_ensemble(members_spec, kit / MEMBERS, predict_dir)
         (kit / WHEELS).mkdir(exist_ok=True)
         for old in (kit / WHEELS).glob("pipeline-*.whl"):

@@ -121,22 +121,21 @@ def member_policy(template: TTAPolicy, member: Member, allowed: Sequence[str]) -
             in ``tta.allow_crop_override``), or a crop larger than the member's image size.
     """
     m = member.manifest
-    if template.crop_size is None:
-        try:
-            return template.at_crop(m.crop_size)
-        except ValueError as err:
-            raise ConfigError(f"Member {member.name} (crop size {m.crop_size}): {err}") from err
-    if template.crop_size != m.crop_size and not crop_override_allowed(m.name, m.model_group, allowed):
+    if template.crop_size is not None and template.crop_size != m.crop_size and not crop_override_allowed(
+            m.name, m.model_group, allowed):
         raise ConfigError(
             f"tta.crop_size={template.crop_size} (policy {template.name}) contradicts member {member.name}'s recorded "
             f"crop size {m.crop_size}. Leave tta.crop_size null to crop every member as it was trained, or list the "
             f"member in tta.allow_crop_override (e.g. tta.allow_crop_override=[{m.model_group or m.name}])."
         )
-    if template.name != "multiscale" and template.crop_size > m.image_size:
+    if template.crop_size is not None and template.name != "multiscale" and template.crop_size > m.image_size:
         raise ConfigError(
             f"tta.crop_size={template.crop_size} is larger than member {member.name}'s image size {m.image_size}."
         )
-    return template
+    try:  # the member's crop unless one is given; relative multiscale scales in the member's pixels
+        return template.at_crop(template.crop_size or m.crop_size, m.image_size)
+    except ValueError as err:
+        raise ConfigError(f"Member {member.name} (crop size {m.crop_size}): {err}") from err
 
 
 def settings_key(group: EvalGroup, opts: PredictOptions, device: torch.device) -> str:

@@ -44,7 +44,8 @@ class TTASpec:
         flip: Mirror axis for ten_crop: horizontal, vertical or none (hflip is always horizontal, vflip vertical).
         reduce: Reduction over views, one of ``pipeline.core.reduce.REDUCTIONS``.
         chunk_size: Most views per forward pass; null runs a whole batch's views at once.
-        scales: multiscale: shorter-side sizes, each at least ``crop_size``.
+        scales: multiscale: shorter-side sizes, each at least ``crop_size``: integers are pixels, floats are
+            relative to each member's image size (``[1.0, 1.15, 1.3]``), so one list fits members of any size.
         squares: multiscale: 1 or 3 squares along the longer side.
         crops: multiscale: subset of tl, tr, bl, br, center, full.
         flips: multiscale: subset of none, horizontal, vertical.
@@ -61,7 +62,7 @@ class TTASpec:
     flip: str = "horizontal"
     reduce: str = "prob_mean"
     chunk_size: int | None = None
-    scales: list[int] = field(default_factory=list)
+    scales: list[Any] = field(default_factory=list)  # int | float (OmegaConf has no unions of primitives)
     squares: int = 1
     crops: list[str] = field(default_factory=lambda: ["center"])
     flips: list[str] = field(default_factory=lambda: ["none"])

@@ -79,6 +79,7 @@ CROPS = ("tl", "tr", "bl", "br", "center", "full")
 
 _FIVE = ("tl", "tr", "bl", "br", "center")  # torchvision's five_crop order
 _SQUARES = (1, 3)
+_MAX_RELATIVE_SCALE = 8.0  # a float above this is pixels written as a float (32.0), not a relative scale
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ class TTAPolicy:
             (prediction resolves it per member with :meth:`at_crop`).
         flip: Mirror axis of ``ten_crop``: ``horizontal``, ``vertical`` or ``none`` (``hflip`` only accepts
             ``horizontal``: use ``vflip`` for vertical mirrors and ``none`` for a single view).
-        scales: ``multiscale`` only: shorter-side sizes the batch is resized to, each >= ``crop_size``.
+        scales: ``multiscale`` only: shorter-side sizes the batch is resized to, each >= ``crop_size``: an
+            integer is pixels; a float is relative to the member's image size S (``1.0`` is S, ``1.25`` is
+            1.25·S rounded), so one list serves members trained at different sizes (:meth:`at_crop`).
         squares: ``multiscale`` only: 1 (centre square) or 3 (both ends and centre of the longer side).
         crops: ``multiscale`` only: crops taken from each square, a subset of :data:`CROPS`.
         flips: ``multiscale`` only: mirrors applied to each square, a subset of :data:`FLIPS`.
@@ -103,7 +106,7 @@ class TTAPolicy:
     name: str
     crop_size: int | None
     flip: str = "horizontal"
-    scales: tuple[int, ...] = ()
+    scales: tuple[int | float, ...] = ()
     squares: int = 1
     crops: tuple[str, ...] = ("center",)
     flips: tuple[str, ...] = ("none",)
@@ -124,9 +127,16 @@ class TTAPolicy:
         if self.name == "multiscale":
             self._check_multiscale()
 
-    def at_crop(self, crop_size: int) -> TTAPolicy:
-        """This policy at ``crop_size`` (validated again: multiscale scales must still fit)."""
-        return replace(self, crop_size=crop_size)
+    def at_crop(self, crop_size: int, image_size: int | None = None) -> TTAPolicy:
+        """This policy at ``crop_size``, relative multiscale scales turned into pixels of ``image_size``.
+
+        Validated again: every scale must still be at least the crop.
+        """
+        relative = [s for s in self.scales if isinstance(s, float)]
+        if relative and image_size is None:
+            raise ValueError(f"tta.scales {relative} are relative to the member's image size, which was not given")
+        scales = tuple(round(s * image_size) if isinstance(s, float) and image_size else s for s in self.scales)
+        return replace(self, crop_size=crop_size, scales=scales)
 
     def _check_multiscale(self) -> None:
         for key, values, accepted in (("tta.crops", self.crops, CROPS), ("tta.flips", self.flips, FLIPS)):
@@ -137,7 +147,14 @@ class TTAPolicy:
         _check_choice("tta.squares", self.squares, _SQUARES)
         if not self.scales:
             raise ValueError("tta.scales must list at least one shorter-side size for the multiscale policy")
-        small = [s for s in self.scales if self.crop_size is not None and s < self.crop_size]
+        wrong = [s for s in self.scales if isinstance(s, bool) or not isinstance(s, (int, float))
+                 or s <= 0 or (isinstance(s, float) and s > _MAX_RELATIVE_SCALE)]
+        if wrong:
+            raise ValueError(
+                f"tta.scales {wrong}: each scale is a size in pixels (an integer such as 36) or a float in "
+                f"(0, {_MAX_RELATIVE_SCALE}] times the member's image size (1.0 is the image size, 1.15 is 15% larger)"
+            )
+        small = [s for s in self.scales if isinstance(s, int) and self.crop_size is not None and s < self.crop_size]
         if small:
             raise ValueError(
                 f"tta.scales {small} are smaller than tta.crop_size {self.crop_size} (or the member's recorded "
@@ -248,7 +265,8 @@ def _d4_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
 
 @register_policy("multiscale", count=lambda p: len(p.scales) * p.squares * len(p.crops) * len(p.flips))
 def _multiscale_views(batch: Tensor, policy: TTAPolicy) -> list[Tensor]:
-    return multiscale_views(batch, policy.scales, policy.squares, policy.crops, policy.flips, _side(policy))
+    scales = [int(s) for s in policy.scales]  # pixels: make_views refuses unresolved relative scales
+    return multiscale_views(batch, scales, policy.squares, policy.crops, policy.flips, _side(policy))
 
 
 @register_policy("five_crop", count=lambda p: len(_FIVE))
@@ -330,8 +348,9 @@ def make_views(batch: Tensor, policy: TTAPolicy) -> Tensor:
     """
     if batch.ndim != 4:
         raise ValueError(f"make_views expects a [B, C, H, W] batch; got shape {tuple(batch.shape)}")
-    if policy.crop_size is None:
-        raise ValueError(f"TTA policy {policy.name!r} has no crop size; resolve it for a member with policy.at_crop()")
+    if policy.crop_size is None or any(isinstance(s, float) for s in policy.scales):
+        raise ValueError(f"TTA policy {policy.name!r} has no crop size or relative scales; resolve it for a member "
+                         "with policy.at_crop(crop_size, image_size)")
     height, width = batch.shape[-2:]
     if policy.name != "multiscale" and policy.crop_size > min(height, width):
         raise ValueError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,14 @@ class TrainSpec:
     relaunch: Callable[[Path], AbstractContextManager[None]] | None = None
     callbacks: list[Any] | None = None
     snapshots: int = 0
+
+    def __post_init__(self) -> None:
+        # A fixed-input-size model (ViT...) is built for the member's crop size; the manifest records it too.
+        from pipeline.models.factory import sized_kwargs
+
+        kwargs = sized_kwargs(self.model.name, int(self.data.crop_size), self.model.kwargs)
+        if kwargs != (self.model.kwargs or {}):
+            self.model = replace(self.model, kwargs=kwargs)
 
     @property
     def member_name(self) -> str:
