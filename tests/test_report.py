@@ -308,7 +308,12 @@ def test_report_files_say_what_they_measured(folder: Path, report: pd.DataFrame)
     for png in PNGS:
         assert f"]({png})" in md
     summary = read_json(folder / "report.json")
-    assert len(summary["rows"]) == len(report) == 3 * 2 + 2 * 2
+    # 3 models × 2 policies; mean and Caruana under both; every other merge method under the submission's
+    # policy (ten_crop) and the baseline's (none), each its own cross-fitted row.
+    assert len(summary["rows"]) == len(report) == 3 * 2 + 2 * 2 + 5 * 2
+    assert set(report["kind"]) == {"single", "ensemble-equal", "ensemble-fitted", "ensemble-bagged",
+                                   "ensemble-optimize", "ensemble-rank", "ensemble-stack", "ensemble-temperature"}
+    assert report["submitted"].sum() == 1
     assert summary["ensemble_gain"]["row"] == "ensemble-equal / none"
     baseline_model = summary["baseline"]["row"].split(" / ")[0]
     assert summary["tta_gain"]["row"] == f"{baseline_model} / ten_crop"

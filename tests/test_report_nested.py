@@ -229,10 +229,12 @@ def test_a_tta_auto_submission_with_mixed_policies_is_a_row_of_the_report(tmp_pa
     info["submitted"] = {"models": {"resnet10t-s0": keys["hflip"], "lenet5-s0": keys["none"]},
                          "combine": {"kind": "weighted", "weights": "caruana"}}
     info["weights"]["auto"] = {"resnet10t-s0": 0.75, "lenet5-s0": 0.25}
+    info["rule"] = "caruana"  # what predict records for the submitted merge
     write_json(out / "predict.json", info)
     df, summary, _ = compute_report(out, n_boot=200)
     mixed = df[df["policy_key"] == "auto"].set_index("kind")
-    assert set(mixed.index) == {"ensemble-equal", "ensemble-fitted"}
+    assert {"ensemble-equal", "ensemble-fitted", "ensemble-stack"} <= set(mixed.index)
+    assert bool(mixed.loc["ensemble-fitted", "submitted"])
     assert int(mixed.loc["ensemble-equal", "forward_passes_per_image"]) == 2 + 1  # hflip for one model, none for the other
     equal = (oof["resnet10t-s0"]["hflip"] + oof["lenet5-s0"]["none"]) / 2
     assert mixed.loc["ensemble-equal", "accuracy"] == pytest.approx(float((equal.argmax(1) == labels).mean()))

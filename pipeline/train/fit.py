@@ -229,6 +229,9 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
         MemberConflict: the folder holds another config's member (nothing is recorded in it).
         PipelineError: a problem the message names (data, config, folder, training without progress).
     """
+    from pipeline.train.quiet import quiet_third_party
+
+    quiet_third_party()  # the Python API as quiet as the command line
     start = time.time()
     member_dir = Path(spec.member_dir)
     is_zero = _process_rank() == 0
