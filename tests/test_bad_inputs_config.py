@@ -169,6 +169,7 @@ def test_the_command_line_group_wins_over_the_experiments_and_the_demo_is_unchan
     ("train", ["+trainer.accumulate_grad_batches=4", "+model.kwargs.drop_rate=0.1", "++seed=3"]),
     ("train", ["trainer.max_epochs=-1", "scheduler=none", "+callbacks.extra={_target_: x.Y}"]),
     ("train", ["experiment=demo"]),
+    ("train", ["hparams_search=optuna"]),
     ("predict", ["member_chunk_size={resnet50-s0: 16}", "experiment=demo", "tta.flip=vertical"]),
     ("report", ["experiment=demo"]),
 ])

@@ -104,10 +104,13 @@ def check_extras_or_exit(argv: Sequence[str]) -> None:
 
 @functools.cache
 def known_top_level_keys() -> frozenset[str]:
-    """The top-level keys of train, predict and report.yaml and the config groups (an experiment serves all three)."""
+    """The top-level keys of train, predict and report.yaml, of the shipped ``@package _global_`` files
+    (experiments, launchers, searches), and the config groups (an experiment serves all three commands)."""
     keys = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | {"hydra"}
-    for name in ("train", "predict", "report"):
-        node = OmegaConf.load(CONF_DIR / f"{name}.yaml")
+    files = [CONF_DIR / f"{name}.yaml" for name in ("train", "predict", "report")]
+    files += [f for f in sorted(CONF_DIR.glob("*/*.yaml")) if "@package _global_" in f.read_text()]
+    for file in files:
+        node = OmegaConf.load(file)
         keys |= {str(k) for k in node if k != "defaults"}  # type: ignore[union-attr]
     return frozenset(keys)
 
