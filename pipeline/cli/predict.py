@@ -5,6 +5,7 @@ Runs inside one W&B run (``job_type=predict``), which the report later logs into
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 from pipeline.cli import CONF_DIR
 from pipeline.cli.config import metric_name, register, to_container, to_dataclass
 from pipeline.cli.errors import PREDICT_PATHS, compact_errors
+from pipeline.cli.validate import check_extras_or_exit, validate
 from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import LoggerSpec, init_wandb
 from pipeline.data.spec import DataSpec
@@ -48,18 +50,22 @@ def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
     opts.view_reduce = tta.reduce
     opts.chunk_size = tta.chunk_size or opts.chunk_size
     opts.allow_crop_override = list(tta.allow_crop_override)
+    opts.member_chunk_size = dict(opts.member_chunk_size or {})  # null in predict.yaml, so {name: n} can be given
     opts.image_cache_dir, opts.image_cache_size = spec.cache_dir, spec.cache_size  # predict's own image cache
     return opts
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
+    from pipeline.member.folder import find_members
     from pipeline.predict.choose import candidate_policies
     from pipeline.predict.distributed import distribute_spec
+    from pipeline.predict.options import check_member_chunk_sizes
     from pipeline.predict.tta import create_policy
     from pipeline.submission.stage import submit
 
     _check_overrides()
+    validate(cfg, "predict")
     spec = to_dataclass(DataSpec, cfg.data)
     tta = to_dataclass(TTASpec, cfg.tta)
     auto = tta.name == "auto"  # a policy per model, chosen among tta.candidates on the OOF rows
@@ -68,6 +74,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   **({} if auto else tta.policy_fields()))
     extra = [create_policy(name, crop_size=tta.crop_size) for name in cfg.policies if name != submit_policy.name]
     opts = options(cfg, spec, tta)
+    if opts.member_chunk_size:  # a misspelt name would be ignored
+        check_member_chunk_sizes(opts, find_members(to_container(cfg.members))[0])
     metric = metric_name(cfg.metric)
     out_dir = Path(cfg.predict_dir)
     logger = to_dataclass(LoggerSpec, cfg.logger)
@@ -114,6 +122,7 @@ def _log_wandb(run: Any, summary: dict[str, Any]) -> None:
 def main() -> None:
     """Hydra entry point of ``pipeline-predict`` (the console script is :func:`pipeline.cli.entry.predict`)."""
     register()
+    check_extras_or_exit(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")(compact_errors(PREDICT_PATHS)(run))()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 from pipeline.cli import CONF_DIR
 from pipeline.cli.config import metric_name, register, to_dataclass
 from pipeline.cli.errors import REPORT_PATHS, compact_errors
+from pipeline.cli.validate import check_extras_or_exit, validate
 from pipeline.core.io import read_json
 from pipeline.core.tracking import LoggerSpec
 
@@ -19,6 +21,7 @@ __all__ = ["run", "main"]
 
 def run(cfg: DictConfig) -> Any:
     """Config → :func:`~pipeline.report.build.build_report`; prints the table."""
+    validate(cfg, "report")
     from pipeline.report.build import build_report
     from pipeline.report.text import render_table
 
@@ -40,6 +43,7 @@ def run(cfg: DictConfig) -> Any:
 def main() -> None:
     """Hydra entry point of ``pipeline-report`` (the console script is :func:`pipeline.cli.entry.report`)."""
     register()
+    check_extras_or_exit(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")(compact_errors(REPORT_PATHS)(run))()
 
 

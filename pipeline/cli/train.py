@@ -25,6 +25,7 @@ from pipeline.cli import CONF_DIR
 from pipeline.cli.config import register, to_container, to_dataclass
 from pipeline.cli.errors import TRAIN_PATHS, compact_errors, explain
 from pipeline.cli.sweep import continue_sweep_on_failure
+from pipeline.cli.validate import check_extras_or_exit, validate
 from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
@@ -111,6 +112,7 @@ def run(cfg: DictConfig) -> float | None:
     member_dir = Path(cfg.paths.output_dir)
     try:
         try:
+            validate(cfg, "train")  # a sweep job's own values (the callback saw the sweep's base config)
             spec = train_spec(cfg)
         except Exception as err:  # a config that cannot be instantiated: train_member never started
             mark_failed(member_dir, err)
@@ -195,6 +197,7 @@ def relaunch_as_this_member(member_dir: Path) -> Iterator[None]:
 def main() -> None:
     """Hydra entry point of ``pipeline-train`` (the console script is :func:`pipeline.cli.entry.train`)."""
     register()
+    check_extras_or_exit(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(compact_errors(TRAIN_PATHS)(run))()
 
 

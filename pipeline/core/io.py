@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import DataError, OutputError
+from pipeline.core.errors import DataError, OutputError, duplicates
 
 __all__ = [
     "AtomicFile", "atomic_path", "write_json", "read_json", "read_csv_as_text", "safe_name", "short_hash",
@@ -311,9 +311,20 @@ def read_csv_as_text(
             f"{path}{where}: malformed CSV row ({detail}). Every row needs as many fields as the header "
             f"({_header_width(path)}); quote values that contain commas."
         ) from err
+    if repeated := duplicates(_header(path)):
+        raise DataError(f"{path}{where}: the header names {repeated} more than once (pandas would read the second as "
+                        f"'{repeated[0]}.1' and silently use the first). Rename or remove the repeated column.")
     if require_rows and df.empty:
         raise DataError(f"{path}{where}: has a header ({list(df.columns)}) but no rows.")
     return df
+
+
+def _header(path: Path) -> list[str]:
+    """The header row's names as written (pandas renames a repeated name ``x.1``)."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
 
 
 def _header_width(path: Path) -> str:

@@ -46,7 +46,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_SKIP_HINT = "Set data.skip_bad_images=true to skip such files."
+_SKIP_HINT = ("Training images: set data.skip_bad_images=true to skip such files; a test image cannot be skipped (the "
+              "submission needs its row), so replace or re-encode it.")
 
 # Wide (16/32-bit) images found holding only 8-bit values, in this process: warned about once, then counted.
 _eight_bit_wide = 0
@@ -161,7 +162,7 @@ def load_rgb(path: str | Path, max_pixels: int | None = PIL_MAX_IMAGE_PIXELS) ->
             f"data.max_image_pixels (null: no limit) if the image is genuine. {_SKIP_HINT}"
         ) from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"Cannot decode image {path}: {err}") from err
+        raise DataError(f"Cannot decode image {path}: {err} (truncated, or not an image). {_SKIP_HINT}") from err
 
 
 def load_image(path: str | Path, in_chans: int = 3, max_pixels: int | None = PIL_MAX_IMAGE_PIXELS) -> np.ndarray:

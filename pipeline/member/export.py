@@ -21,7 +21,9 @@ written outside ``DIR``.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, replace
@@ -170,12 +172,26 @@ def read_ensemble(folder: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: No ``ensemble.json`` (not an export folder).
-        MemberError: It lists members whose folders are missing.
+        MemberError: It is not valid JSON, holds NaN or Infinity, has a weight that is negative or not a
+            number, or lists members whose folders are missing; the message names the file.
     """
     path = Path(folder) / ENSEMBLE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not an export: no {ENSEMBLE} (make one with pipeline-export).")
-    info: dict[str, Any] = read_json(path)
+    fix = "Export the members again (pipeline-export ... --predict-dir ...) or restore the file."
+
+    def refuse(constant: str) -> Any:
+        raise MemberError(f"{path} holds {constant}, which is no weight or setting. {fix}")
+
+    try:
+        info: dict[str, Any] = json.loads(path.read_text(), parse_constant=refuse)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MemberError(f"{path} is not valid JSON ({err}). {fix}") from err
+    for policy, weights in (info.get("weights") or {}).items():
+        bad = {m: w for m, w in (weights or {}).items()
+               if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf}
+        if bad:
+            raise MemberError(f"{path}: weights of policy {policy} {bad} are not non-negative numbers. {fix}")
     missing = [n for n in info.get("members", []) if not (Path(folder) / n / MANIFEST).is_file()]
     if missing:
         raise MemberError(f"{path} lists members {missing} that have no folder beside it.")

@@ -16,11 +16,13 @@ with ``timm.create_model("local-dir:/path/to/member", pretrained=True)`` (:mod:`
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -34,6 +36,11 @@ __all__ = ["WEIGHTS", "META", "load_checkpoint", "load_state_dict", "build_model
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+
+
+_UNREADABLE = (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError, IndexError, struct.error,
+               UnicodeDecodeError)
+"""What reading a file that is not a checkpoint (text, truncated, random bytes) raises."""
 
 
 def load_checkpoint(path: Path, fix: str = "", mmap: bool = False) -> Any:
@@ -57,8 +64,9 @@ def load_checkpoint(path: Path, fix: str = "", mmap: bool = False) -> Any:
     except pickle.UnpicklingError as err:
         # `from None`: torch's message advises retrying with weights_only=False, which is exactly what not to do.
         raise MemberError(pickle_refusal(path, err, fix)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise MemberError(f"Cannot read checkpoint {path}: truncated or not a PyTorch checkpoint ({err}).") from err
+    except _UNREADABLE as err:  # torch.load on text or random bytes raises any of these (KeyError: a text file)
+        raise MemberError(f"Cannot read checkpoint {path}: truncated or not a PyTorch checkpoint "
+                          f"({type(err).__name__}: {err}).{f' {fix}' if fix else ''}") from err
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -73,7 +81,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         if not path.is_file():
             raise MemberError(f"Checkpoint {path} does not exist.")
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, *_UNREADABLE) as err:
+            raise MemberError(f"Cannot read weights {path}: truncated or not a safetensors file ({err}). Export the "
+                              "member again (pipeline-export) or copy the file anew.") from err
     ckpt = load_checkpoint(path, fix="Re-create the file from the member's training run, or export plain weights "
                                     "(model.safetensors).")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None

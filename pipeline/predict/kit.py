@@ -173,7 +173,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import subprocess
 import sys
 from importlib import metadata, util
@@ -238,8 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.predict.spec import PredictOptions
     from pipeline.predict.tta import create_policy
 
+    from pipeline.core.errors import PipelineError
+    from pipeline.member.export import read_ensemble
+
     members = KIT / "members"
-    ens = json.loads((members / "ensemble.json").read_text())
+    try:
+        ens = read_ensemble(members)  # a NaN or negative weight is refused, naming the file
+    except PipelineError as err:
+        sys.exit(f"predict.py: {err}")
     fitted = ens.get("weights") or {}
     specs = {k: {f: v for f, v in p.items() if f != "views"} for k, p in (ens.get("policies") or {}).items()}
     if ens.get("submission_policy_spec"):
@@ -254,8 +259,6 @@ def main(argv: list[str] | None = None) -> None:
     options = PredictOptions(device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
                              view_reduce=ens.get("view_reduce", "prob_mean"), prediction_cache_dir=args.cache_dir)
     method = (ens.get("ensemble") or {}).get("method", "prob_mean")
-    from pipeline.core.errors import PipelineError
-
     try:
         pred = pipeline.predict_images(members, test_set(args.images, args.sample), policy=policy, weights=weights,
                                        options=options, method=method)

@@ -9,6 +9,7 @@ already holds the result. Device type and precision are part of the cache key
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 
@@ -16,9 +17,10 @@ import torch
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.reduce import REDUCTIONS
+from pipeline.member.folder import Member
 from pipeline.predict.spec import MODES, PredictOptions
 
-__all__ = ["PRECISIONS", "DEVICE_TYPES", "check_options", "autocast"]
+__all__ = ["PRECISIONS", "DEVICE_TYPES", "check_options", "check_member_chunk_sizes", "autocast"]
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Accepted ``precision`` values → the autocast dtype (None: float32, no autocast)."""
@@ -102,6 +104,18 @@ def check_options(opts: PredictOptions) -> torch.device:
     if why is not None:
         raise ConfigError(f"precision={opts.precision} cannot run on {device} ({why}); use precision=32")
     return device
+
+
+def check_member_chunk_sizes(opts: PredictOptions, members: Sequence[Member]) -> None:
+    """Every ``member_chunk_size`` key names one of ``members`` or their models (a typo would be ignored).
+
+    Raises:
+        ConfigError: naming the unknown key and the member and model names accepted.
+    """
+    names = {m.name for m in members} | {m.manifest.model_group for m in members if m.manifest.model_group}
+    if unknown := sorted(set(opts.member_chunk_size) - names):
+        raise ConfigError(f"member_chunk_size names {unknown}, which are neither members nor models of this ensemble; "
+                          f"accepted: {sorted(names)}.")
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:

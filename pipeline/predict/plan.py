@@ -13,6 +13,7 @@ member, unless ``tta.allow_crop_override`` lists it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from pipeline.member.cache import CacheDirs, cache_dirs, cache_name, checkpoint_
 from pipeline.member.folder import Member
 from pipeline.predict.spec import PredictOptions, crop_override_allowed
 from pipeline.predict.tta import TTAPolicy
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EVAL_TRANSFORM", "EvalGroup", "MemberPlan", "policy_key", "policy_names", "eval_group", "member_policy",
            "settings_key", "plan_members"]
@@ -168,6 +171,23 @@ class MemberPlan:
     todo: list[str]
 
 
+_warned_shared: set[tuple[str, ...]] = set()  # once per process: plan_members runs once per split
+
+
+def _warn_shared_weights(members: Sequence[Member], hashes: Mapping[str, str]) -> None:
+    """Warn, naming them, about members whose weights files are byte-identical (one model counted twice)."""
+    by_hash: dict[str, list[Member]] = {}
+    for m in members:
+        by_hash.setdefault(hashes[m.name], []).append(m)
+    for same in by_hash.values():
+        names = tuple(m.name for m in same)
+        if len(same) > 1 and names not in _warned_shared:
+            _warned_shared.add(names)
+            log.warning("Members %s hold identical weights (%s): the ensemble counts one model %d times. Remove the "
+                        "copies from `members`, or retrain them with another seed.", " and ".join(names),
+                        ", ".join(str(m.checkpoint) for m in same), len(same))
+
+
 def plan_members(members: Sequence[Member], split: str, policies: Mapping[str, TTAPolicy], opts: PredictOptions,
                  device: torch.device, fallback_dir: Path | None) -> list[MemberPlan]:
     """Check every member against every policy, then look its predictions up in the cache.
@@ -177,9 +197,11 @@ def plan_members(members: Sequence[Member], split: str, policies: Mapping[str, T
     resolved = [(m, eval_group(m), {k: member_policy(p, m, opts.allow_crop_override) for k, p in policies.items()})
                 for m in members]
     plans = []
+    hashes = {m.name: checkpoint_hash(m) for m in members}
+    _warn_shared_weights(members, hashes)
     for member, group, own in resolved:
         dirs = cache_dirs(member, opts.prediction_cache_dir, fallback_dir)
-        settings, ckpt = settings_key(group, opts, device), checkpoint_hash(member)
+        settings, ckpt = settings_key(group, opts, device), hashes[member.name]
         files, todo = {}, []
         for key, policy in own.items():
             name = cache_name(split, policy_key(policy), settings, ckpt)

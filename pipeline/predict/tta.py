@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.reduce import reduce_probs
 from pipeline.predict.crops import crop as _crop
 from pipeline.predict.crops import flip as _flip
@@ -118,9 +119,9 @@ class TTAPolicy:
         _check_choice("tta.name", self.name, tuple(POLICIES))
         _check_choice("tta.flip", self.flip, FLIPS)
         if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
-            raise ValueError(f"tta.crop_size must be a positive integer or null; got {self.crop_size!r}")
+            raise ConfigError(f"tta.crop_size must be a positive integer or null; got {self.crop_size!r}")
         if self.name == "hflip" and self.flip != "horizontal":
-            raise ValueError(
+            raise ConfigError(
                 f"tta.flip={self.flip!r} with policy hflip: hflip always mirrors left-right. Use tta=vflip for "
                 "top-bottom mirrors, or tta=none for a single view (neither flip preserves labels for digits or text)"
             )
@@ -141,22 +142,22 @@ class TTAPolicy:
     def _check_multiscale(self) -> None:
         for key, values, accepted in (("tta.crops", self.crops, CROPS), ("tta.flips", self.flips, FLIPS)):
             if not values:
-                raise ValueError(f"{key} must list at least one of {list(accepted)}")
+                raise ConfigError(f"{key} must list at least one of {list(accepted)}")
             for value in values:
                 _check_choice(key, value, accepted)
         _check_choice("tta.squares", self.squares, _SQUARES)
         if not self.scales:
-            raise ValueError("tta.scales must list at least one shorter-side size for the multiscale policy")
+            raise ConfigError("tta.scales must list at least one shorter-side size for the multiscale policy")
         wrong = [s for s in self.scales if isinstance(s, bool) or not isinstance(s, (int, float))
                  or s <= 0 or (isinstance(s, float) and s > _MAX_RELATIVE_SCALE)]
         if wrong:
-            raise ValueError(
+            raise ConfigError(
                 f"tta.scales {wrong}: each scale is a size in pixels (an integer such as 36) or a float in "
                 f"(0, {_MAX_RELATIVE_SCALE}] times the member's image size (1.0 is the image size, 1.15 is 15% larger)"
             )
         small = [s for s in self.scales if isinstance(s, int) and self.crop_size is not None and s < self.crop_size]
         if small:
-            raise ValueError(
+            raise ConfigError(
                 f"tta.scales {small} are smaller than tta.crop_size {self.crop_size} (or the member's recorded "
                 "crop when tta.crop_size is null); every scale must be at least the crop size"
             )
@@ -164,7 +165,7 @@ class TTAPolicy:
 
 def _check_choice(key: str, value: Any, accepted: tuple[Any, ...]) -> None:
     if value not in accepted:
-        raise ValueError(f"Unknown {key} {value!r}; accepted values: {list(accepted)}")
+        raise ConfigError(f"Unknown {key} {value!r}; accepted values: {list(accepted)}")
 
 
 ViewFn = Callable[[Tensor, TTAPolicy], list[Tensor]]
@@ -301,7 +302,7 @@ def create_policy(name: str, crop_size: int | None = None, **kwargs: Any) -> TTA
         The frozen policy.
 
     Raises:
-        ValueError: Unknown policy name, flip or crop value, or scales smaller than ``crop_size``.
+        ConfigError: Unknown policy name, flip or crop value, or scales smaller than ``crop_size`` (a ValueError).
         TypeError: A keyword that is not a policy field.
 
     >>> create_policy("multiscale", 24, scales=[32, 40], squares=3, crops=["center", "full"]).name
@@ -404,7 +405,7 @@ def predict_with_tta(
     """
     n_views = views_per_image(policy)
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"tta.chunk_size must be a positive integer or null; got {chunk_size}")
+        raise ConfigError(f"tta.chunk_size must be a positive integer or null; got {chunk_size}")
     step = chunk_size or max(1, n_views * len(batch))
     images_per_group = max(1, step // n_views)
     merged = []

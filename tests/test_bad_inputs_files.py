@@ -1,0 +1,130 @@
+"""Damaged files a user can hand the command lines: each is one line naming the file and the remedy, nothing written.
+
+Run through the console scripts on copies of two real members (:func:`tests.conftest.mixed_sweep`): a text
+file as ``checkpoints/best.ckpt``, a truncated ``model.safetensors`` in an export, NaN in an export's
+``ensemble.json`` (read by the offline kit's ``predict.py``), an undecodable test image, a repeated header
+name in ``train.csv``; and two members holding the same weights, which predict warns about by name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_members
+from tests.helpers import copy_competition, write_competition
+from tests.test_bad_inputs_config import cli, refused
+from tests.test_bad_inputs_predict import S0, snapshot
+from tests.test_sweep import failure_message
+
+PREDICT = ["logger=none", "tta=none", "policies=[none]", "num_workers=0", "data.num_workers=0"]
+
+
+def predict_args(members: Path, data: Path, out: Path) -> list[str]:
+    return [*PREDICT, f"members={members}", f"data.root={data}", f"predict_dir={out}"]
+
+
+def no_outputs(predict_dir: Path) -> bool:
+    """The predict folder holds Hydra's record of the command and its log: no submission, predict.json or OOF file."""
+    return {p.relative_to(predict_dir).parts[0] for p in predict_dir.rglob("*") if p.is_file()} <= {".hydra", "predict.log"}
+
+
+def test_a_text_file_as_the_checkpoint_names_it(tmp_path: Path, mixed_sweep: Path, demo_slice: Path) -> None:
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    ckpt = members / S0 / "checkpoints" / "best.ckpt"
+    ckpt.write_text("this is not a checkpoint\n")
+    refused("predict", predict_args(members, demo_slice, tmp_path / "p"), members,
+            rf"Cannot read checkpoint {ckpt}: truncated or not a PyTorch checkpoint.*Re-create the file")
+    assert no_outputs(tmp_path / "p")
+
+
+@pytest.fixture
+def export(tmp_path: Path, mixed_sweep: Path) -> Path:
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    proc = subprocess.run([str(Path(sys.executable).with_name("pipeline-export")), str(members), "--out", str(tmp_path / "ex")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, failure_message(proc)
+    return tmp_path / "ex"
+
+
+def test_a_truncated_safetensors_names_the_file(tmp_path: Path, export: Path, demo_slice: Path) -> None:
+    weights = export / S0 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    shutil.rmtree(export / S0 / "predictions", ignore_errors=True)  # else the cached predictions are used
+    refused("predict", predict_args(export, demo_slice, tmp_path / "p"), export,
+            rf"Cannot read weights {weights}: truncated or not a safetensors file.*pipeline-export")
+    assert no_outputs(tmp_path / "p")
+
+
+def test_nan_in_a_kits_ensemble_json_names_the_file(tmp_path: Path, mixed_sweep: Path, demo_slice: Path) -> None:
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    # A wheel named as the installed version: the kit's install() finds that version installed and skips pip
+    # (building a real wheel takes minutes; tests/test_offline.py does it).
+    wheel = tmp_path / f"pipeline-{metadata.version('pipeline')}-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    kit = tmp_path / "kit"
+    proc = subprocess.run([str(Path(sys.executable).with_name("pipeline-export")), str(members), "--kit", str(kit),
+                           "--wheel", str(wheel)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, failure_message(proc)
+    path = kit / "members" / "ensemble.json"
+    info = json.loads(path.read_text())
+    info["weights"] = {"none.0": {"lenet5-s0": float("nan"), "lenet5-s1": 0.5}}
+    path.write_text(json.dumps(info))  # json writes NaN, and Python's json reads it back without complaint
+    before = snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, str(kit / "predict.py"), "--images", str(demo_slice / "test"), "--out",
+                           str(tmp_path / "submission.csv")], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, failure_message(proc)
+    assert proc.stderr.strip() == f"predict.py: {path} holds NaN, which is no weight or setting. Export the members " \
+                                  "again (pipeline-export ... --predict-dir ...) or restore the file.", failure_message(proc)
+    assert snapshot(tmp_path) == before
+
+
+def test_an_undecodable_test_image_names_it_and_says_it_cannot_be_skipped(
+    tmp_path: Path, mixed_sweep: Path, demo_slice: Path
+) -> None:
+    comp = copy_competition(demo_slice, tmp_path / "comp")
+    bad = sorted((comp / "test").iterdir())[3]
+    bad.write_text("not an image")
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    before = snapshot(comp)
+    proc = cli("predict", [*predict_args(members, comp, tmp_path / "p"), "data.skip_bad_images=true"], tmp_path)
+    assert proc.returncode == 1, failure_message(proc)
+    assert "Traceback" not in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("Error: "))
+    assert line.startswith(f"Error: Cannot decode image {bad}: ") and "a test image cannot be skipped" in line, line
+    assert snapshot(comp) == before
+    # the OOF rows are predicted before the test images are read (pipeline/predict/stage.py): no submission
+    assert not {"submission.csv", "predict.json"} & {p.name for p in (tmp_path / "p").iterdir()}
+
+
+def test_a_repeated_header_name_in_train_csv_is_refused(tmp_path: Path) -> None:
+    comp = write_competition(tmp_path / "comp")
+    table = comp / "train.csv"
+    table.write_text(table.read_text().replace("id,label", "id,label,label", 1))
+    before = snapshot(comp)
+    proc = cli("train", ["model=lenet5", "trainer=cpu", "logger=none", f"data.root={comp}", "data.in_chans=1"], tmp_path)
+    assert proc.returncode == 1, failure_message(proc)
+    assert "Traceback" not in proc.stderr
+    assert f"Error: {table} (config key data.train_csv): the header names ['label'] more than once" in proc.stderr
+    assert snapshot(comp) == before
+    member = next((tmp_path / "out").rglob("member.json"), None) if (tmp_path / "out").exists() else None
+    assert member is None or json.loads(member.read_text())["status"] == "failed"
+
+
+def test_two_members_with_the_same_weights_are_named_in_a_warning(tmp_path: Path, mixed_sweep: Path,
+                                                                  demo_slice: Path) -> None:
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    twin = members / "lenet5-s2-holdout"
+    shutil.copytree(members / S0, twin)
+    manifest = twin / "member.json"
+    manifest.write_text(manifest.read_text().replace(f'"{S0}"', '"lenet5-s2-holdout"').replace('"lenet5-s0"', '"lenet5-s2"'))
+    proc = cli("predict", predict_args(members, demo_slice, tmp_path / "p"), tmp_path)
+    assert proc.returncode == 0, failure_message(proc)
+    warnings = [x for x in (proc.stdout + proc.stderr).splitlines() if "identical weights" in x]  # Hydra logs to stdout
+    assert len(warnings) == 1 and f"Members {S0} and lenet5-s2-holdout hold identical weights" in warnings[0], warnings
