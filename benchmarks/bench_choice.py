@@ -178,7 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="1500-500-e40-p4-b32", help="the uplift sweeps' size tag")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     quiet()
     tables, raw = [], {}
     for name in DATASETS:

@@ -57,10 +57,8 @@ def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
-    from pipeline.member.folder import find_members
     from pipeline.predict.choose import candidate_policies
     from pipeline.predict.distributed import distribute_spec
-    from pipeline.predict.options import check_member_chunk_sizes
     from pipeline.predict.tta import create_policy
     from pipeline.submission.stage import submit
 
@@ -74,8 +72,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                   **({} if auto else tta.policy_fields()))
     extra = [create_policy(name, crop_size=tta.crop_size) for name in cfg.policies if name != submit_policy.name]
     opts = options(cfg, spec, tta)
-    if opts.member_chunk_size:  # a misspelt name would be ignored
-        check_member_chunk_sizes(opts, find_members(to_container(cfg.members))[0])
     metric = metric_name(cfg.metric)
     out_dir = Path(cfg.predict_dir)
     logger = to_dataclass(LoggerSpec, cfg.logger)

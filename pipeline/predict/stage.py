@@ -48,7 +48,7 @@ from pipeline.predict.ensemble import check_ensemble, group_models, merge_files,
 from pipeline.predict.fitting import Margin, Rule, cross_fit, rule_name, submitted_rule
 from pipeline.predict.merge import Combiner
 from pipeline.predict.offline import cached_oof_sets
-from pipeline.predict.options import check_options
+from pipeline.predict.options import check_member_chunk_sizes, check_options
 from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_names
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
@@ -319,6 +319,7 @@ def predict(
     out_dir = Path(out_dir)
     classes = list(members[0].manifest.classes)
     check_options(opts)
+    check_member_chunk_sizes(opts, members)  # a misspelt member name would be ignored
     models = group_models(members)
     check_ensemble(ens, list(models), metric)
     need_none = opts.mode == "submit" or ens.combine == "auto"
@@ -334,7 +335,7 @@ def predict(
     detail = _check_members(members, templates, opts)
     test, sample_ids = read_test_in_sample_order(spec, classes)
     log.info("Predicting %d member(s) in %d model(s), mode=%s, policies %s", len(members), len(models), opts.mode,
-             list(templates))
+             ", ".join(names.values()))
 
     with distributed(dist, out_dir) as (run, tasks):  # one task per member on Ray or SLURM, else in process
         oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir, run)

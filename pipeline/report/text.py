@@ -254,7 +254,8 @@ def render_table(df: pd.DataFrame, metric: str | None = None) -> str:
         diff = "baseline" if r["row"] == df.attrs.get("baseline") else (
             f"{r['diff_vs_best_single']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
         naive = "best (in-sample, optimistic)" if r.get("in_sample_best", False) and not r["best"] else ""
-        cells = ["★" if r["best"] else naive, r["row"], r["kind"], _fmt(r[metric], ".4f"), diff,
+        row = f"**{r['row']}** (submitted)" if r.get("submitted", False) else r["row"]
+        cells = ["★" if r["best"] else naive, row, r["kind"], _fmt(r[metric], ".4f"), diff,
                  str(r["forward_passes_per_image"]), _fmt(r["sec_per_1000_images"], ".3g"),
                  *(_fmt(r[m], ".4f") for m in others)]
         lines.append("| " + " | ".join(cells) + " |")
