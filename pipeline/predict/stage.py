@@ -37,6 +37,7 @@ import pandas as pd
 from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import read_json, safe_name, short_hash, write_json
 from pipeline.core.metrics import get_metric
+from pipeline.data.fingerprint import table_fingerprint
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
@@ -319,7 +320,7 @@ def predict(
 
         test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
                      else {g: [k] for g, k in model_keys.items()})
-        test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
+        test_tag = "test-" + short_hash(table_fingerprint(test, out_dir), 10)
         test_files: dict[tuple[str, str], Path] = {}
         for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
             todo = [m for g, keys in test_keys.items() if key in keys for m in models[g]]

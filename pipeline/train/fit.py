@@ -78,10 +78,50 @@ def _record(spec: TrainSpec, mean: list[float], std: list[float]) -> dict[str, A
     }
 
 
+WEIGHTS_SHA = "weights_sha256"
+"""config.yaml's ``model`` key recording the SHA-256 of the ``model.weights`` file the member started from."""
+
+
+def _with_weights_hash(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with ``model.weights_sha256`` added when ``model.weights`` names a file (read once, here)."""
+    model = config.get("model")
+    if not isinstance(model, dict) or not model.get("weights"):
+        return config
+    return {**config, "model": {**model, WEIGHTS_SHA: short_hash(Path(str(model["weights"])).expanduser(), 64)}}
+
+
+def _check_weights_source(member_dir: Path, config: dict[str, Any]) -> None:
+    """A member started from one weights file cannot resume from, or count as done with, other contents.
+
+    Raises:
+        MemberConflict: naming the ``model.weights`` file and the member folder.
+    """
+    model, saved = config.get("model") or {}, member_dir / "config.yaml"
+    if not model.get(WEIGHTS_SHA) or not saved.is_file() or (member_dir / "error.txt").is_file():
+        return
+    try:
+        before = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}
+    except (OSError, yaml.YAMLError):
+        return  # plan_member judges the folder by its manifest
+    if isinstance(before, dict) and before.get(WEIGHTS_SHA) not in (None, model[WEIGHTS_SHA]):
+        raise MemberConflict(
+            f"Member folder {member_dir} was trained from a weights file with other contents than "
+            f"model.weights={model['weights']} (SHA-256 {str(before[WEIGHTS_SHA])[:12]}… != {model[WEIGHTS_SHA][:12]}…). "
+            "Point model.weights at the file the sweep was trained from, or use another sweep_name."
+        )
+
+
 def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
-    """Short hash of what defines a member's result (:data:`MEMBER_KEYS`)."""
+    """Short hash of what defines a member's result (:data:`MEMBER_KEYS`).
+
+    A ``model.weights`` file counts by its contents (``model.weights_sha256``), not by where it lies, so a
+    sweep copied to another machine with its weights elsewhere resumes.
+    """
+    model = config.get("model")
+    if isinstance(model, dict) and model.get(WEIGHTS_SHA):
+        model = {**{k: v for k, v in model.items() if k not in ("weights", WEIGHTS_SHA)}, "weights": model[WEIGHTS_SHA]}
     view = {
-        "model": config.get("model"), "aug": config.get("aug"), "optimizer": config.get("optimizer"),
+        "model": model, "aug": config.get("aug"), "optimizer": config.get("optimizer"),
         "scheduler": config.get("scheduler"), "seed": spec.seed, "label_smoothing": spec.label_smoothing,
         "data_split": {**{k: getattr(spec.data, k) for k in _SPLIT_KEYS},  # group/fold columns only when set: old
                        **{k: v for k in ("group_col", "fold_col") if (v := getattr(spec.data, k))}},  # hashes stay
@@ -247,8 +287,10 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     table = read_train_table(spec.data)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, len(table.classes))
-    config = _record(spec, module.mean, module.std)
+    config = _with_weights_hash(_record(spec, module.mean, module.std))
     digest = member_hash(spec, config)
+    if not spec.overwrite:
+        _check_weights_source(member_dir, config)
     plan = plan_member(member_dir, digest, spec.overwrite)
     if plan.action == "skip":  # before the images are verified: a completed member decodes nothing
         log.info("Member %s is already completed; skipping it.", member_dir)
