@@ -325,9 +325,19 @@ def read_csv_as_text(
         ) from err
     except ValueError as err:  # a numeric column holding text
         raise DataError(f"{path}{where}: a {numeric_prefix}... column holds a value that is not a number ({err}).") from err
-    if chunk_rows is None and require_rows and df.empty:
+    if chunk_rows is not None:
+        return _checked_chunks(df, path, where, numeric_prefix)
+    if require_rows and df.empty:
         raise DataError(f"{path}{where}: has a header ({list(df.columns)}) but no rows.")
     return df
+
+
+def _checked_chunks(reader: Any, path: Path, where: str, numeric_prefix: str | None) -> Iterator[Any]:
+    """The frames of a chunked read; a numeric column's text is named as in a whole read."""
+    try:
+        yield from reader
+    except ValueError as err:
+        raise DataError(f"{path}{where}: a {numeric_prefix}... column holds a value that is not a number ({err}).") from err
 
 
 def _header(path: Path) -> list[str]:

@@ -94,15 +94,17 @@ def write_predictions(
     return writer.path
 
 
-def _bad_rows(mask: np.ndarray, ids: Sequence[str]) -> str:
+def _bad_rows(mask: np.ndarray, ids: Sequence[str], first_line: int = 2) -> str:
     rows = np.flatnonzero(mask)
-    return (f"{len(rows)} row(s): file lines {examples([int(r) + 2 for r in rows])}, "
+    return (f"{len(rows)} row(s): file lines {examples([int(r) + first_line for r in rows])}, "
             f"ids {examples([ids[int(r)] for r in rows])}")
 
 
 def check_probabilities(path: str | Path, ids: Sequence[str], probs: np.ndarray, columns: Sequence[str],
-                        sums: bool = False) -> None:
+                        sums: bool = False, first_line: int = 2) -> None:
     """Refuse probabilities that are not finite numbers in [0, 1] (and, with ``sums``, rows not summing to one).
+
+    ``first_line`` is the file line of ``probs``' first row (2 under the header; more for a later chunk).
 
     Raises:
         MemberError: naming the file, the column and the rows (file line numbers, header = line 1).
@@ -113,12 +115,14 @@ def check_probabilities(path: str | Path, ids: Sequence[str], probs: np.ndarray,
         if bad.any():
             raise MemberError(
                 f"{path}: column {column!r} holds values that are not probabilities (NaN, infinite, or outside "
-                f"[0, 1]) in {_bad_rows(bad, ids)}. Recompute the file (delete it) or fix those rows."
+                f"[0, 1]) in {_bad_rows(bad, ids, first_line)}. Recompute the file (delete it) or fix those rows."
             )
     if sums and len(probs):
         off = np.abs(probs.sum(axis=1) - 1.0) > SUM_TOLERANCE
         if off.any():
-            raise MemberError(f"{path}: the probabilities of {_bad_rows(off, ids)} do not sum to 1 (±{SUM_TOLERANCE}).")
+            raise MemberError(
+                f"{path}: the probabilities of {_bad_rows(off, ids, first_line)} do not sum to 1 (±{SUM_TOLERANCE})."
+            )
 
 
 def _labels(path: Path, df: pd.DataFrame) -> np.ndarray:
