@@ -6,6 +6,7 @@ checkpoint. With several devices (DDP) only rank 0 writes the folder and its W&B
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -29,6 +30,7 @@ from pipeline.data.decode import verify_images
 from pipeline.data.folds import check_fold_index, resolve_folds, save_folds, split_indices
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_train_table
+from pipeline.member.lock import MemberBusy, member_lock
 from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
@@ -252,14 +254,19 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
 
     Raises:
         MemberConflict: the folder holds another config's member (nothing is recorded in it).
+        MemberBusy: another process is training this member now (nothing is recorded in it).
         PipelineError: a problem the message names (data, config, folder, training without progress).
     """
     start = time.time()
     member_dir = Path(spec.member_dir)
     is_zero = _process_rank() == 0
+    if is_zero:  # checked before the lock creates anything, so an unwritable folder is named as such
+        check_writable_dir(member_dir)
+        check_writable_dir(member_dir.parent)
     try:
-        return _train(spec, member_dir, start, is_zero)
-    except MemberConflict:
+        with member_lock(member_dir) if is_zero else contextlib.nullcontext():  # other ranks train the same member
+            return _train(spec, member_dir, start, is_zero)
+    except (MemberConflict, MemberBusy):  # the folder is another run's: nothing is recorded in it
         raise
     except Exception as err:
         if is_zero:
