@@ -37,7 +37,7 @@ from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
 from pipeline.train.averaging import AVERAGED_KEY, describe_averaging
 from pipeline.train.callbacks import contract_checkpoint, member_callbacks
-from pipeline.train.checks import ProgressGuard, check_progress, check_split_sizes, check_trainer_settings
+from pipeline.train.checks import ProgressGuard, check_image_sizes, check_progress, check_split_sizes, check_trainer_settings
 from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
@@ -288,6 +288,7 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
         _prepare_folder(member_dir)
     pl.seed_everything(int(spec.seed), workers=True)
     check_trainer_settings(spec.trainer_settings)
+    check_image_sizes(spec.data.image_size, spec.data.crop_size)
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
     check_fold_index(spec.data.fold, spec.data.n_folds)
