@@ -6,6 +6,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,20 +49,21 @@ class ForwardCounter:
         self._handle.remove()
 
 
-def _train_sweep(root: Path, data: Path, weights: Path | None = None, expect_skip: bool = False) -> list[dict]:
+def _cfg(root: Path, data: Path, weights: Path | None, seed: int) -> Any:
+    cfg = compose_train([
+        "trainer=cpu", "logger=none", "model=lenet5", f"data.root={data}", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "trainer.limit_train_batches=3", "data.num_workers=0",
+        "data.batch_size=32", f"paths.root={root}", f"seed={seed}",
+        *([f"model.weights={weights}"] if weights is not None else []),
+    ])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "sw" / cfg.member_name)
+    return cfg
+
+
+def _train_sweep(root: Path, data: Path, weights: Path | None = None) -> list[dict]:
     """Two tiny LeNet-5 members (seeds 0, 1) of one holdout sweep in ``root/sw``."""
-    results = []
-    for seed in (0, 1):
-        cfg = compose_train([
-            "trainer=cpu", "logger=none", "model=lenet5", f"data.root={data}", "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false", "trainer.limit_train_batches=3", "data.num_workers=0",
-            "data.batch_size=32", f"paths.root={root}", f"seed={seed}",
-            *([f"model.weights={weights}"] if weights is not None else []),
-        ])
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(root / "sw" / cfg.member_name)
-        results.append(train(cfg))
-    return results
+    return [train(_cfg(root, data, weights, seed)) for seed in (0, 1)]
 
 
 def _save_weights(path: Path, seed: int) -> Path:
@@ -263,3 +265,27 @@ def test_labels_that_read_as_names_and_as_indices_are_refused_naming_label_as(tm
     assert infer_format(sample, classes, label_as="index").label_as == "index"
     sample.write_text("id,label\na,0\nb,0\n")  # "0" is no class name: an index, as before
     assert infer_format(sample, classes).label_as == "index"
+
+
+def test_member_recorded_under_the_earlier_path_hash_of_its_weights_is_the_same_member(copy: Path) -> None:
+    """Sweeps trained before weights were hashed by contents (path in the hash) are not refused after an upgrade."""
+    import dataclasses
+
+    import yaml
+
+    from pipeline.cli.train import train_spec
+    from pipeline.member.manifest import read_manifest, write_manifest
+    from pipeline.train.fit import WEIGHTS_SHA, member_hash
+
+    cfg = _cfg(copy, copy / "data", copy / "weights" / "lenet5.pth", 0)
+    member = Path(cfg.paths.output_dir)
+    saved = yaml.safe_load((member / "config.yaml").read_text())
+    assert len(saved["model"].pop(WEIGHTS_SHA)) == 64
+    saved["model"]["weights"] = str(copy / "weights" / "lenet5.pth")  # as an earlier version hashed it, in place
+    legacy = member_hash(train_spec(cfg), saved)
+    manifest = read_manifest(member)
+    assert legacy != manifest.config_hash
+    write_manifest(member, dataclasses.replace(manifest, config_hash=legacy))
+    before = files_under(member)
+    assert train(cfg) == read_json(member / "metrics.json")
+    assert files_under(member) == before

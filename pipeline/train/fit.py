@@ -295,11 +295,12 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     table = read_train_table(spec.data)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, len(table.classes))
-    config = _with_weights_hash(_record(spec, module.mean, module.std))
+    raw = _record(spec, module.mean, module.std)
+    config = _with_weights_hash(raw)
     digest = member_hash(spec, config)
     if not spec.overwrite:
         _check_weights_source(member_dir, config)
-    plan = plan_member(member_dir, digest, spec.overwrite)
+    plan = plan_member(member_dir, digest, spec.overwrite, member_hash(spec, raw))
     if plan.action == "skip":  # before the images are verified: a completed member decodes nothing
         log.info("Member %s is already completed; skipping it.", member_dir)
         return cast(dict[str, float], plan.metrics)
