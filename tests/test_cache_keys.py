@@ -147,7 +147,7 @@ def test_hand_edited_cache_file_is_recomputed_and_the_log_says_why(
     assert counter.calls > 0
     assert path.read_bytes() == original
     (line,) = [r.getMessage() for r in caplog.records if "Not using cached predictions" in r.getMessage()]
-    assert str(path) in line and "checksum" in line
+    assert str(path) in line and "checksum" in line and line.endswith("recomputing it.")
 
 
 @pytest.mark.parametrize("damage, reason", [

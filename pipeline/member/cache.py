@@ -150,11 +150,13 @@ def cache_dirs(member: Member, user_dir: str | Path | None, fallback_root: str |
     return CacheDirs((own, fallback), fallback)
 
 
-def find_cached(member: Member, dirs: CacheDirs, name: str, ids: Collection[str] | None = None) -> Path | None:
+def find_cached(member: Member, dirs: CacheDirs, name: str, ids: Collection[str] | None = None,
+                instead: str = "ignoring it") -> Path | None:
     """The first usable cached file called ``name`` (with its ``.json`` sidecar), or None.
 
     A file inside the member folder must resolve inside it: a symlinked cache file is untrusted input too.
-    A file that fails :func:`cache_problem` (for ``ids``, when given) is skipped with a log line saying why.
+    A file that fails :func:`cache_problem` (for ``ids``, when given) is skipped with a log line saying why
+    and what happens ``instead``.
     """
     for folder in dirs.read:
         path = folder / name
@@ -168,7 +170,7 @@ def find_cached(member: Member, dirs: CacheDirs, name: str, ids: Collection[str]
                 continue
         problem = cache_problem(path, member.manifest.classes, ids)
         if problem is not None:
-            log.warning("Not using cached predictions %s: %s; they are recomputed.", path, problem)
+            log.warning("Not using cached predictions %s: %s; %s.", path, problem, instead)
             continue
         return path
     return None

@@ -164,7 +164,7 @@ def plan_members(members: Sequence[Member], split: str, policies: Mapping[str, T
         files, todo = {}, []
         for key, policy in own.items():
             name = cache_name(split, policy_key(policy), settings, ckpt)
-            found = find_cached(member, dirs, name, None if ids is None else ids(member))
+            found = find_cached(member, dirs, name, None if ids is None else ids(member), "recomputing it")
             files[key] = found or dirs.write / name
             if found is None:
                 todo.append(key)
