@@ -30,7 +30,7 @@ from pipeline.data.decode import verify_images
 from pipeline.data.folds import check_fold_index, resolve_folds, save_folds, split_indices
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_train_table
-from pipeline.member.lock import MemberBusy, member_lock
+from pipeline.member.lock import member_lock
 from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
@@ -263,15 +263,16 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
     if is_zero:  # checked before the lock creates anything, so an unwritable folder is named as such
         check_writable_dir(member_dir)
         check_writable_dir(member_dir.parent)
-    try:
-        with member_lock(member_dir) if is_zero else contextlib.nullcontext():  # other ranks train the same member
+    # MemberBusy (another process holds the lock) leaves the folder as it is; a failure is recorded under the lock.
+    with member_lock(member_dir) if is_zero else contextlib.nullcontext():  # other ranks train the same member
+        try:
             return _train(spec, member_dir, start, is_zero)
-    except (MemberConflict, MemberBusy):  # the folder is another run's: nothing is recorded in it
-        raise
-    except Exception as err:
-        if is_zero:
-            mark_failed(member_dir, err)
-        raise
+        except MemberConflict:  # the folder holds another config's member: nothing is recorded in it
+            raise
+        except Exception as err:
+            if is_zero:
+                mark_failed(member_dir, err)
+            raise
 
 
 def _prepare_folder(member_dir: Path) -> None:
