@@ -95,6 +95,8 @@ BEFORE_TRAINING = [
     ("unknown_model", ["model.name=lenet55"], ConfigError, r"Unknown timm model 'lenet55'\. Closest: lenet5\b.*model\.name"),
     ("input_too_small", ["data.image_size=12", "data.crop_size=8"], ConfigError,
      r"8×8 is too small for 'lenet5'.*at least 16×16"),
+    ("crop_larger_than_image", ["data.image_size=24", "data.crop_size=28"], ConfigError,
+     r"data\.crop_size=28 is larger than data\.image_size=24.*data\.crop_size <= data\.image_size"),
     ("num_classes_mismatch", ["data.num_classes=7"], DataError, r"data\.num_classes=7 contradicts the data"),
     ("missing_data_root", ["data.root={tmp}/nowhere"], DataError, r"nowhere does not exist \(config key data\.root\)"),
     ("missing_weights_file", ["model.weights={tmp}/nope.pth"], ConfigError,

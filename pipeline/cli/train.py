@@ -104,6 +104,7 @@ def run(cfg: DictConfig) -> float | None:
     members go on, this one returns None, and :class:`pipeline.cli.sweep.SweepSummary` reports the failure
     and exits non-zero at the end.
     """
+    from pipeline.member.lock import MemberBusy
     from pipeline.member.manifest import mark_failed
     from pipeline.train.fit import MemberConflict, train_member
     from pipeline.train.quiet import quiet_third_party
@@ -118,8 +119,8 @@ def run(cfg: DictConfig) -> float | None:
             mark_failed(member_dir, err)
             raise
         return monitored_value(train_member(spec))  # records its own failures
-    except MemberConflict:
-        raise  # the folder belongs to another member: nothing was recorded in it
+    except (MemberConflict, MemberBusy):
+        raise  # the folder belongs to another member or another run: nothing was recorded in it
     except Exception as err:
         if not continue_sweep_on_failure():
             raise

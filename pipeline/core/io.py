@@ -24,6 +24,7 @@ import secrets
 import socket
 import stat
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,7 +272,8 @@ def _utf8_problem(path: Path) -> str:
 
 
 def read_csv_as_text(
-    path: str | Path, *, key: str | None = None, require_rows: bool = False, what: str = "CSV file"
+    path: str | Path, *, key: str | None = None, require_rows: bool = False, what: str = "CSV file",
+    numeric_prefix: str | None = None, chunk_rows: int | None = None,
 ) -> Any:
     """Read a CSV with every cell as text, so ids keep leading zeros and ``"NA"`` stays a string.
 
@@ -283,6 +285,9 @@ def read_csv_as_text(
         key: the config key that names the file, for the error messages.
         require_rows: refuse a file with a header but no rows.
         what: how the messages call the file (``"Sample submission"``…).
+        numeric_prefix: columns whose names start with it (a prediction file's ``p:<class>``) are read as
+            float64 (an empty cell or ``nan`` is NaN); every other column stays text.
+        chunk_rows: return an iterator of frames of this many rows instead of one frame.
 
     Raises:
         DataError: naming the file (and ``key``): it is missing, empty, header-only (with
@@ -295,8 +300,15 @@ def read_csv_as_text(
     where = f" (config key {key})" if key else ""
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist{where}.")
+    dtype: Any = str
+    na_values: Any = None
+    if numeric_prefix is not None:
+        numeric = [c for c in _header(path) if c.startswith(numeric_prefix)]
+        dtype = defaultdict(lambda: str, dict.fromkeys(numeric, "float64"))
+        na_values = dict.fromkeys(numeric, ["", "nan", "NaN"])
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        df = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=na_values, encoding="utf-8",
+                         chunksize=chunk_rows)
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}{where}: the file is empty; expected a CSV with a header row.") from err
     except UnicodeDecodeError as err:
@@ -311,20 +323,34 @@ def read_csv_as_text(
             f"{path}{where}: malformed CSV row ({detail}). Every row needs as many fields as the header "
             f"({_header_width(path)}); quote values that contain commas."
         ) from err
+    except ValueError as err:  # a numeric column holding text
+        raise DataError(f"{path}{where}: a {numeric_prefix}... column holds a value that is not a number ({err}).") from err
     if repeated := duplicates(_header(path)):
         raise DataError(f"{path}{where}: the header names {repeated} more than once (pandas would read the second as "
                         f"'{repeated[0]}.1' and silently use the first). Rename or remove the repeated column.")
+    if chunk_rows is not None:
+        return _checked_chunks(df, path, where, numeric_prefix)
     if require_rows and df.empty:
         raise DataError(f"{path}{where}: has a header ({list(df.columns)}) but no rows.")
     return df
 
 
-def _header(path: Path) -> list[str]:
-    """The header row's names as written (pandas renames a repeated name ``x.1``)."""
-    import csv
+def _checked_chunks(reader: Any, path: Path, where: str, numeric_prefix: str | None) -> Iterator[Any]:
+    """The frames of a chunked read; a numeric column's text is named as in a whole read."""
+    try:
+        yield from reader
+    except ValueError as err:
+        raise DataError(f"{path}{where}: a {numeric_prefix}... column holds a value that is not a number ({err}).") from err
 
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f), [])
+
+def _header(path: Path) -> list[str]:
+    """The header row's names as written (pandas renames a repeated name ``x.1``); none for an empty or
+    undecodable file (pandas then names the problem)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            return next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return []
 
 
 def _header_width(path: Path) -> str:

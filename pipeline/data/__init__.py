@@ -1,4 +1,5 @@
-"""The data stage: competition tables, decoding, folds, the dataset, the image cache and augmentation.
+"""The data stage: competition tables, decoding, folds, the dataset, the image cache, content fingerprints and
+augmentation.
 
 Public names are re-exported lazily, so importing the package imports nothing heavy; type checkers
 should import from the modules (``pipeline.data.<module>``).
@@ -20,6 +21,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "save_folds", "fold_rule", "straddling_groups",
         ],
         "dataset": ["ImageDataset"],
+        "fingerprint": ["HASHES_FILE", "file_digest", "table_fingerprint", "split_tag"],
         "cache": ["ImageCache", "open_cache", "cache_for_spec", "resize_square"],
         "augment": [
             "match_channels", "resolve_normalization", "normalize_batch", "center_offset", "center_crop",

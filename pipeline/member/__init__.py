@@ -15,11 +15,13 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ],
         "folder": ["Member", "find_members", "inside"],
         "weights": ["WEIGHTS", "META", "load_checkpoint", "load_state_dict", "build_model", "model_meta", "export_member"],
-        "predictions": ["PredictionWriter", "write_predictions", "read_predictions", "PROB_PREFIX"],
+        "predictions": ["PredictionWriter", "write_predictions", "read_predictions", "check_probabilities", "PROB_PREFIX",
+                        "SUM_TOLERANCE"],
         "cache": [
-            "PREDICTIONS", "FALLBACK", "CacheDirs", "cache_dirs", "cache_name", "checkpoint_hash", "writable",
-            "find_cached", "oof_files", "rekey",
+            "PREDICTIONS", "FALLBACK", "CHECKSUM", "CacheDirs", "cache_dirs", "cache_name", "checkpoint_hash",
+            "file_checksum", "cache_problem", "writable", "find_cached", "oof_files", "rekey",
         ],
+        "lock": ["LOCK_FILE", "MemberBusy", "member_lock"],
         "export": ["ENSEMBLE", "TIMM_CONFIG", "export_ensemble", "read_ensemble"],
     },
 )

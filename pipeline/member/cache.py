@@ -5,6 +5,11 @@ Each file is ``<split>-<policy key>-<settings key>-<checkpoint hash>.csv`` (a pr
 policy (crop size included), the settings key everything else that changes the numbers (eval transform
 and input channels, image source, view reduction, device type, precision, memory format, compile), and
 the checkpoint hash the weights file's bytes: a file is reused only for exactly the same computation.
+The split tag of the test set covers its images' contents and ids (:func:`pipeline.data.fingerprint.split_tag`).
+
+A cached file is untrusted until checked (:func:`cache_problem`): its sidecar records the SHA-256 of its
+bytes, and it must hold finite probabilities in [0, 1] whose rows sum to one, for exactly the expected
+ids. A file that fails is not used: it is recomputed, and the log names it and says why.
 
 Where the files are (:func:`cache_dirs`):
 
@@ -19,16 +24,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import MemberError
-from pipeline.core.io import short_hash
+from pipeline.core.errors import MemberError, PipelineError
+from pipeline.core.io import read_json, short_hash
 from pipeline.member.folder import Member, inside
+from pipeline.member.predictions import read_predictions
 
 __all__ = [
-    "PREDICTIONS", "FALLBACK", "CacheDirs", "cache_dirs", "cache_name", "checkpoint_hash", "writable", "find_cached",
-    "oof_files", "rekey",
+    "PREDICTIONS", "FALLBACK", "CHECKSUM", "CacheDirs", "cache_dirs", "cache_name", "checkpoint_hash", "file_checksum",
+    "cache_problem", "writable", "find_cached", "oof_files", "rekey",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,43 @@ PREDICTIONS = "predictions"
 
 FALLBACK = "prediction_cache"
 """The cache folder inside the predict folder, for members whose folder is read-only."""
+
+
+CHECKSUM = "sha256"
+"""The sidecar field that holds the SHA-256 of its prediction file's bytes."""
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file's bytes (64 hex digits), as a prediction file's sidecar records it."""
+    return short_hash(Path(path), 64)
+
+
+def cache_problem(path: Path, classes: Sequence[str], ids: Collection[str] | None = None) -> str | None:
+    """Why the cached prediction file ``path`` cannot be used (None: it can).
+
+    Checked: its sidecar's checksum and row count, its classes, finite probabilities in [0, 1] with rows
+    summing to one, unique ids and, when ``ids`` is given, exactly those ids.
+    """
+    try:
+        side = read_json(path.with_suffix(".json"))
+    except (OSError, ValueError) as err:
+        return f"its sidecar cannot be read ({err})"
+    recorded = side.get(CHECKSUM) if isinstance(side, dict) else None
+    if not isinstance(recorded, str):
+        return f"its sidecar {path.with_suffix('.json').name} records no checksum (written by an older version?)"
+    if file_checksum(path) != recorded:
+        return "its contents do not match the checksum its sidecar records (the file was changed)"
+    try:
+        got, probs, _ = read_predictions(path, classes, sums=True)
+    except (PipelineError, ValueError, KeyError) as err:
+        return str(err).removeprefix(f"{path}: ")
+    if side.get("rows") != len(got):
+        return f"it has {len(got)} rows but its sidecar records {side.get('rows')}"
+    if len(set(got)) != len(got):
+        return "it repeats ids"
+    if ids is not None and (len(got) != len(ids) or set(got) != set(ids)):
+        return f"its ids are not the {len(ids)} ids of the images to predict ({len(got)} rows)"
+    return None
 
 
 def checkpoint_hash(member: Member) -> str:
@@ -106,10 +150,13 @@ def cache_dirs(member: Member, user_dir: str | Path | None, fallback_root: str |
     return CacheDirs((own, fallback), fallback)
 
 
-def find_cached(member: Member, dirs: CacheDirs, name: str) -> Path | None:
-    """The first cached file called ``name`` (with its ``.json`` sidecar), or None.
+def find_cached(member: Member, dirs: CacheDirs, name: str, ids: Collection[str] | None = None,
+                instead: str = "ignoring it") -> Path | None:
+    """The first usable cached file called ``name`` (with its ``.json`` sidecar), or None.
 
     A file inside the member folder must resolve inside it: a symlinked cache file is untrusted input too.
+    A file that fails :func:`cache_problem` (for ``ids``, when given) is skipped with a log line saying why
+    and what happens ``instead``.
     """
     for folder in dirs.read:
         path = folder / name
@@ -121,6 +168,10 @@ def find_cached(member: Member, dirs: CacheDirs, name: str) -> Path | None:
             except MemberError as err:
                 log.warning("Ignoring %s", err)
                 continue
+        problem = cache_problem(path, member.manifest.classes, ids)
+        if problem is not None:
+            log.warning("Not using cached predictions %s: %s; %s.", path, problem, instead)
+            continue
         return path
     return None
 

@@ -15,11 +15,19 @@ from types import TracebackType
 import numpy as np
 import pandas as pd
 
-from pipeline.core.io import AtomicFile
+from pipeline.core.errors import MemberError, examples
+from pipeline.core.io import AtomicFile, read_csv_as_text
 
-__all__ = ["PredictionWriter", "write_predictions", "read_predictions", "PROB_PREFIX"]
+__all__ = ["PredictionWriter", "write_predictions", "read_predictions", "check_probabilities", "PROB_PREFIX",
+           "SUM_TOLERANCE"]
 
 PROB_PREFIX = "p:"
+
+SUM_TOLERANCE = 1e-3
+"""How far a row of probabilities may sum from one (files hold 8 significant digits; bf16 runs round more)."""
+
+RANGE_SLACK = 1e-6
+"""How far outside [0, 1] a probability may lie (float rounding), before it is refused."""
 
 
 class PredictionWriter:
@@ -86,20 +94,74 @@ def write_predictions(
     return writer.path
 
 
-def read_predictions(path: str | Path, classes: Sequence[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """Read a prediction file: ids, probabilities ``[N,K]`` and labels (or None).
+def _bad_rows(mask: np.ndarray, ids: Sequence[str], first_line: int = 2) -> str:
+    rows = np.flatnonzero(mask)
+    return (f"{len(rows)} row(s): file lines {examples([int(r) + first_line for r in rows])}, "
+            f"ids {examples([ids[int(r)] for r in rows])}")
+
+
+def check_probabilities(path: str | Path, ids: Sequence[str], probs: np.ndarray, columns: Sequence[str],
+                        sums: bool = False, first_line: int = 2) -> None:
+    """Refuse probabilities that are not finite numbers in [0, 1] (and, with ``sums``, rows not summing to one).
+
+    ``first_line`` is the file line of ``probs``' first row (2 under the header; more for a later chunk).
+
+    Raises:
+        MemberError: naming the file, the column and the rows (file line numbers, header = line 1).
+    """
+    for j, column in enumerate(columns):
+        values = probs[:, j]
+        bad = ~np.isfinite(values) | (values < -RANGE_SLACK) | (values > 1.0 + RANGE_SLACK)
+        if bad.any():
+            raise MemberError(
+                f"{path}: column {column!r} holds values that are not probabilities (NaN, infinite, or outside "
+                f"[0, 1]) in {_bad_rows(bad, ids, first_line)}. Recompute the file (delete it) or fix those rows."
+            )
+    if sums and len(probs):
+        off = np.abs(probs.sum(axis=1) - 1.0) > SUM_TOLERANCE
+        if off.any():
+            raise MemberError(
+                f"{path}: the probabilities of {_bad_rows(off, ids, first_line)} do not sum to 1 (±{SUM_TOLERANCE})."
+            )
+
+
+def _labels(path: Path, df: pd.DataFrame) -> np.ndarray:
+    """The ``label`` column (class indices) as integers; the error names the file and the rows."""
+    values = pd.to_numeric(df["label"].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any():
+        raise MemberError(f"{path}: column 'label' must hold class indices (whole numbers); it does not in "
+                          f"{_bad_rows(bad, df['id'].tolist())}.")
+    return values.astype(np.int64)
+
+
+def read_predictions(path: str | Path, classes: Sequence[str] | None = None,
+                     sums: bool = False) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Read a prediction file: ids (as text: ``"NA"`` and ``"007"`` stay as they are), probabilities ``[N,K]``
+    and labels (or None).
 
     Args:
         path: the CSV.
         classes: expected class order; the file's columns are reordered to it, and a file whose
             classes differ is refused.
+        sums: also refuse rows whose probabilities do not sum to one.
+
+    Raises:
+        MemberError: a probability that is NaN, infinite or outside [0, 1], or text that is not a number
+            (naming the file, the column and the rows).
+        ValueError: the file's classes differ from ``classes``.
     """
     path = Path(path)
-    df = pd.read_csv(path, dtype={"id": str})
+    df = read_csv_as_text(path, what="Prediction file", numeric_prefix=PROB_PREFIX)
+    if "id" not in df.columns:
+        raise MemberError(f"{path}: no 'id' column; a prediction file is id[,label],p:<class>...")
     file_classes = [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
     if classes is not None and sorted(file_classes) != sorted(classes):
         raise ValueError(f"{path}: classes {file_classes} differ from the expected {list(classes)}")
     order = list(classes) if classes is not None else file_classes
-    probs = df[[PROB_PREFIX + c for c in order]].to_numpy(dtype=np.float64)
-    labels = df["label"].to_numpy(dtype=np.int64) if "label" in df.columns else None
-    return df["id"].tolist(), probs, labels
+    columns = [PROB_PREFIX + c for c in order]
+    ids = df["id"].tolist()
+    probs = df[columns].to_numpy(dtype=np.float64)
+    check_probabilities(path, ids, probs, columns, sums)
+    labels = _labels(path, df) if "label" in df.columns else None
+    return ids, probs, labels

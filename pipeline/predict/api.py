@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.io import short_hash
 from pipeline.core.reduce import merge_members
+from pipeline.data.fingerprint import split_tag
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_table
 from pipeline.member.folder import Member, find_members
@@ -102,7 +102,7 @@ def predict_images(
         weights = [float(weights[name]) for name in models]
     w = resolve_weights("equal" if weights is None else "given", len(models), weights)
     table = _table(images, classes)
-    tag = "test-" + short_hash("\n".join(map(str, table.paths)), 10)
+    tag = split_tag("test", table)
     key = policy_key(policy)
     files = predict_members(found, table, tag, {key: policy}, opts)
     model_probs = []

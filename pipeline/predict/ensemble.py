@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
 from pipeline.core.reduce import REDUCTIONS, check_weights, from_space, merge_members, to_space
 from pipeline.member.folder import Member
@@ -235,8 +236,10 @@ def group_models(members: Sequence[Member]) -> dict[str, list[Member]]:
 def _iter_chunks(paths: Sequence[Path], classes: Sequence[str],
                  chunk_rows: int | None) -> Iterator[tuple[list[str], list[np.ndarray]]]:
     """Walk several same-order prediction files side by side, ``chunk_rows`` at a time (None: whole files)."""
+    # Ids as text, as everywhere ("NA", "null" and "007" stay ids): the one CSV-reading rule of core/io.
     readers: list[Iterable[pd.DataFrame]] = [
-        pd.read_csv(p, dtype={"id": str}, chunksize=chunk_rows) if chunk_rows else [pd.read_csv(p, dtype={"id": str})]
+        read_csv_as_text(p, what="Prediction file", numeric_prefix=PROB_PREFIX, chunk_rows=chunk_rows)
+        if chunk_rows else [read_csv_as_text(p, what="Prediction file", numeric_prefix=PROB_PREFIX)]
         for p in paths]
     cols = [PROB_PREFIX + c for c in classes]
     for frames in zip(*readers):

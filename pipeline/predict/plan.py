@@ -14,7 +14,7 @@ member, unless ``tta.allow_crop_override`` lists it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,10 +189,13 @@ def _warn_shared_weights(members: Sequence[Member], hashes: Mapping[str, str]) -
 
 
 def plan_members(members: Sequence[Member], split: str, policies: Mapping[str, TTAPolicy], opts: PredictOptions,
-                 device: torch.device, fallback_dir: Path | None) -> list[MemberPlan]:
+                 device: torch.device, fallback_dir: Path | None,
+                 ids: Callable[[Member], Collection[str]] | None = None) -> list[MemberPlan]:
     """Check every member against every policy, then look its predictions up in the cache.
 
     All checks (crop overrides, eval transforms) run for every member before any cache folder is touched.
+    ``ids`` gives the ids a member's file must hold; a cached file that fails its checks is recomputed
+    (:func:`pipeline.member.cache.cache_problem`).
     """
     resolved = [(m, eval_group(m), {k: member_policy(p, m, opts.allow_crop_override) for k, p in policies.items()})
                 for m in members]
@@ -205,7 +208,7 @@ def plan_members(members: Sequence[Member], split: str, policies: Mapping[str, T
         files, todo = {}, []
         for key, policy in own.items():
             name = cache_name(split, policy_key(policy), settings, ckpt)
-            found = find_cached(member, dirs, name)
+            found = find_cached(member, dirs, name, None if ids is None else ids(member), "recomputing it")
             files[key] = found or dirs.write / name
             if found is None:
                 todo.append(key)

@@ -26,6 +26,7 @@ from pipeline.core.io import clean_stale_temps, write_json
 from pipeline.core.progress import progress
 from pipeline.data.augment import normalize_batch
 from pipeline.data.tables import ImageTable
+from pipeline.member.cache import CHECKSUM, file_checksum
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PredictionWriter
 from pipeline.member.weights import build_model
@@ -130,7 +131,7 @@ def _finish(job: _Job, opts: PredictOptions, device: torch.device) -> None:
             "policy": asdict(policy), "views": views_per_image(policy), "rows": writer.rows,
             "seconds": job.seconds[key], "seconds_per_1000": 1000.0 * job.seconds[key] / n, "device": str(device),
             "precision": opts.precision, "view_reduce": opts.view_reduce, "eval_group": job.plan.group.key,
-            "image_size": job.plan.group.image_size, "member": job.plan.member.name,
+            "image_size": job.plan.group.image_size, "member": job.plan.member.name, CHECKSUM: file_checksum(path),
         })
 
 
@@ -154,7 +155,11 @@ def predict_members(
     (model compute seconds per 1,000 images) are saved beside each new prediction file.
     """
     device = check_options(opts)  # before any cache is consulted
-    plans = plan_members(members, split, policies, opts, device, fallback_dir)
+    def ids(member: Member) -> list[str]:
+        own = None if rows is None else rows[member.name]
+        return table.ids if own is None else [table.ids[i] for i in own]
+
+    plans = plan_members(members, split, policies, opts, device, fallback_dir, ids)
     pending = [p for p in plans if p.todo]
     if pending:
         models = {p.member.name: load_member_model(p.member, opts, device) for p in pending}  # before any file opens

@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import ConfigError, MemberError
-from pipeline.core.io import read_json, safe_name, short_hash
+from pipeline.core.io import read_csv_as_text, read_json, safe_name, short_hash
 from pipeline.core.metrics import get_metric
+from pipeline.data.fingerprint import table_fingerprint
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
@@ -84,8 +85,8 @@ def _validation_rows(members: Sequence[Member], train: ImageTable) -> dict[str, 
     pos = {i: r for r, i in enumerate(train.ids)}
     rows = {}
     for m in members:
-        folds = pd.read_csv(m.file("folds.csv"), dtype={"id": str})
-        val_ids = folds.loc[folds["fold"] == m.manifest.fold, "id"]
+        folds = read_csv_as_text(m.file("folds.csv"), what="Member folds file")
+        val_ids = folds.loc[folds["fold"] == str(m.manifest.fold), "id"]
         missing = [i for i in val_ids if i not in pos]
         if missing:
             raise MemberError(f"{m.path}/folds.csv lists ids not in the training data, e.g. {missing[:3]}.")
@@ -370,7 +371,7 @@ def predict(
 
         test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
                      else {g: [k] for g, k in model_keys.items()})
-        test_tag = "test-" + short_hash("\n".join(map(str, test.paths)), 10)
+        test_tag = "test-" + short_hash(table_fingerprint(test, out_dir), 10)
         test_files: dict[tuple[str, str], Path] = {}
         for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
             todo = [m for g, keys in test_keys.items() if key in keys for m in models[g]]

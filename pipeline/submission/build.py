@@ -27,7 +27,7 @@ import pandas as pd
 
 from pipeline.core.errors import duplicates, examples, id_differences
 from pipeline.core.io import atomic_path, read_csv_as_text
-from pipeline.member.predictions import PROB_PREFIX, read_predictions
+from pipeline.member.predictions import PROB_PREFIX, check_probabilities, read_predictions
 from pipeline.submission.format import INDEX_PATTERN, SubmissionError, SubmissionFormat
 
 __all__ = ["CHUNK_CELLS", "FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission",
@@ -320,9 +320,13 @@ def write_submission(
 
 
 def _prediction_chunks(
-    pred_path: Path, classes: Sequence[str], chunk_rows: int, order: np.ndarray | None
+    pred_path: Path, classes: Sequence[str], chunk_rows: int, order: np.ndarray | None, check: bool
 ) -> Iterator[tuple[int, list[str], np.ndarray]]:
-    """``(first row, ids, probabilities)`` of a prediction file, ``chunk_rows`` rows at a time, in ``order``."""
+    """``(first row, ids, probabilities)`` of a prediction file, ``chunk_rows`` rows at a time, in ``order``.
+
+    With ``check``, NaN or out-of-range probabilities are refused here (a label or top-k submission would
+    otherwise hide them behind an argmax); a probabilities submission checks them as its own values.
+    """
     columns = [PROB_PREFIX + c for c in classes]
     if order is not None:  # rows not in the sample's order (a hand-made file): reorder in memory, once
         log.info("%s is not in the sample's row order; reading it whole to reorder it.", pred_path)
@@ -332,10 +336,13 @@ def _prediction_chunks(
             yield start, [ids[i] for i in rows], probs[rows]
         return
     start = 0
-    for df in pd.read_csv(pred_path, dtype={"id": str}, chunksize=chunk_rows):
+    for df in read_csv_as_text(pred_path, what="Prediction file", numeric_prefix=PROB_PREFIX, chunk_rows=chunk_rows):
         if start == 0 and sorted(c for c in df.columns if c.startswith(PROB_PREFIX)) != sorted(columns):
             raise SubmissionError(f"{pred_path}: classes differ from the expected {list(classes)}")
-        yield start, [str(i) for i in df["id"]], df[columns].to_numpy(dtype=np.float64)
+        ids, probs = df["id"].tolist(), df[columns].to_numpy(dtype=np.float64)
+        if check:
+            check_probabilities(pred_path, ids, probs, columns, first_line=start + 2)
+        yield start, ids, probs
         start += len(df)
 
 
@@ -344,8 +351,7 @@ def _file_problems(path: Path, fmt: SubmissionFormat, expected_ids: Sequence[str
     """Everything :func:`validate_submission` checks, on a written file read back ``chunk_rows`` rows at a time."""
     ids: list[str] = []
     problems: list[str] = []
-    # read_csv_as_text's rule (every cell as text, "NA" stays a string), chunk by chunk: this file is our own.
-    for df in pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=chunk_rows):
+    for df in read_csv_as_text(path, what="Submission", chunk_rows=chunk_rows):
         if not ids and (problem := _header_problem([str(c) for c in df.columns], fmt.header)):
             return [problem]
         problems += _value_problems(df, fmt, classes, len(ids))
@@ -373,7 +379,7 @@ def write_submission_from_predictions(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer; got {chunk_rows}")
     pred_path, path = Path(pred_path), Path(path)
-    ids = [str(i) for i in pd.read_csv(pred_path, usecols=["id"], dtype={"id": str})["id"]]
+    ids = [str(i) for i in read_csv_as_text(pred_path, what="Prediction file")["id"]]
     _check_unique(ids)
     order, out_ids = None, ids
     if sample_ids is not None:
@@ -384,7 +390,8 @@ def write_submission_from_predictions(
     with atomic_path(path) as tmp:
         problems: list[str] = []
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            for start, chunk_ids, probs in _prediction_chunks(pred_path, classes, chunk_rows, order):
+            for start, chunk_ids, probs in _prediction_chunks(pred_path, classes, chunk_rows, order,
+                                                                   fmt.kind != "probabilities"):
                 frame = build_submission(chunk_ids, probs, classes, fmt)
                 problems += _value_problems(frame, fmt, classes, start)
                 _renormalised(frame, fmt).to_csv(handle, index=False, header=start == 0, float_format=float_format)

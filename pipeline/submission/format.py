@@ -132,18 +132,24 @@ def _match_class_columns(columns: Sequence[str], classes: Sequence[str]) -> list
 
 
 def _infer_label_as(values: pd.Series, classes: Sequence[str], sample_csv: Path) -> LabelAs:
-    """``"index"`` when every sample value is an integer in ``[0, K)``, else ``"name"``."""
+    """``"index"`` when every sample value is an integer in ``[0, K)`` and no class name, else ``"name"``.
+
+    Raises:
+        SubmissionError: every value reads both as a class index and as a class name, and the two readings
+            differ (labels ``"1".."10"`` with a sample ``"9"``): never guessed, ``submission.label_as`` settles it.
+    """
     text = values.astype(str).str.strip()
     is_int = text.str.fullmatch(INDEX_PATTERN.pattern)
     if len(text) == 0 or not is_int.all() or not text.astype(int).between(0, len(classes) - 1).all():
         return "name"
-    # Sample labels are often one placeholder value; warn when it reads as both a name and an index.
+    # Sample labels are often one placeholder value: one that reads as both a name and an index is ambiguous.
     if text.isin(classes).all() and any(classes[int(v)] != v for v in text.unique()):
-        log.warning(
-            "%s: label values %s are both class indices and class names; assuming indices, "
-            "set label_as in config to choose",
-            sample_csv,
-            examples(list(text.unique())),
+        shown = text.unique()[:3]
+        readings = ", ".join(f"{v!r} is class {v!r} by name but class {classes[int(v)]!r} by index" for v in shown)
+        raise SubmissionError(
+            f"{sample_csv}: the label values {examples(list(text.unique()))} are both class names and class "
+            f"indices ({readings}); the submission cannot tell which to write. Set submission.label_as=name "
+            "(write class names) or submission.label_as=index (write 0-based class indices)."
         )
     return "index"
 

@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback
 
 from pipeline.core.errors import ConfigError, TrainError
 
-__all__ = ["check_trainer_settings", "check_split_sizes", "ProgressGuard", "check_progress"]
+__all__ = ["check_trainer_settings", "check_image_sizes", "check_split_sizes", "ProgressGuard", "check_progress"]
 
 
 def _is_zero(value: Any) -> bool:
@@ -47,6 +47,23 @@ def check_trainer_settings(settings: dict[str, Any]) -> None:
         raise TrainError(
             f"trainer.check_val_every_n_epoch={every} is larger than trainer.max_epochs={epochs}: validation would "
             "never run. Lower trainer.check_val_every_n_epoch or raise trainer.max_epochs."
+        )
+
+
+def check_image_sizes(image_size: Any, crop_size: Any) -> None:
+    """Refuse a training crop larger than the images it is cut from (random crops of ``C`` from ``S×S``).
+
+    Raises:
+        ConfigError: naming ``data.image_size`` and ``data.crop_size`` and their values.
+    """
+    for key, value in (("data.image_size", image_size), ("data.crop_size", crop_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r}: expected a positive whole number of pixels.")
+    if crop_size > image_size:
+        raise ConfigError(
+            f"data.crop_size={crop_size} is larger than data.image_size={image_size}: the network sees crops of "
+            f"crop_size cut from images resized to image_size. Set data.crop_size <= data.image_size "
+            f"(e.g. data.crop_size={image_size}) or raise data.image_size."
         )
 
 

@@ -6,6 +6,7 @@ checkpoint. With several devices (DDP) only rank 0 writes the folder and its W&B
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -29,13 +30,14 @@ from pipeline.data.decode import verify_images
 from pipeline.data.folds import check_fold_index, resolve_folds, save_folds, split_indices
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_train_table
+from pipeline.member.lock import member_lock
 from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
 from pipeline.train.averaging import AVERAGED_KEY, describe_averaging
 from pipeline.train.callbacks import contract_checkpoint, member_callbacks
-from pipeline.train.checks import ProgressGuard, check_progress, check_split_sizes, check_trainer_settings
+from pipeline.train.checks import ProgressGuard, check_image_sizes, check_progress, check_split_sizes, check_trainer_settings
 from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
@@ -87,10 +89,50 @@ def _record(spec: TrainSpec, mean: list[float], std: list[float]) -> dict[str, A
     }
 
 
+WEIGHTS_SHA = "weights_sha256"
+"""config.yaml's ``model`` key recording the SHA-256 of the ``model.weights`` file the member started from."""
+
+
+def _with_weights_hash(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with ``model.weights_sha256`` added when ``model.weights`` names a file (read once, here)."""
+    model = config.get("model")
+    if not isinstance(model, dict) or not model.get("weights"):
+        return config
+    return {**config, "model": {**model, WEIGHTS_SHA: short_hash(Path(str(model["weights"])).expanduser(), 64)}}
+
+
+def _check_weights_source(member_dir: Path, config: dict[str, Any]) -> None:
+    """A member started from one weights file cannot resume from, or count as done with, other contents.
+
+    Raises:
+        MemberConflict: naming the ``model.weights`` file and the member folder.
+    """
+    model, saved = config.get("model") or {}, member_dir / "config.yaml"
+    if not model.get(WEIGHTS_SHA) or not saved.is_file() or (member_dir / "error.txt").is_file():
+        return
+    try:
+        before = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}
+    except (OSError, yaml.YAMLError):
+        return  # plan_member judges the folder by its manifest
+    if isinstance(before, dict) and before.get(WEIGHTS_SHA) not in (None, model[WEIGHTS_SHA]):
+        raise MemberConflict(
+            f"Member folder {member_dir} was trained from a weights file with other contents than "
+            f"model.weights={model['weights']} (SHA-256 {str(before[WEIGHTS_SHA])[:12]}… != {model[WEIGHTS_SHA][:12]}…). "
+            "Point model.weights at the file the sweep was trained from, or use another sweep_name."
+        )
+
+
 def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
-    """Short hash of what defines a member's result (:data:`MEMBER_KEYS`)."""
+    """Short hash of what defines a member's result (:data:`MEMBER_KEYS`).
+
+    A ``model.weights`` file counts by its contents (``model.weights_sha256``), not by where it lies, so a
+    sweep copied to another machine with its weights elsewhere resumes.
+    """
+    model = config.get("model")
+    if isinstance(model, dict) and model.get(WEIGHTS_SHA):
+        model = {**{k: v for k, v in model.items() if k not in ("weights", WEIGHTS_SHA)}, "weights": model[WEIGHTS_SHA]}
     view = {
-        "model": config.get("model"), "aug": aug_identity(config.get("aug")), "optimizer": config.get("optimizer"),
+        "model": model, "aug": aug_identity(config.get("aug")), "optimizer": config.get("optimizer"),
         "scheduler": config.get("scheduler"), "seed": spec.seed, "label_smoothing": spec.label_smoothing,
         "data_split": {**{k: getattr(spec.data, k) for k in _SPLIT_KEYS},  # group/fold columns only when set: old
                        **{k: v for k in ("group_col", "fold_col") if (v := getattr(spec.data, k))}},  # hashes stay
@@ -227,6 +269,7 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
 
     Raises:
         MemberConflict: the folder holds another config's member (nothing is recorded in it).
+        MemberBusy: another process is training this member now (nothing is recorded in it).
         PipelineError: a problem the message names (data, config, folder, training without progress).
     """
     from pipeline.train.quiet import quiet_third_party
@@ -235,14 +278,19 @@ def train_member(spec: TrainSpec) -> dict[str, float]:
     start = time.time()
     member_dir = Path(spec.member_dir)
     is_zero = _process_rank() == 0
-    try:
-        return _train(spec, member_dir, start, is_zero)
-    except MemberConflict:
-        raise
-    except Exception as err:
-        if is_zero:
-            mark_failed(member_dir, err)
-        raise
+    if is_zero:  # checked before the lock creates anything, so an unwritable folder is named as such
+        check_writable_dir(member_dir)
+        check_writable_dir(member_dir.parent)
+    # MemberBusy (another process holds the lock) leaves the folder as it is; a failure is recorded under the lock.
+    with member_lock(member_dir) if is_zero else contextlib.nullcontext():  # other ranks train the same member
+        try:
+            return _train(spec, member_dir, start, is_zero)
+        except MemberConflict:  # the folder holds another config's member: nothing is recorded in it
+            raise
+        except Exception as err:
+            if is_zero:
+                mark_failed(member_dir, err)
+            raise
 
 
 def _prepare_folder(member_dir: Path) -> None:
@@ -260,15 +308,19 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     pl.seed_everything(int(spec.seed), workers=True)
     check_trainer_settings(spec.trainer_settings)
     check_recipe(spec)
+    check_image_sizes(spec.data.image_size, spec.data.crop_size)
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
     check_fold_index(spec.data.fold, spec.data.n_folds)
     table = read_train_table(spec.data)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, len(table.classes))
-    config = _record(spec, module.mean, module.std)
+    raw = _record(spec, module.mean, module.std)
+    config = _with_weights_hash(raw)
     digest = member_hash(spec, config)
-    plan = plan_member(member_dir, digest, spec.overwrite)
+    if not spec.overwrite:
+        _check_weights_source(member_dir, config)
+    plan = plan_member(member_dir, digest, spec.overwrite, member_hash(spec, raw))
     if plan.action == "skip":  # before the images are verified: a completed member decodes nothing
         log.info("Member %s is already completed; skipping it.", member_dir)
         return cast(dict[str, float], plan.metrics)

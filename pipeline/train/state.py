@@ -83,8 +83,11 @@ def _manifest_or_none(member_dir: Path) -> MemberManifest | None:
     return read_manifest(member_dir) if (member_dir / MANIFEST).is_file() else None
 
 
-def plan_member(member_dir: Path, digest: str, overwrite: bool) -> MemberPlan:
+def plan_member(member_dir: Path, digest: str, overwrite: bool, legacy: str | None = None) -> MemberPlan:
     """Decide what training does with ``member_dir`` (rules in the module docstring); removes nothing.
+
+    ``legacy``: the hash an earlier version gave the same config (``model.weights`` by path, not contents);
+    a member recorded under it is the same member.
 
     Raises:
         MemberConflict: another config's member is there and ``overwrite`` is off.
@@ -93,7 +96,10 @@ def plan_member(member_dir: Path, digest: str, overwrite: bool) -> MemberPlan:
     manifest = _manifest_or_none(member_dir)
     if manifest is None:  # nothing there, or a run that failed before it wrote its manifest (a data check)
         return MemberPlan("train")
-    if manifest.config_hash != digest:
+    if legacy is not None and manifest.config_hash == legacy != digest:
+        log.info("Member %s was recorded under its config's earlier hash (model.weights by path); same member.",
+                 member_dir)
+    elif manifest.config_hash != digest:
         if not overwrite and manifest.status != "failed":
             raise MemberConflict(
                 f"Member folder {member_dir} holds a member trained with a different config (hash "
