@@ -196,19 +196,25 @@ def test_bad_candidates_name_the_entry() -> None:
         candidate_policies([])
 
 
-def test_policy_rule_leaves_none_only_for_a_gain_beyond_noise_and_then_takes_the_best() -> None:
-    from pipeline.predict.choose import choose_policies
-
-    acc = get_metric("accuracy")
+def _two_class_oof() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """300 OOF rows of two classes: labels, one-hot, a weak model's probabilities, and the same rows made more or
+    less sure in turn (the argmax unchanged: how another view or another model moves rows both ways)."""
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 150)
     onehot = np.eye(2)[labels]
     base = np.clip(0.3 * onehot + 0.35 + rng.normal(0, 0.15, (300, 2)), 0.02, None)
     base /= base.sum(axis=1, keepdims=True)
-    # "hflip": other views make each row more or less sure (its argmax unchanged, as real views move rows both
-    # ways), and three wrong rows happen to come out right: +1 point of accuracy, by luck.
-    lucky = np.exp(np.log(base) * np.where(np.arange(300) % 2, 0.6, 1.4)[:, None])
-    lucky /= lucky.sum(axis=1, keepdims=True)
+    moved = np.exp(np.log(base) * np.where(np.arange(300) % 2, 0.6, 1.4)[:, None])
+    return labels, onehot, base, moved / moved.sum(axis=1, keepdims=True)
+
+
+def test_policy_rule_leaves_none_only_for_a_gain_beyond_noise_and_then_takes_the_best() -> None:
+    from pipeline.predict.choose import choose_policies
+
+    acc = get_metric("accuracy")
+    # "hflip": other views make each row more or less sure, and three wrong rows happen to come out right:
+    # +1 point of accuracy, by luck.
+    labels, onehot, base, lucky = _two_class_oof()
     wrong = np.flatnonzero(lucky.argmax(axis=1) != labels)[:3]
     lucky[wrong] = onehot[wrong] * 0.7 + 0.15
     sharper = base ** 1.6 / (base ** 1.6).sum(axis=1, keepdims=True)  # "ten_crop": every row a little surer
@@ -236,13 +242,8 @@ def test_ensemble_auto_does_not_take_a_merge_that_wins_by_a_few_lucky_rows() -> 
     from pipeline.predict.choose import choose_ensemble
 
     acc = get_metric("accuracy")
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1], 150)
-    onehot = np.eye(2)[labels]
-    base = np.clip(0.3 * onehot + 0.35 + rng.normal(0, 0.15, (300, 2)), 0.02, None)
-    base /= base.sum(axis=1, keepdims=True)
-    m0, m1 = base.copy(), np.exp(np.log(base) * np.where(np.arange(300) % 2, 0.6, 1.4)[:, None])
-    m1 /= m1.sum(axis=1, keepdims=True)
+    labels, onehot, base, m1 = _two_class_oof()
+    m0 = base.copy()
     a, b = np.flatnonzero(base.argmax(1) != labels)[:3], np.flatnonzero(base.argmax(1) == labels)[:3]
     m1[a], m0[b], m1[b] = onehot[a] * 0.6 + 0.2, onehot[b] * 0.6 + 0.2, 0.55 - onehot[b] * 0.1
     models = {"m0": m0, "m1": m1}

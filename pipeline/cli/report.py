@@ -13,7 +13,6 @@ from pipeline.cli import CONF_DIR
 from pipeline.cli.config import metric_name, register, to_dataclass
 from pipeline.cli.errors import REPORT_PATHS, compact_errors
 from pipeline.cli.validate import check_extras_or_exit, validate
-from pipeline.core.io import read_json
 from pipeline.core.tracking import LoggerSpec
 
 __all__ = ["run", "main"]
@@ -27,8 +26,9 @@ def run(cfg: DictConfig) -> Any:
 
     logger = to_dataclass(LoggerSpec, cfg.logger) if "logger" in cfg else LoggerSpec(mode="offline")
     spec = logger if cfg.wandb and logger.kind == "wandb" else None
-    info_file = Path(cfg.predict_dir) / "predict.json"
-    if info_file.is_file() and (target := read_json(info_file).get("metric_target")):
+    from pipeline.predict.record import PREDICT_JSON, PredictRecord
+
+    if (Path(cfg.predict_dir) / PREDICT_JSON).is_file() and (target := PredictRecord.read(cfg.predict_dir).metric_target):
         metric_name(target, "predict.json metric_target")  # the user's metric pipeline-predict used, imported again
     metric = metric_name(cfg.metric)
     df = build_report(Path(cfg.predict_dir), metric, int(cfg.n_boot), int(cfg.seed), wandb_spec=spec)
