@@ -166,7 +166,8 @@ def test_the_command_line_group_wins_over_the_experiments_and_the_demo_is_unchan
 
 
 @pytest.mark.parametrize(("config", "overrides"), [
-    ("train", ["+trainer.accumulate_grad_batches=4", "+model.kwargs.drop_rate=0.1", "++seed=3"]),
+    ("train", ["trainer.accumulate_grad_batches=4", "+trainer.gradient_clip_algorithm=norm", "+model.kwargs.drop_rate=0.1",
+               "++seed=3"]),
     ("train", ["trainer.max_epochs=-1", "scheduler=none", "+callbacks.extra={_target_: x.Y}"]),
     ("train", ["experiment=demo"]),
     ("train", ["hparams_search=optuna"]),
