@@ -273,7 +273,7 @@ def test_member_recorded_under_the_earlier_path_hash_of_its_weights_is_the_same_
 
     from pipeline.cli.train import train_spec
     from pipeline.member.manifest import read_manifest, write_manifest
-    from pipeline.train.fit import WEIGHTS_SHA, member_hash
+    from pipeline.train.identity import WEIGHTS_SHA, member_hash
 
     cfg = _cfg(copy, copy / "data", copy / "weights" / "lenet5.pth", 0)
     member = Path(cfg.paths.output_dir)

@@ -363,7 +363,7 @@ def test_auto_keeps_the_single_model_when_the_others_are_noise_and_mixes_complem
     oof = {"good": good, **noise}
     combiner, record = choose_ensemble(oof, labels, oof, EnsembleSpec(combine="auto"), "accuracy")
     assert record["chosen"] == "single", record
-    assert "good alone, one view" in record["reason"]
+    assert "the best single model good, without TTA, one view, is submitted" in record["reason"]
     np.testing.assert_array_equal(combiner.apply([good, *noise.values()]), good.astype(np.float32))
     assert set(record["scores"]) == {"single", "mean", "caruana", "optimize", "stack", "rank"}
 

@@ -22,7 +22,7 @@ from pipeline.data.folds import resolve_folds
 from pipeline.data.tables import read_train_table
 from pipeline.member.manifest import MANIFEST, Recipe, read_manifest
 from pipeline.train.datamodule import MemberDataModule
-from pipeline.train.fit import member_hash
+from pipeline.train.identity import member_hash
 from pipeline.train.module import ClassifierModule
 from pipeline.train.recipe import resolve_precision
 from pipeline.train.schedules import WarmupCosine, warmup_cosine_factor

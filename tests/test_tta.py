@@ -307,7 +307,7 @@ def test_tta_yaml_composes_into_a_policy(conf_dir: Path, name: str) -> None:
     tta = OmegaConf.to_container(cfg.tta, resolve=True)
     assert isinstance(tta, dict)
     assert tta["crop_size"] is None and tta["allow_crop_override"] == []  # each member's own crop by default
-    run_keys = ("reduce", "chunk_size", "allow_crop_override", "candidates", "max_passes")
+    run_keys = ("reduce", "chunk_size", "allow_crop_override", "candidates", "max_passes", "margin")
     template = create_policy(**{str(k): v for k, v in tta.items() if k not in run_keys})
     with pytest.raises(ValueError, match="no crop size"):
         make_views(torch.zeros(2, 3, 32, 32), template)

@@ -5,8 +5,8 @@ on a few hundred OOF rows a complex method can "win" by three lucky rows. Both c
 from the simplest candidate, the best single model without TTA, and move away from it only for a
 candidate that beats it by more than selection noise (:func:`pipeline.predict.fitting.beats`: the lower
 end of a one-sided paired-bootstrap interval of the gain is above zero, tested on a smooth score, log
-loss, which separates candidates on far fewer rows than accuracy does) and is not worse on the
-competition metric. Among the candidates that pass, the best score wins: cost never outweighs a
+loss, which separates candidates on far fewer rows than accuracy does) and is better on the competition
+metric too. Among the candidates that pass, the best score wins: cost never outweighs a
 measured gain; it breaks exact ties only, or enters as a budget (``tta.max_passes``).
 
 - **Policies** (:func:`choose_policies`): each model's candidates are scored on its OOF rows (no fit,
@@ -111,8 +111,9 @@ def _passes(labels: np.ndarray, cand: np.ndarray, base: np.ndarray, m: Metric, m
     """The margin test of one candidate against the baseline, and its record.
 
     With a margin, the candidate passes when its smooth score (log loss) beats the baseline's beyond noise
-    and its competition-metric score is not worse: a measured loss on the metric is never traded for log
-    loss. Without one (``margin: null``), when its metric score is strictly better.
+    and its competition-metric score is better too: a gain in calibration alone (log loss) is not worth
+    more models or views when the metric is, say, accuracy, and a loss on the metric is never traded for
+    log loss. Without a margin (``margin: null``), when its metric score is strictly better.
     """
     diff = float(m(labels, cand) - m(labels, base))
     better = diff > 0 if m.greater_is_better else diff < 0
@@ -120,7 +121,7 @@ def _passes(labels: np.ndarray, cand: np.ndarray, base: np.ndarray, m: Metric, m
         return better, {"diff": diff, "beats_baseline": better}
     on = get_metric(SMOOTH) if margin.score == SMOOTH else m
     won, boot = beats(labels, cand, base, on, margin)
-    ok = bool(won and (better or diff == 0))
+    ok = bool(won and better)  # a tie on the metric is no reason to pay for more models or views
     record: dict[str, Any] = {"diff": diff, "beats_baseline": ok}
     if boot is not None:
         sign = 1.0 if on.greater_is_better else -1.0  # gains: positive is better
@@ -199,7 +200,7 @@ def _level(margin: Margin) -> str:
         return "no margin: the best score wins"
     if margin.score != SMOOTH:
         return f"paired bootstrap of the metric's gain, one-sided {1 - margin.level:.0%}"
-    return f"paired bootstrap of the {SMOOTH} gain, one-sided {1 - margin.level:.0%}, and no loss of the metric"
+    return f"paired bootstrap of the {SMOOTH} gain, one-sided {1 - margin.level:.0%}, and a better metric"
 
 
 def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.ndarray, parts: int) -> list[str]:

@@ -52,8 +52,8 @@ class TTASpec:
         candidates: auto: the policies tried per model, each ``{name: ..., <policy field>: ...}``.
         max_passes: auto: most forward passes per image a model's chosen policy may cost (null: no budget).
         margin: auto: a policy replaces ``none`` only when it beats it beyond noise: the lower ``margin``
-            quantile of the paired bootstrap of its log-loss gain on the OOF rows is above zero, and it is not
-            worse on the metric. null: the best OOF score wins, however small the gain.
+            quantile of the paired bootstrap of its log-loss gain on the OOF rows is above zero, and it is
+            better on the metric. null: the best OOF score wins, however small the gain.
     """
 
     name: str = "ten_crop"
@@ -103,7 +103,7 @@ class EnsembleSpec:
             :mod:`pipeline.predict.fitting`, seeded by ``seed``).
         margin: auto: a method (or the best single model's TTA) replaces the best single model without TTA only
             when its cross-fitted predictions beat it beyond noise: the lower ``margin`` quantile of the paired
-            bootstrap of the log-loss gain is above zero, and it is not worse on the metric. null: the best
+            bootstrap of the log-loss gain is above zero, and it is better on the metric. null: the best
             cross-fitted score wins, however small the gain.
     """
 

@@ -11,7 +11,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "spec": ["TrainSpec", "TransformFactory", "MixupSpec", "LOSS_NAMES"],
         "module": ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"],
-        "fit": ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"],
+        "fit": ["train_member", "MemberConflict"],
+        "identity": ["MEMBER_KEYS", "WEIGHTS_SHA", "member_hash"],
         "ddp": ["fit_other_rank", "distributed_scope"],
         "datamodule": ["MemberDataModule"],
         "callbacks": ["member_callbacks", "default_callbacks", "contract_checkpoint"],

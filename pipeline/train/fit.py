@@ -23,7 +23,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, short_hash, write_json
+from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, write_json
 from pipeline.core.tracking import init_wandb
 from pipeline.data.augment import resolve_normalization, transform_to_dict
 from pipeline.data.decode import verify_images
@@ -40,15 +40,14 @@ from pipeline.train.callbacks import contract_checkpoint, member_callbacks
 from pipeline.train.checks import ProgressGuard, check_image_sizes, check_progress, check_split_sizes, check_trainer_settings
 from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
+from pipeline.train.identity import check_weights_source, member_hash, with_weights_hash
 from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
 from pipeline.train.module import ClassifierModule, optimizer_lr
 from pipeline.train.recipe import (
     AUTO_MIXED,
-    aug_identity,
     check_recipe,
     check_run_length,
     describe_recipe,
-    recipe_identity,
     resolve_precision,
 )
 from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
@@ -56,14 +55,9 @@ from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
 
-__all__ = ["train_member", "MemberConflict", "MEMBER_KEYS", "member_hash"]
+__all__ = ["train_member", "MemberConflict"]
 
 log = logging.getLogger(__name__)
-
-
-# The config keys that define a member's result; a completed member with another hash is not "the same".
-MEMBER_KEYS = ("model", "aug", "optimizer", "scheduler", "seed", "label_smoothing", "data_split", "max_epochs")
-_SPLIT_KEYS = ("n_folds", "fold", "split_seed", "holdout_fraction", "image_size", "crop_size", "in_chans")
 
 
 def _describe(factory: Any) -> Any:
@@ -87,66 +81,6 @@ def _record(spec: TrainSpec, mean: list[float], std: list[float]) -> dict[str, A
         "optimizer": _describe(spec.optimizer), "scheduler": _describe(spec.scheduler), "trainer": spec.trainer_settings,
         "seed": spec.seed, "label_smoothing": spec.label_smoothing, "monitor": spec.monitor,
     }
-
-
-WEIGHTS_SHA = "weights_sha256"
-"""config.yaml's ``model`` key recording the SHA-256 of the ``model.weights`` file the member started from."""
-
-
-def _with_weights_hash(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with ``model.weights_sha256`` added when ``model.weights`` names a file (read once, here)."""
-    model = config.get("model")
-    if not isinstance(model, dict) or not model.get("weights"):
-        return config
-    return {**config, "model": {**model, WEIGHTS_SHA: short_hash(Path(str(model["weights"])).expanduser(), 64)}}
-
-
-def _check_weights_source(member_dir: Path, config: dict[str, Any]) -> None:
-    """A member started from one weights file cannot resume from, or count as done with, other contents.
-
-    Raises:
-        MemberConflict: naming the ``model.weights`` file and the member folder.
-    """
-    model, saved = config.get("model") or {}, member_dir / "config.yaml"
-    if not model.get(WEIGHTS_SHA) or not saved.is_file() or (member_dir / "error.txt").is_file():
-        return
-    try:
-        before = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}
-    except (OSError, yaml.YAMLError):
-        return  # plan_member judges the folder by its manifest
-    if isinstance(before, dict) and before.get(WEIGHTS_SHA) not in (None, model[WEIGHTS_SHA]):
-        raise MemberConflict(
-            f"Member folder {member_dir} was trained from a weights file with other contents than "
-            f"model.weights={model['weights']} (SHA-256 {str(before[WEIGHTS_SHA])[:12]}… != {model[WEIGHTS_SHA][:12]}…). "
-            "Point model.weights at the file the sweep was trained from, or use another sweep_name."
-        )
-
-
-def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
-    """Short hash of what defines a member's result (:data:`MEMBER_KEYS`).
-
-    A ``model.weights`` file counts by its contents (``model.weights_sha256``), not by where it lies, so a
-    sweep copied to another machine with its weights elsewhere resumes.
-    """
-    model = config.get("model")
-    if isinstance(model, dict) and model.get(WEIGHTS_SHA):
-        model = {**{k: v for k, v in model.items() if k not in ("weights", WEIGHTS_SHA)}, "weights": model[WEIGHTS_SHA]}
-    view = {
-        "model": model, "aug": aug_identity(config.get("aug")), "optimizer": config.get("optimizer"),
-        "scheduler": config.get("scheduler"), "seed": spec.seed, "label_smoothing": spec.label_smoothing,
-        "data_split": {**{k: getattr(spec.data, k) for k in _SPLIT_KEYS},  # group/fold columns only when set: old
-                       **{k: v for k in ("group_col", "fold_col") if (v := getattr(spec.data, k))}},  # hashes stay
-        "max_epochs": spec.trainer_settings.get("max_epochs"),
-    }
-    record = {k: view[k] for k in MEMBER_KEYS}
-    # Added only when used, so the hash of every member trained without them stays what it was.
-    averaging = [d for c in spec.callbacks or [] if (d := describe_averaging(c)) is not None]
-    if averaging:
-        record["averaging"] = averaging
-    if spec.snapshots:
-        record["snapshots"] = int(spec.snapshots)
-    record.update(recipe_identity(spec))  # loss, Mixup/CutMix, accumulation: only when not the default
-    return short_hash(record, 16)
 
 
 def _fold_name(spec: DataSpec) -> str:
@@ -316,10 +250,10 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, len(table.classes))
     raw = _record(spec, module.mean, module.std)
-    config = _with_weights_hash(raw)
+    config = with_weights_hash(raw)
     digest = member_hash(spec, config)
     if not spec.overwrite:
-        _check_weights_source(member_dir, config)
+        check_weights_source(member_dir, config)
     plan = plan_member(member_dir, digest, spec.overwrite, member_hash(spec, raw))
     if plan.action == "skip":  # before the images are verified: a completed member decodes nothing
         log.info("Member %s is already completed; skipping it.", member_dir)
