@@ -67,6 +67,12 @@ class Rule:
         s = self.spec
         return s.combine in ("stack", "single") or s.weights in ("caruana", "fitted", "optimize") or s.temperature
 
+    @property
+    def scored_cross_fitted(self) -> bool:
+        """Whether its honest OOF score is cross-fitted: it fits something, or it ranks rows among a part (as
+        the test rows are ranked among themselves)."""
+        return self.fitted or self.spec.combine == "rank"
+
     def fit(self, probs: Sequence[np.ndarray], labels: np.ndarray) -> Combiner:
         """The merge fitted on these rows (``kind`` ``single`` for the best single model)."""
         kind = "single" if self.spec.combine == "single" else None

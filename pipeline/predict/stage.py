@@ -216,7 +216,7 @@ def _fit_policies(frames: dict[str, dict[str, pd.DataFrame]], models: list[str],
     rule = submitted_rule(ens, metric)
     out = {}
     for key in frames:
-        if ens.combine == "auto" or not rule.fitted:
+        if ens.combine == "auto" or (ens.combine == "weighted" and not rule.fitted):
             w = resolve_weights(ens.weights if ens.weights in ("equal", "given") else "equal", len(models),
                                 ens.given_weights)
             out[key] = Combiner("weighted", w, ens.method, info={"kind": "weighted", "weights": ens.weights})
@@ -229,7 +229,7 @@ def _fit_policies(frames: dict[str, dict[str, pd.DataFrame]], models: list[str],
 def _cross_fitted(rule: Rule, probs: dict[str, np.ndarray], labels: np.ndarray, ens: EnsembleSpec, metric: str,
                   key: str) -> dict[str, Any] | None:
     """The submitted rule's honest OOF score: :func:`~pipeline.predict.fitting.cross_fit` on the one split."""
-    if not rule.fitted or len(labels) < 2 * ens.cross_fit_parts:
+    if not rule.scored_cross_fitted or len(labels) < 2 * ens.cross_fit_parts:
         return None
     crossed = cross_fit(rule, list(probs.values()), labels, ens.cross_fit_parts, ens.seed)
     return {"metric": metric, "score": float(get_metric(metric)(labels, crossed)), "parts": ens.cross_fit_parts,
@@ -246,7 +246,7 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
     """
     rule = submitted_rule(ens, metric)
     keys = set(model_keys.values())
-    if ens.combine != "auto" and not rule.fitted:  # nothing to fit
+    if ens.combine == "weighted" and not rule.fitted:  # nothing to fit (rank still merges by rank)
         fixed = resolve_weights(ens.weights, len(model_keys), ens.given_weights)
         combiner = Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights})
         return combiner, model_keys, {"rule": rule.name, "cross_fitted": None, "choice": None}

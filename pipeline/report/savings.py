@@ -111,7 +111,7 @@ def _without(pr: PredictRun, row: Row, drop: str, seed: int) -> np.ndarray:
         return probs[0]
     if row.rule and row.rule not in ("mean", "given", "single"):
         r = pr_rule(pr, row.rule, ensemble_spec(pr), _metric(pr))
-        if r.fitted:
+        if r.scored_cross_fitted:
             return cross_fit(r, probs, pr.labels, min(r.spec.cross_fit_parts, len(pr.labels)), r.spec.seed)
         return r.fit(probs, pr.labels).apply(probs)
     weights = [row.weights[m] for m in keep] if row.kind == "ensemble-given" else None

@@ -79,7 +79,7 @@ def _merge_row(pr: PredictRun, r: Rule, key: str, models: Sequence[str]) -> Row:
     probs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
     parts = min(r.spec.cross_fit_parts, len(pr.labels))
     deployed = r.fit(probs, pr.labels)  # the weights a deployment uses decide which models cost inference
-    merged = cross_fit(r, probs, pr.labels, parts, r.spec.seed) if r.fitted else deployed.apply(probs)
+    merged = cross_fit(r, probs, pr.labels, parts, r.spec.seed) if r.scored_cross_fitted else deployed.apply(probs)
     weights = dict(zip(models, deployed.weights.tolist())) if deployed.kind == "weighted" else dict.fromkeys(
         models, 1.0 / len(models))
     return Row(kind_of(r.name), kind_of(r.name), key, merged, weights, r.name)
