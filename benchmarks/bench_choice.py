@@ -13,9 +13,11 @@ margin rule:
 
 * ``naive``: the best OOF score wins (no margin; the old ``ensemble=auto``);
 * ``log_loss 95%``: a candidate must beat the simpler one with the one-sided 95% paired-bootstrap bound
-  of its log-loss gain above zero, and not be worse on the metric (the new default);
+  of its log-loss gain above zero, and be better on the metric (the new default of ``tta.margin`` and
+  ``ensemble.margin``); ``log_loss 80%`` the same at one-sided 80%;
 * ``metric 95%`` / ``metric 84%``: the same test on the competition metric itself (84%: about one
-  standard error).
+  standard error);
+* ``TTA best, merge log_loss 95%``: the naive TTA choice, the margin only for the merge.
 
     python -m benchmarks.bench_choice                 # every sweep bench_uplift left in --workdir
 """

@@ -18,11 +18,16 @@ paired bootstrap interval (test rows resampled). Uplift on small data swings wit
 each data set is repeated over seeds (member seeds and nothing else change), and the mean and spread
 of the RER across seeds sit next to each run's interval.
 
-Data sets: the bundled Fashion-MNIST demo subset; scikit-learn's 8×8 digits, upscaled to 32 px; and
-shapes this benchmark draws itself (circle, square, triangle up, triangle down on a striped, noisy
-texture: a vertical flip swaps two classes, a horizontal flip changes nothing).
+Data sets: the bundled Fashion-MNIST demo subset; scikit-learn's 8×8 digits, upscaled to 32 px; shapes
+this benchmark draws itself (circle, square, triangle up, triangle down on a striped, noisy texture: a
+vertical flip swaps two classes, a horizontal flip changes nothing); and ``photos``, 32-px grey tiles of
+eight photographs shipped inside the scikit-image wheel (the class is the photo).
 
-    python -m benchmarks.bench_uplift                       # defaults: 3 data sets × 3 seeds (≈ 25 min on 2 cores)
+Members train until their validation log loss stops improving (``--patience``, at most ``--epochs``), as
+users train them; ``--patience 0`` gives the old fixed-epoch runs. ``benchmarks.bench_choice`` replays the
+automatic-choice rules on the same sweeps.
+
+    python -m benchmarks.bench_uplift                       # defaults: 4 data sets × 3 seeds (about 1.5 h on 2 cores)
     python -m benchmarks.bench_uplift --datasets digits --seeds 1 --epochs 1 --n-train 600 --n-test 300   # smoke
 """
 
