@@ -37,6 +37,7 @@ import pandas as pd
 from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import read_csv_as_text, read_json, safe_name, short_hash
 from pipeline.core.metrics import get_metric
+from pipeline.core.staging import staging_dir
 from pipeline.data.fingerprint import table_fingerprint
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
@@ -71,6 +72,8 @@ class PredictResult:
         classes: Class names, in probability-column order.
         test: The test images, in the sample submission's order when there is one.
         sample_ids: The sample submission's ids, or None.
+        stage: The staging folder holding ``oof/``, ``test/`` and ``ensemble_test.csv`` until the submission
+            stage promotes them into the predict folder (:mod:`pipeline.core.staging`).
     """
 
     record: PredictRecord
@@ -78,6 +81,7 @@ class PredictResult:
     classes: list[str]
     test: ImageTable
     sample_ids: list[str] | None
+    stage: Path
 
 
 def _validation_rows(members: Sequence[Member], train: ImageTable) -> dict[str, np.ndarray]:
@@ -304,9 +308,10 @@ def predict(
 ) -> PredictResult:
     """OOF rows under every policy, the test set under the submission policy, model files, weights, the ensemble.
 
-    Writes ``oof/``, ``test/`` and ``ensemble_test.csv`` (the submission policy) into ``out_dir`` and returns
-    the :class:`~pipeline.predict.record.PredictRecord`; :func:`pipeline.submission.stage.submit` then writes
-    the submission file and ``predict.json`` (once).
+    Writes ``oof/``, ``test/`` and ``ensemble_test.csv`` (the submission policy) into a staging folder inside
+    ``out_dir`` and returns the :class:`~pipeline.predict.record.PredictRecord`;
+    :func:`pipeline.submission.stage.submit` then writes the submission file and ``predict.json`` (once) and
+    swaps all of them into ``out_dir``, so a run that fails leaves the previous results whole.
     With ``candidates`` (``tta=auto``) each model's policy is chosen among them on its OOF rows
     (:func:`pipeline.predict.choose.choose_policies`, at most ``max_passes`` views, leaving ``none`` only for a
     policy that beats it by ``tta_margin``) and ``submit_policy`` is not used; ``ens.combine`` other than
@@ -340,8 +345,8 @@ def predict(
 
     with distributed(dist, out_dir) as (run, tasks):  # one task per member on Ray or SLURM, else in process
         oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir, run)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        frames = _write_oof(out_dir, models, oof, classes, order)
+        stage = staging_dir(out_dir)  # results go aside; the submission stage swaps them in when all succeeded
+        frames = _write_oof(stage, models, oof, classes, order)
         tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
         if auto:
             tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames],
@@ -376,13 +381,13 @@ def predict(
         for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
             todo = [m for g, keys in test_keys.items() if key in keys for m in models[g]]
             test_files |= run(todo, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
-    _write_tests(out_dir, models, test_files, test_keys, classes, ens)
-    paths = [out_dir / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
+    _write_tests(stage, models, test_files, test_keys, classes, ens)
+    paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
     if combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None):
         plain = list(weights[submit_key].values()) if combiner is None else combiner.weights.tolist()
-        ens_path = merge_files(paths, out_dir / "ensemble_test.csv", classes, plain, ens.method)
+        ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, plain, ens.method)
     else:
-        ens_path = merge_files(paths, out_dir / "ensemble_test.csv", classes, None, ens.method,
+        ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, None, ens.method,
                                50_000 if combiner.rowwise else None, combiner.apply)
     policy_set = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in oof}
     record = PredictRecord(
@@ -401,4 +406,4 @@ def predict(
                           for m in members},
         distributed=task_summary(tasks, dist) if tasks else None,
     )
-    return PredictResult(record, ens_path, classes, test, sample_ids)
+    return PredictResult(record, ens_path, classes, test, sample_ids, stage)

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
+from pipeline.core.staging import discard, promote
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
 from pipeline.predict.distributed import DistributeSpec
@@ -132,17 +133,25 @@ def submit(
     metric, reason = (metric, "set by the metric setting") if metric else default_metric(fmt, spec.sample_submission)
     ens = replace(ens, fit_metric=ens.fit_metric or metric)
     log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
-    result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes,
-                     dist, tta_margin)
-    record = result.record
-    record.metric_reason = reason
-    expected = result.sample_ids or result.test.ids
-    # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
-    written = write_submission_from_predictions(result.ensemble_path, out_dir / sub.filename, fmt, classes, expected,
-                                                result.sample_ids)
-    record.submission = str(written)
-    record.leaderboard = solution_score(spec, written, fmt, classes, metric)  # the demo's hidden answers
-    for key, value in (run_info or {}).items():  # what only the command line knows (W&B run, a user metric)
-        setattr(record, key, value)
-    record.write(out_dir)  # predict.json, written once
-    return record.as_dict()
+    try:
+        result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes,
+                         dist, tta_margin)
+        record = result.record
+        record.metric_reason = reason
+        expected = result.sample_ids or result.test.ids
+        # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
+        staged = write_submission_from_predictions(result.ensemble_path, result.stage / sub.filename, fmt, classes,
+                                                   expected, result.sample_ids)
+        record.submission = str(Path(out_dir) / sub.filename)
+        record.leaderboard = solution_score(spec, staged, fmt, classes, metric)  # the demo's hidden answers
+        if record.leaderboard:
+            record.leaderboard["file"] = record.submission
+        for key, value in (run_info or {}).items():  # what only the command line knows (W&B run, a user metric)
+            setattr(record, key, value)
+        record.write(result.stage)  # predict.json, written once
+        # Everything succeeded: swap the results in, predict.json last (a failed run leaves the previous ones whole).
+        promote(result.stage, out_dir, ["oof", "test", "ensemble_test.csv", sub.filename, "predict.json"])
+        return record.as_dict()
+    except BaseException:
+        discard(out_dir)  # the staged results of this failed run; the previous ones are untouched
+        raise
