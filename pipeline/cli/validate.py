@@ -147,11 +147,29 @@ def _check_target_keys(cfg: DictConfig, group: str) -> None:
             raise _unknown(f"{group}.", str(key), arguments, f"the arguments of {target}")
 
 
+def _command_line_keys(cfg: DictConfig) -> set[str] | None:
+    """Top-level keys the command line's overrides name (``+ensembel=auto`` → ``ensembel``); None: not known."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if task is None and HydraConfig.initialized():
+        task = HydraConfig.get().overrides.task
+    if task is None:
+        return None
+    return {str(o).split("=", 1)[0].lstrip("+~").split(".", 1)[0] for o in task}
+
+
 def check_keys(cfg: DictConfig, command: str) -> None:
-    """Unknown top-level keys, and keys the ``_target_`` of ``trainer``/``optimizer``/``scheduler`` does not take."""
+    """Unknown top-level keys, and keys the ``_target_`` of ``trainer``/``optimizer``/``scheduler`` does not take.
+
+    A top-level key of the user's own that a config file declares (an experiment's ``weights_dir``, used in
+    its interpolations) is theirs to add; one that comes from the command line is a typo until a config
+    file declares it (when the command line's overrides are unknown, every unknown key is refused).
+    """
     known = known_top_level_keys()
+    typed = _command_line_keys(cfg)
     for key in cfg:
-        if key not in known:
+        if key not in known and (typed is None or key in typed):
             raise _unknown("", str(key), known, f"the keys of {command}.yaml and the config groups "
                            f"(pipeline-{command} --cfg job lists them)")
     if command == "train":
