@@ -148,7 +148,7 @@ def _check_target_keys(cfg: DictConfig, group: str) -> None:
 
 
 def _command_line_keys(cfg: DictConfig) -> set[str] | None:
-    """Top-level keys the command line's overrides name (``+ensembel=auto`` → ``ensembel``); None: not known."""
+    """Top-level keys the command line adds with ``+`` (``+ensembel=auto`` → ``ensembel``); None: not known."""
     from hydra.core.hydra_config import HydraConfig
 
     task = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
@@ -156,7 +156,8 @@ def _command_line_keys(cfg: DictConfig) -> set[str] | None:
         task = HydraConfig.get().overrides.task
     if task is None:
         return None
-    return {str(o).split("=", 1)[0].lstrip("+~").split(".", 1)[0] for o in task}
+    # Only keys added with + (or ++): a plain override of a key no file declares fails in Hydra itself.
+    return {str(o).split("=", 1)[0].lstrip("+").split(".", 1)[0] for o in task if str(o).startswith("+")}
 
 
 def check_keys(cfg: DictConfig, command: str) -> None:
