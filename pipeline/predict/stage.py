@@ -374,19 +374,25 @@ def predict(
                 fit_key = submit_key
             weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
 
+        # A model the fitted weights give 0 costs nothing: its test rows are never predicted (a plain weighted
+        # merge skips it; stacking, ranks and temperatures take every model as an input).
+        plain = combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None)
+        used = {g: k for g, k in model_keys.items() if not plain or weights[submit_key].get(g, 0.0) > 0}
         test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
-                     else {g: [k] for g, k in model_keys.items()})
+                     else {g: [k] for g, k in used.items()})
         test_tag = "test-" + short_hash(table_fingerprint(test, out_dir), 10)
         test_files: dict[tuple[str, str], Path] = {}
         for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
             todo = [m for g, keys in test_keys.items() if key in keys for m in models[g]]
             test_files |= run(todo, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
     _write_tests(stage, models, test_files, test_keys, classes, ens)
-    paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
-    if combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None):
-        plain = list(weights[submit_key].values()) if combiner is None else combiner.weights.tolist()
-        ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, plain, ens.method)
+    if plain:
+        paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in used.items()]
+        ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, [weights[submit_key][g] for g in used],
+                               ens.method)
     else:
+        assert combiner is not None  # a merge without a fitted combiner is plain
+        paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
         ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, None, ens.method,
                                50_000 if combiner.rowwise else None, combiner.apply)
     policy_set = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in oof}
