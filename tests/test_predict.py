@@ -255,3 +255,25 @@ def test_sample_submission_ids_must_match_test_images(sweep: Path, demo_slice: P
     with pytest.raises(DataError, match="ghost"):
         run_predict(sweep, comp, tmp_path / "o")
     assert not (tmp_path / "o" / "submission.csv").exists()
+
+
+def test_a_model_the_weights_give_zero_is_never_predicted_on_the_test_set(
+    mixed_sweep: Path, demo_slice: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import copy_members
+
+    members = copy_members(mixed_sweep, tmp_path / "sw")
+    spec = DataSpec(root=str(demo_slice), in_chans=1, solution=None)
+    opts = PredictOptions(device="cpu", num_workers=0, batch_size=16, chunk_size=None)
+    summary = predict(str(members), spec, [create_policy("none")], create_policy("hflip"), tmp_path / "p", opts,
+                      EnsembleSpec(weights="given", given_weights=[1.0, 0.0]), SubmissionOptions(), "accuracy")
+    kept, dropped = summary["models"]  # models in member order: the second one has weight 0
+    assert summary["weights"][summary["submission_policy"]] == {kept: 1.0, dropped: 0.0}
+    assert [p.name.split("__")[0] for p in (tmp_path / "p" / "test").glob("*.csv")] == [kept]
+    folder = {m: members / summary["models"][m][0] for m in (kept, dropped)}
+    assert not list((folder[dropped] / "predictions").glob("test-*.csv"))  # never predicted, not even cached
+    assert list((folder[kept] / "predictions").glob("test-*.csv"))
+    _, alone, _ = read_predictions(tmp_path / "p" / "test" / f"{kept}__{summary['submission_policy']}.csv",
+                                   summary["classes"])
+    _, merged, _ = read_predictions(tmp_path / "p" / "ensemble_test.csv", summary["classes"])
+    np.testing.assert_allclose(merged, alone, atol=1e-6)  # the ensemble is the one model that counts
