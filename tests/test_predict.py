@@ -277,3 +277,18 @@ def test_a_model_the_weights_give_zero_is_never_predicted_on_the_test_set(
                                    summary["classes"])
     _, merged, _ = read_predictions(tmp_path / "p" / "ensemble_test.csv", summary["classes"])
     np.testing.assert_allclose(merged, alone, atol=1e-6)  # the ensemble is the one model that counts
+
+
+def test_predict_images_leaves_out_a_model_of_weight_zero(mixed_sweep: Path, demo_slice: Path, tmp_path: Path) -> None:
+    """The kit's path (``pipeline.predict_images`` with ``ensemble.json``'s weights) skips weight-0 models too."""
+    import pipeline
+    from tests.conftest import copy_members
+
+    members = copy_members(mixed_sweep, tmp_path / "sw")
+    models = sorted(p.name.rsplit("-", 1)[0] for p in members.iterdir() if (p / "member.json").is_file())
+    opts = PredictOptions(device="cpu", num_workers=0, batch_size=16, chunk_size=None)
+    pred = pipeline.predict_images(members, demo_slice / "test", policy="none", options=opts,
+                                   weights={models[0]: 1.0, models[1]: 0.0})
+    alone = pipeline.predict_images(members / f"{models[0]}-holdout", demo_slice / "test", policy="none", options=opts)
+    np.testing.assert_array_equal(pred.probs, alone.probs)
+    assert not list((members / f"{models[1]}-holdout" / "predictions").glob("test-*.csv"))

@@ -70,7 +70,8 @@ def predict_images(
     Each member is predicted at its recorded image and crop size (members trained at different
     resolutions mix freely). K-fold members of one model are averaged first; models are then merged with
     ``weights`` (one per model, in :func:`~pipeline.predict.ensemble.group_models` order, or a mapping
-    naming every model, as ``ensemble.json`` of an export holds it; None: equal). Per-member predictions
+    naming every model, as ``ensemble.json`` of an export holds it; None: equal); a model of weight 0 is not
+    predicted at all. Per-member predictions
     are cached (see :mod:`pipeline.member.cache`; read-only member folders cache in the system's
     temporary folder unless ``options.prediction_cache_dir`` is set).
 
@@ -104,13 +105,17 @@ def predict_images(
     table = _table(images, classes)
     tag = split_tag("test", table)
     key = policy_key(policy)
-    files = predict_members(found, table, tag, {key: policy}, opts)
+    # A model of weight 0 costs nothing: its members are never predicted (the kit runs this under a time limit).
+    active = [name for name, weight in zip(models, w) if weight > 0]
+    todo = [m for name in active for m in models[name]]
+    files = predict_members(todo, table, tag, {key: policy}, opts)
     model_probs = []
-    for ms in models.values():
-        per_member = [read_predictions(files[(m.name, key)], classes)[1] for m in ms]
+    for name in active:
+        per_member = [read_predictions(files[(m.name, key)], classes)[1] for m in models[name]]
         model_probs.append(merge_members(per_member, method=method).numpy())
-    ids = read_predictions(files[(found[0].name, key)], classes)[0]
-    return Prediction(ids, merge_members(model_probs, weights=w, method=method).numpy(), classes)
+    ids = read_predictions(files[(todo[0].name, key)], classes)[0]
+    kept = [float(weight) for weight in w if weight > 0]
+    return Prediction(ids, merge_members(model_probs, weights=kept, method=method).numpy(), classes)
 
 
 def fit_ensemble_weights(
