@@ -121,3 +121,15 @@ def test_report_and_predict_json_give_the_same_cross_fitted_score(
     assert row["rule"] == record.rule and row["policy_key"] == record.submission_policy
     assert row["accuracy"] == pytest.approx(record.cross_fitted["score"], abs=1e-12)
     assert summary["submitted"]["cross_fitted"]["score"] == record.cross_fitted["score"]
+
+
+@pytest.mark.parametrize("key", ["ensemble.margin", "tta.margin"])
+@pytest.mark.parametrize("value", [0, 0.5, -0.1, 2, True, "0.05"])
+def test_a_margin_outside_zero_to_a_half_is_refused_naming_its_key(key: str, value: object) -> None:
+    from pipeline.core.errors import ConfigError
+    from pipeline.predict.spec import check_margin
+
+    with pytest.raises(ConfigError, match=rf"{key} must be null .* one-sided miss rate in \(0, 0.5\)"):
+        check_margin(key, value)
+    check_margin(key, None)
+    check_margin(key, 0.05)

@@ -19,7 +19,7 @@ from pipeline.core.metrics import get_metric
 from pipeline.core.reduce import REDUCTIONS, check_weights, from_space, merge_members, to_space
 from pipeline.member.folder import Member
 from pipeline.member.predictions import PROB_PREFIX, PredictionWriter, read_predictions
-from pipeline.predict.spec import COMBINES, ENSEMBLE_CANDIDATES, EnsembleSpec
+from pipeline.predict.spec import COMBINES, ENSEMBLE_CANDIDATES, EnsembleSpec, check_margin
 
 __all__ = [
     "WEIGHT_KINDS",
@@ -329,10 +329,7 @@ def _check_merge(opts: EnsembleSpec, n_models: int) -> None:
         raise ConfigError(f"ensemble.cross_fit_parts must be an integer of at least 2; got {opts.cross_fit_parts!r}")
     if not float(opts.stack_c) > 0:
         raise ConfigError(f"ensemble.stack_c must be positive; got {opts.stack_c!r}")
-    if opts.margin is not None and (isinstance(opts.margin, bool) or not isinstance(opts.margin, (int, float))
-                                    or not 0 < float(opts.margin) < 0.5):
-        raise ConfigError(f"ensemble.margin must be null (the best cross-fitted score wins) or a one-sided miss rate "
-                          f"in (0, 0.5), e.g. 0.05; got {opts.margin!r}")
+    check_margin("ensemble.margin", opts.margin)
     unknown = [c for c in opts.candidates if c not in ENSEMBLE_CANDIDATES]
     if opts.combine == "auto" and unknown:
         raise ConfigError(f"ensemble.candidates {unknown} are unknown; accepted: {list(ENSEMBLE_CANDIDATES)}")

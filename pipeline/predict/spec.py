@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.errors import ConfigError
+
 __all__ = ["COMBINES", "ENSEMBLE_CANDIDATES", "MODES", "TTASpec", "EnsembleSpec", "PredictOptions",
-           "crop_override_allowed"]
+           "check_margin", "crop_override_allowed"]
 
 COMBINES = ("weighted", "rank", "stack", "auto")
 """Accepted ``ensemble.combine`` values (see :mod:`pipeline.predict.merge`)."""
@@ -171,6 +173,13 @@ class PredictOptions:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+def check_margin(key: str, value: Any) -> None:
+    """Refuse a margin setting that is neither null nor a one-sided miss rate in (0, 0.5), naming ``key``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 0.5):
+        raise ConfigError(f"{key} must be null (the best score wins) or a one-sided miss rate in (0, 0.5), e.g. 0.05; "
+                          f"got {value!r}")
 
 
 def crop_override_allowed(name: str, model: str, patterns: Sequence[str]) -> bool:

@@ -54,7 +54,7 @@ from pipeline.predict.options import check_member_chunk_sizes, check_options
 from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_names
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
-from pipeline.predict.spec import EnsembleSpec, PredictOptions
+from pipeline.predict.spec import EnsembleSpec, PredictOptions, check_margin
 from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
 
 __all__ = ["PredictResult", "predict"]
@@ -181,15 +181,7 @@ def _write_oof(out_dir: Path, models: dict[str, list[Member]], oof: dict[str, di
             write_predictions(out_dir / "oof" / f"{safe_name(g)}__{key}.csv", frame["id"].tolist(),
                               frame.filter(like=PROB_PREFIX).to_numpy(), classes, frame["label"].tolist())
             frames.setdefault(key, {})[g] = frame
-    _drop_stale(out_dir / "oof", {f"{safe_name(g)}__{k}.csv" for g in models for k in oof})
     return frames
-
-
-def _drop_stale(folder: Path, written: set[str]) -> None:
-    """An earlier run's model files would read as current."""
-    for stale in folder.glob("*__*.csv"):
-        if stale.name not in written:
-            stale.unlink()
 
 
 def _write_tests(out_dir: Path, models: dict[str, list[Member]], test: dict[tuple[str, str], Path],
@@ -199,7 +191,6 @@ def _write_tests(out_dir: Path, models: dict[str, list[Member]], test: dict[tupl
         for key in keys:
             merge_files([test[(m.name, key)] for m in models[g]], out_dir / "test" / f"{safe_name(g)}__{key}.csv",
                         classes, None, ens.method)
-    _drop_stale(out_dir / "test", {f"{safe_name(g)}__{k}.csv" for g, keys in test_keys.items() for k in keys})
 
 
 def _oof_arrays(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str],
@@ -328,6 +319,7 @@ def predict(
     check_member_chunk_sizes(opts, members)  # a misspelt member name would be ignored
     models = group_models(members)
     check_ensemble(ens, list(models), metric)
+    check_margin("tta.margin", tta_margin)
     need_none = opts.mode == "submit" or ens.combine == "auto"
     extra = [create_policy("none")] if need_none and not any(p.name == "none" for p in policies) else []
     auto = [canonical_policy(p) for p in candidates]
@@ -377,9 +369,9 @@ def predict(
         # A model the fitted weights give 0 costs nothing: its test rows are never predicted (a plain weighted
         # merge skips it; stacking, ranks and temperatures take every model as an input).
         plain = combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None)
-        used = {g: k for g, k in model_keys.items() if not plain or weights[submit_key].get(g, 0.0) > 0}
+        counted = {g: k for g, k in model_keys.items() if not plain or weights[submit_key].get(g, 0.0) > 0}
         test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
-                     else {g: [k] for g, k in used.items()})
+                     else {g: [k] for g, k in counted.items()})
         test_tag = "test-" + short_hash(table_fingerprint(test, out_dir), 10)
         test_files: dict[tuple[str, str], Path] = {}
         for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
@@ -387,8 +379,8 @@ def predict(
             test_files |= run(todo, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
     _write_tests(stage, models, test_files, test_keys, classes, ens)
     if plain:
-        paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in used.items()]
-        ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, [weights[submit_key][g] for g in used],
+        paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in counted.items()]
+        ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, [weights[submit_key][g] for g in counted],
                                ens.method)
     else:
         assert combiner is not None  # a merge without a fitted combiner is plain
