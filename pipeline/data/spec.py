@@ -31,6 +31,12 @@ class DataSpec:
     sample_submission: str | None = "sample_submission.csv"
     solution: str | None = None
     classes: list[str] | None = None
+    # What is predicted per image (pipeline.core.task): auto | multiclass | binary | multilabel | regression | ordinal.
+    # auto infers it from train.csv and the sample submission, and says why.
+    task: str = "auto"
+    label_cols: list[str] | None = None  # multilabel: one 0/1 column per label in train.csv (instead of label_col)
+    tag_sep: str | None = None  # multilabel: label_col holds tags joined by this separator (" " for "haze primary")
+    target_range: list[float] | None = None  # regression/ordinal: [low, high] of the target (grades low..high)
     num_classes: int | None = None
     image_size: int = 32
     crop_size: int = 28

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError, duplicates, examples
+from pipeline.core.task import Task
 from pipeline.core.io import read_csv_as_text
 from pipeline.data.ids import IMAGE_EXTENSIONS, check_sample_ids, strip_image_ext
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
@@ -42,10 +43,13 @@ MISSING_LABELS = frozenset({"", "nan", "none", "null"})
 
 @dataclass
 class ImageTable:
-    """Ids, image paths and (for training data) integer labels, in a fixed order.
+    """Ids, image paths and (for training data) targets, in a fixed order.
 
-    ``max_pixels`` is how large an image of this table may be (``data.max_image_pixels``); every
-    decoder of the table's images honours it.
+    ``labels`` holds the targets as :class:`pipeline.core.task.Task` says (class indices; ``[N, L]`` 0/1
+    for multi-label; values for regression and ordinal); ``classes`` the task's output columns.
+    ``task`` is None where no task was resolved (test tables, and tables read before tasks existed: one
+    label per image). ``max_pixels`` is how large an image of this table may be (``data.max_image_pixels``);
+    every decoder of the table's images honours it.
     """
 
     ids: list[str]
@@ -53,6 +57,7 @@ class ImageTable:
     labels: np.ndarray | None = None
     classes: list[str] = field(default_factory=list)
     max_pixels: int | None = PIL_MAX_IMAGE_PIXELS
+    task: Task | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,7 +67,7 @@ class ImageTable:
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         labels = None if self.labels is None else self.labels[idx]
         return ImageTable([self.ids[i] for i in idx], [self.paths[i] for i in idx], labels, self.classes,
-                          self.max_pixels)
+                          self.max_pixels, self.task)
 
 
 def clean_label(value: Any) -> str:
