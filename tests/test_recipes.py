@@ -164,16 +164,16 @@ def test_config_hash_changes_only_with_a_recipe(train_cfg: Callable[..., DictCon
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (("aug.mixup=0.8",), r"aug.mixup=0.8 makes soft targets, which loss=cross_entropy cannot take .*"
+    (("aug.mixup=0.8", "loss=cross_entropy"), r"aug.mixup=0.8 makes soft targets, which loss=cross_entropy cannot take .*"
                          r"soft_target_cross_entropy"),
-    (("aug.cutmix=1.0",), r"aug.cutmix=1.0 makes soft targets, which loss=cross_entropy cannot take"),
+    (("aug.cutmix=1.0", "loss=cross_entropy"), r"aug.cutmix=1.0 makes soft targets, which loss=cross_entropy cannot take"),
     ((*SOFT, "aug.mixup=-0.2"), r"aug.mixup=-0.2: accepted: an alpha ≥ 0"),
     ((*SOFT, "aug.cutmix=-1.0"), r"aug.cutmix=-1.0: accepted: an alpha ≥ 0"),
     ((*SOFT, "aug.mixup=0.8", "aug.mixup_prob=1.5"), r"aug.mixup_prob=1.5: accepted: a probability in \[0, 1\]"),
     ((*SOFT, "aug.mixup=0.8", "aug.mixup_switch_prob=-0.1"), r"aug.mixup_switch_prob=-0.1: accepted: a probability"),
     ((*SOFT, "aug.mixup=0.8", "aug.mixup_mode=row"), r"aug.mixup_mode='row': accepted: batch, pair, elem"),
     ((*SOFT, "aug.mixup=0.8", "data.batch_size=31"), r"data.batch_size=31 is odd"),
-    (("loss=focal",), r"loss='focal' is not a training loss; accepted: cross_entropy, soft_target_cross_entropy"),
+    (("loss=focal",), r"loss='focal' is not a training loss; accepted: auto, cross_entropy, soft_target_cross_entropy, bce"),
     (("label_smoothing=1.0",), r"label_smoothing=1.0: accepted: a number in \[0, 1\)"),
     (("trainer.accumulate_grad_batches=0",), r"trainer.accumulate_grad_batches=0: accepted: an integer ≥ 1"),
     (("scheduler=warmup_cosine", "scheduler.warmup_epochs=1"),  # trainer.max_epochs=1

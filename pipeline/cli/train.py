@@ -70,7 +70,7 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         transforms=transforms, optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler and "_target_" in scheduler else None,
         trainer=instantiate(cfg.trainer, _partial_=True), logger=to_dataclass(LoggerSpec, cfg.logger),
-        seed=int(cfg.seed), label_smoothing=float(cfg.label_smoothing), loss=str(cfg.get("loss") or "cross_entropy"),
+        seed=int(cfg.seed), label_smoothing=float(cfg.label_smoothing), loss=str(cfg.get("loss") or "auto"),
         mixup=to_dataclass(MixupSpec, cfg.aug), monitor=str(cfg.monitor),
         monitor_mode=str(cfg.monitor_mode), early_stopping_patience=cfg.early_stopping_patience,
         overwrite=bool(cfg.get("overwrite", False)), aug_mean=to_container(cfg.aug.get("mean")),

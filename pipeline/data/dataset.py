@@ -47,5 +47,11 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image).transpose(2, 0, 1))
-        target = -1 if self.table.labels is None else int(self.table.labels[i])
+        labels = self.table.labels
+        if labels is None:
+            target: Any = -1
+        elif labels.dtype.kind in "iub":  # one class per image: its index
+            target = int(labels[i])
+        else:  # multi-label 0/1 rows, regression and ordinal values
+            target = torch.as_tensor(labels[i], dtype=torch.float32)
         return {"image": tensor, "target": target, "index": i}

@@ -85,6 +85,8 @@ class MemberManifest:
     model_group: str = ""  # the member's model across folds: name without the fold part
     data: dict[str, Any] = field(default_factory=dict)  # the data spec it was trained on (root, layout, cache…)
     recipe: Recipe | None = None  # loss, Mixup/CutMix, schedule, precision, accumulation, averaging; None: older member
+    task: dict[str, Any] | None = None  # pipeline.core.task.Task as a dict; None: one class per image (multiclass)
+    output: dict[str, Any] | None = None  # pipeline.models.heads.OutputHead as a dict; None: softmax over classes
 
 
 def write_manifest(folder: Path, manifest: MemberManifest) -> None:

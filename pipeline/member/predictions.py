@@ -1,5 +1,10 @@
 """Prediction files: ``id[,label],<one probability column per class>`` CSVs, streamed to disk.
 
+Other tasks (:mod:`pipeline.core.task`) keep the layout: multi-label files hold one ``p:<label>``
+probability per label (rows need not sum to one), regression and ordinal files one ``v:<target>`` value
+column (finite, any range); their targets, when known, are ``y:<column>`` columns (0/1 per label, or the
+value) instead of the integer ``label`` column of one class per image.
+
 Every stage that saves probabilities (training's validation predictions, predict's per-member and
 ensemble predictions) writes this one format through :class:`PredictionWriter`, which appends chunk by
 chunk into a temporary file and renames it into place only when complete.
@@ -19,9 +24,11 @@ from pipeline.core.errors import MemberError, examples
 from pipeline.core.io import AtomicFile, read_csv_as_text
 
 __all__ = ["PredictionWriter", "write_predictions", "read_predictions", "check_probabilities", "PROB_PREFIX",
-           "SUM_TOLERANCE"]
+           "SUM_TOLERANCE", "VALUE_PREFIX", "TARGET_PREFIX"]
 
 PROB_PREFIX = "p:"
+VALUE_PREFIX = "v:"  # regression/ordinal outputs, in target units
+TARGET_PREFIX = "y:"  # targets of tasks other than one class per image
 
 SUM_TOLERANCE = 1e-3
 """How far a row of probabilities may sum from one (files hold 8 significant digits; bf16 runs round more)."""
@@ -37,14 +44,20 @@ class PredictionWriter:
     ...     w.write(["a", "b"], probs)
     """
 
-    def __init__(self, path: str | Path, classes: Sequence[str], with_labels: bool = False) -> None:
+    def __init__(self, path: str | Path, classes: Sequence[str], with_labels: bool = False, values: bool = False,
+                 targets: Sequence[str] | None = None) -> None:
+        """``values``: the outputs are values (``v:`` columns); ``targets``: the labels are targets written as
+        ``y:<name>`` columns (multi-label, regression, ordinal) instead of one class index."""
         self.path = Path(path)
         self.classes = list(classes)
         self.with_labels = with_labels
+        self.prefix = VALUE_PREFIX if values else PROB_PREFIX
+        self.targets = None if targets is None else [TARGET_PREFIX + t for t in targets]
         self.rows = 0
         self._file = AtomicFile(self.path)
         self._fh = open(self._file.tmp, "w", newline="")
-        header = ["id"] + (["label"] if with_labels else []) + [PROB_PREFIX + c for c in self.classes]
+        label_header = (self.targets or ["label"]) if with_labels else []
+        header = ["id"] + label_header + [self.prefix + c for c in self.classes]
         csv.writer(self._fh).writerow(header)
 
     def write(self, ids: Sequence[str], probs: np.ndarray, labels: Sequence[int] | np.ndarray | None = None) -> None:
@@ -52,12 +65,17 @@ class PredictionWriter:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.shape != (len(ids), len(self.classes)):
             raise ValueError(f"{self.path}: probs shape {probs.shape} != ({len(ids)}, {len(self.classes)})")
-        frame = pd.DataFrame(probs, columns=[PROB_PREFIX + c for c in self.classes])
+        frame = pd.DataFrame(probs, columns=[self.prefix + c for c in self.classes])
         frame.insert(0, "id", list(ids))
         if self.with_labels:
             if labels is None:
                 raise ValueError(f"{self.path}: this prediction file needs labels")
-            frame.insert(1, "label", np.asarray(labels, dtype=np.int64))
+            if self.targets is None:
+                frame.insert(1, "label", np.asarray(labels, dtype=np.int64))
+            else:
+                y = np.asarray(labels, dtype=np.float64).reshape(len(ids), -1)
+                for j, name in enumerate(self.targets):
+                    frame.insert(1 + j, name, y[:, j])
         frame.to_csv(self._fh, header=False, index=False, float_format="%.8g")
         self.rows += len(ids)
 
@@ -87,9 +105,11 @@ def write_predictions(
     probs: np.ndarray,
     classes: Sequence[str],
     labels: Sequence[int] | np.ndarray | None = None,
+    values: bool = False,
+    targets: Sequence[str] | None = None,
 ) -> Path:
-    """Write a whole prediction file at once (atomically)."""
-    with PredictionWriter(path, classes, with_labels=labels is not None) as writer:
+    """Write a whole prediction file at once (atomically); ``values``/``targets`` as :class:`PredictionWriter`."""
+    with PredictionWriter(path, classes, with_labels=labels is not None, values=values, targets=targets) as writer:
         writer.write(ids, probs, labels)
     return writer.path
 
@@ -135,6 +155,25 @@ def _labels(path: Path, df: pd.DataFrame) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def _header(path: Path) -> list[str]:
+    """The file's column names (nothing when it can't be read: the full read then names the problem)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _targets(path: Path, df: pd.DataFrame, columns: list[str], squeeze: bool) -> np.ndarray:
+    """The ``y:`` target columns as floats (``[N]`` for one value column); the error names the file and rows."""
+    y = df[columns].apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce")).to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(y).all(axis=1)
+    if bad.any():
+        raise MemberError(f"{path}: the target column(s) {columns} hold values that are not finite numbers in "
+                          f"{_bad_rows(bad, df['id'].tolist())}.")
+    return y[:, 0] if squeeze else y
+
+
 def read_predictions(path: str | Path, classes: Sequence[str] | None = None,
                      sums: bool = False) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """Read a prediction file: ids (as text: ``"NA"`` and ``"007"`` stay as they are), probabilities ``[N,K]``
@@ -152,16 +191,33 @@ def read_predictions(path: str | Path, classes: Sequence[str] | None = None,
         ValueError: the file's classes differ from ``classes``.
     """
     path = Path(path)
-    df = read_csv_as_text(path, what="Prediction file", numeric_prefix=PROB_PREFIX)
+    prefix = VALUE_PREFIX if any(c.startswith(VALUE_PREFIX) for c in _header(path)) else PROB_PREFIX
+    df = read_csv_as_text(path, what="Prediction file", numeric_prefix=prefix)
     if "id" not in df.columns:
         raise MemberError(f"{path}: no 'id' column; a prediction file is id[,label],p:<class>...")
-    file_classes = [c[len(PROB_PREFIX):] for c in df.columns if c.startswith(PROB_PREFIX)]
+    file_classes = [c[len(prefix):] for c in df.columns if c.startswith(prefix)]
     if classes is not None and sorted(file_classes) != sorted(classes):
         raise ValueError(f"{path}: classes {file_classes} differ from the expected {list(classes)}")
     order = list(classes) if classes is not None else file_classes
-    columns = [PROB_PREFIX + c for c in order]
+    columns = [prefix + c for c in order]
     ids = df["id"].tolist()
     probs = df[columns].to_numpy(dtype=np.float64)
-    check_probabilities(path, ids, probs, columns, sums)
+    if prefix == VALUE_PREFIX:
+        check_values(path, ids, probs, columns)
+    else:
+        check_probabilities(path, ids, probs, columns, sums)
+    targets = [c for c in df.columns if c.startswith(TARGET_PREFIX)]
     labels = _labels(path, df) if "label" in df.columns else None
+    if targets:
+        labels = _targets(path, df, targets, squeeze=prefix == VALUE_PREFIX)
     return ids, probs, labels
+
+
+def check_values(path: str | Path, ids: Sequence[str], values: np.ndarray, columns: Sequence[str],
+                 first_line: int = 2) -> None:
+    """Refuse predicted values (regression, ordinal) that are not finite numbers; naming the file, column, rows."""
+    for j, column in enumerate(columns):
+        bad = ~np.isfinite(values[:, j])
+        if bad.any():
+            raise MemberError(f"{path}: column {column!r} holds values that are not finite numbers in "
+                              f"{_bad_rows(bad, ids, first_line)}. Recompute the file (delete it) or fix those rows.")

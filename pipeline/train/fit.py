@@ -7,6 +7,7 @@ checkpoint. With several devices (DDP) only rank 0 writes the folder and its W&B
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -23,7 +24,9 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, write_json
+from pipeline.core.task import Task
 from pipeline.core.tracking import init_wandb
 from pipeline.data.augment import resolve_normalization, transform_to_dict
 from pipeline.data.decode import verify_images
@@ -35,6 +38,7 @@ from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
+from pipeline.models.heads import OutputHead, head_for, resolve_loss
 from pipeline.train.averaging import AVERAGED_KEY, describe_averaging
 from pipeline.train.callbacks import contract_checkpoint, member_callbacks
 from pipeline.train.checks import ProgressGuard, check_image_sizes, check_progress, check_split_sizes, check_trainer_settings
@@ -51,7 +55,7 @@ from pipeline.train.recipe import (
     resolve_precision,
 )
 from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
-from pipeline.train.spec import TrainSpec
+from pipeline.train.spec import LOSS_NAMES, TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
 
@@ -83,6 +87,28 @@ def _record(spec: TrainSpec, mean: list[float], std: list[float]) -> dict[str, A
     }
 
 
+def _resolve_task(spec: TrainSpec, task: Task) -> TrainSpec:
+    """The spec with its loss resolved for the task (``auto``), checked against it with ``monitor``.
+
+    Raises:
+        ConfigError: a loss the task can't take; a monitor the task's members never log.
+    """
+    mixing = spec.mixup is not None and spec.mixup.enabled
+    loss = resolve_loss(spec.loss, task, mixing) if spec.loss in LOSS_NAMES else spec.loss  # check_recipe names it
+    if spec.snapshots and not task.softmax:
+        raise ConfigError(f"snapshots={spec.snapshots}: snapshot members are made for one class per image only; "
+                          f"this is a {task.kind} task. Set snapshots=0.")
+    logged = _MONITORS["softmax" if task.softmax else task.kind]
+    if spec.monitor not in logged and spec.monitor.startswith("val/"):
+        raise ConfigError(f"monitor={spec.monitor} is not logged by {task.kind} members ({task.reason or 'data.task'}); "
+                          f"accepted: {', '.join(logged)} (val/loss is the task's loss).")
+    return dataclasses.replace(spec, loss=loss)
+
+
+_MONITORS = {"softmax": ("val/log_loss", "val/acc"), "multilabel": ("val/loss", "val/log_loss", "val/acc"),
+             "regression": ("val/loss", "val/rmse", "val/mae"), "ordinal": ("val/loss", "val/rmse", "val/mae")}
+
+
 def _fold_name(spec: DataSpec) -> str:
     return f"fold {spec.fold} of {spec.n_folds}" if spec.n_folds >= 2 else "the holdout split"
 
@@ -106,17 +132,30 @@ def _prepare_data(spec: DataSpec, table: ImageTable, sweep_dir: Path) -> tuple[I
 
 @torch.inference_mode()
 def _predict_validation(module: ClassifierModule, loader: DataLoader, n_rows: int) -> np.ndarray:
-    """Probabilities for every validation row, put back in table order by the carried row index."""
+    """Outputs (probabilities, or values) for every validation row, put back in table order by the row index."""
     module.eval()
     device = next(module.parameters()).device
     probs = np.zeros((n_rows, module.hparams["num_classes"]), dtype=np.float64)
     for batch in loader:
-        out = module.eval_logits(batch["image"].to(device)).float().softmax(-1)
+        out = module.head(module.eval_logits(batch["image"].to(device)))
         probs[batch["index"].numpy()] = out.cpu().numpy()
     return probs
 
 
-def _build_module(spec: TrainSpec, num_classes: int) -> ClassifierModule:
+def _val_scores(probs: np.ndarray, labels: np.ndarray, task: Task) -> dict[str, float]:
+    """The member's validation scores: accuracy and log loss of one class per image; the task's otherwise."""
+    if task.softmax:
+        return {"val_acc": float((probs.argmax(1) == labels).mean()),
+                "val_log_loss": float(-np.log(np.clip(probs[np.arange(len(probs)), labels], 1e-15, 1)).mean())}
+    if task.kind == "multilabel":
+        p = np.clip(probs, 1e-15, 1 - 1e-15)
+        bce = -(labels * np.log(p) + (1 - labels) * np.log1p(-p)).mean()
+        return {"val_acc": float(((probs > 0.5) == (labels > 0.5)).mean()), "val_log_loss": float(bce)}
+    err = probs[:, 0] - labels
+    return {"val_rmse": float(np.sqrt(np.mean(err ** 2))), "val_mae": float(np.mean(np.abs(err)))}
+
+
+def _build_module(spec: TrainSpec, num_classes: int, head: OutputHead | None = None) -> ClassifierModule:
     """Check the model name and input size, resolve normalisation, build the module."""
     m, data = spec.model, spec.data
     kwargs = dict(m.kwargs or {})
@@ -136,10 +175,11 @@ def _build_module(spec: TrainSpec, num_classes: int) -> ClassifierModule:
         label_smoothing=float(spec.label_smoothing), optimizer=spec.optimizer, scheduler=scheduler,
         head_lr=m.head_lr, layer_decay=m.layer_decay, loss=spec.loss,
         mixup=asdict(spec.mixup) if spec.mixup is not None else None,
+        output=None if head is None else head.to_dict(),
     )
 
 
-def _manifest(spec: TrainSpec, classes: list[str], module: ClassifierModule, digest: str) -> MemberManifest:
+def _manifest(spec: TrainSpec, classes: list[str], module: ClassifierModule, digest: str, task: Task) -> MemberManifest:
     data, name = spec.data, spec.member_name
     return MemberManifest(
         name=name, model_name=spec.model.name, num_classes=len(classes), in_chans=data.in_chans,
@@ -148,6 +188,7 @@ def _manifest(spec: TrainSpec, classes: list[str], module: ClassifierModule, dig
         model_kwargs=dict(spec.model.kwargs or {}), sweep=spec.sweep, model_group=name.rsplit("-", 1)[0],
         data={**asdict(data), "root": str(data.root_path.resolve())},
         recipe=describe_recipe(spec, module.scheduler_factory),
+        task=None if task.kind == "multiclass" else task.to_dict(), output=module.head.to_dict(),
     )
 
 
@@ -241,14 +282,16 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
         _prepare_folder(member_dir)
     pl.seed_everything(int(spec.seed), workers=True)
     check_trainer_settings(spec.trainer_settings)
-    check_recipe(spec)
     check_image_sizes(spec.data.image_size, spec.data.crop_size)
     if spec.optimizer is not None:
         optimizer_lr(spec.optimizer)
     check_fold_index(spec.data.fold, spec.data.n_folds)
     table = read_train_table(spec.data)
+    task = table.task or Task("multiclass", tuple(table.classes))
+    spec = _resolve_task(spec, task)
+    check_recipe(spec)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
-    module = _build_module(spec, len(table.classes))
+    module = _build_module(spec, task.n_outputs, head_for(task, spec.loss, table.labels))
     raw = _record(spec, module.mean, module.std)
     config = with_weights_hash(raw)
     digest = member_hash(spec, config)
@@ -261,8 +304,12 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     if spec.snapshots:
         check_snapshot_folders(member_dir, spec.member_name, spec.snapshots, digest, spec.overwrite)
     table, folds, new_folds = _prepare_data(spec.data, table, member_dir.parent)
-    check_run_length(spec, len(split_indices(folds, spec.data.fold, spec.data.n_folds)[0]))
-    manifest = _manifest(spec, table.classes, module, digest)
+    train_rows = split_indices(folds, spec.data.fold, spec.data.n_folds)[0]
+    check_run_length(spec, len(train_rows))
+    if not task.softmax:  # a linear head standardises with its own training rows' targets only
+        assert table.labels is not None
+        module.set_head(head_for(task, spec.loss, table.labels[train_rows]))
+    manifest = _manifest(spec, table.classes, module, digest, task)
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:
         save_folds(member_dir.parent / "folds.csv", folds)
@@ -338,22 +385,24 @@ def _finish(
     module.load_state_dict(ckpt["state_dict"])
     module.to(trainer.strategy.root_device)
     probs = _predict_validation(module, dm.val_dataloader(), len(val_table))
-    write_predictions(member_dir / "val_predictions.csv", val_table.ids, probs, manifest.classes, val_table.labels)
+    task = Task.from_dict(manifest.task, manifest.classes)
+    targets = None if task.softmax else manifest.classes
+    write_predictions(member_dir / "val_predictions.csv", val_table.ids, probs, manifest.classes, val_table.labels,
+                      values=task.is_value, targets=targets)
     assert val_table.labels is not None
-    acc = float((probs.argmax(1) == val_table.labels).mean())
-    log_loss = float(-np.log(np.clip(probs[np.arange(len(probs)), val_table.labels], 1e-15, 1)).mean())
+    scores = _val_scores(probs, val_table.labels, task)
     metrics = {
         "monitor": str(ckpt_cb.monitor),
         "best_score": float("nan") if ckpt_cb.best_model_score is None else float(ckpt_cb.best_model_score),
         "epochs": int(trainer.current_epoch), "wall_time_s": round(time.time() - start, 2),
-        "val_acc": acc, "val_log_loss": log_loss, "n_val": len(val_table),
+        **scores, "n_val": len(val_table),
     }
     if any(describe_averaging(c) for c in trainer.callbacks):  # type: ignore[attr-defined]
         # how many updates the saved average holds (0: best.ckpt is from before averaging began)
         metrics["averaged_over"] = int(ckpt.get(AVERAGED_KEY, {}).get("n_averaged", 0))
     write_json(member_dir / "metrics.json", metrics)
     if run is not None:
-        run.summary.update({"best/val_acc": acc, "best/val_log_loss": log_loss})
+        run.summary.update({f"best/{k}": v for k, v in scores.items()})
     if snapshots:  # before this member completes: a re-run that skips it must find its snapshots written
         write_snapshot_members(member_dir, manifest, module, snapshots,
                                lambda m: _predict_validation(m, dm.val_dataloader(), len(val_table)),
@@ -368,5 +417,6 @@ def _finish(
         raise
     if run is not None:
         log_member_artifacts(run, member_dir, manifest.name, manifest.sweep, metrics)
-    log.info("Member %s completed: val_acc=%.4f val_log_loss=%.4f → %s", manifest.name, acc, log_loss, member_dir)
+    shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+    log.info("Member %s completed: %s → %s", manifest.name, shown, member_dir)
     return metrics  # type: ignore[return-value]

@@ -17,12 +17,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
 from pipeline.core.errors import ConfigError, TrainError
 from pipeline.data.augment import center_crop, normalize_batch
 from pipeline.models.factory import create_model
+from pipeline.models.heads import OutputHead, task_loss
 from pipeline.models.finetune import build_param_groups
 from pipeline.train.loggers import log_sample_grid
 from pipeline.train.recipe import create_mixup, training_loss
@@ -57,6 +58,9 @@ class ClassifierModule(pl.LightningModule):
         label_smoothing: label smoothing of the training targets (Mixup's, when mixing).
         loss: the training loss (:func:`pipeline.train.recipe.training_loss`).
         mixup: Mixup/CutMix settings (a :class:`~pipeline.train.spec.MixupSpec` as a dict), or None.
+        output: the output head (:class:`pipeline.models.heads.OutputHead` as a dict); None: softmax over
+            classes. Other heads (multi-label, regression, ordinal) train with their task's loss
+            (:func:`pipeline.models.heads.task_loss`) and validate with ``val/loss`` plus the task's scores.
         optimizer: ``functools.partial`` of an optimizer class (from ``conf/optimizer``).
         scheduler: ``functools.partial`` of an LR scheduler (from ``conf/scheduler``), or None.
         head_lr: separate learning rate for the classifier head.
@@ -81,6 +85,7 @@ class ClassifierModule(pl.LightningModule):
         layer_decay: float | None = None,
         loss: str = "cross_entropy",
         mixup: dict[str, Any] | None = None,
+        output: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -92,12 +97,29 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.mean, self.std = list(mean), list(std)
         self.crop_size = int(crop_size)
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        classes = max(num_classes, 2)  # a value head has one output; its accuracies are never updated
+        self.val_acc = MulticlassAccuracy(num_classes=classes, average="micro")
+        self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
         self.val_log_loss = MeanMetric()  # mean per-sample NLL over the epoch (multiclass log loss)
         self.samples_logged = False
-        self.criterion = training_loss(loss, float(label_smoothing), num_classes)
+        self.head = OutputHead.from_dict(output)
+        if loss == "auto" and self.head.rows_sum_to_one:  # as pipeline.models.heads.resolve_loss picks it
+            loss = "soft_target_cross_entropy" if (mixup or {}).get("mixup", 0) or (mixup or {}).get("cutmix", 0) \
+                else "cross_entropy"
+        if self.head.rows_sum_to_one:
+            self.criterion = training_loss(loss, float(label_smoothing), num_classes)
+        else:
+            self.criterion = task_loss(loss, self.head)
+            self.val_loss = MeanMetric()  # the task's validation loss: mean per-label BCE, or MSE in target units
+            self.val_quality = MeanMetric()  # per-label accuracy, or the mean absolute error
+            self.val_rmse = MeanSquaredError(squared=False)
         self.mixup = create_mixup(mixup, float(label_smoothing), num_classes)
+
+    def set_head(self, head: OutputHead) -> None:
+        """Use another output head of the same kind (a linear head's standardisation from the training rows)."""
+        self.head = head
+        self.hparams["output"] = head.to_dict()
+        self.criterion = task_loss(self.hparams["loss"], head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for already normalised, already cropped images."""
@@ -142,13 +164,39 @@ class ClassifierModule(pl.LightningModule):
                 "Lower the learning rate (optimizer.lr), enable gradient clipping (trainer.gradient_clip_val) "
                 "or check the inputs."
             )
-        self.train_acc(logits, batch["target"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(logits))
+        if self.head.rows_sum_to_one:
+            self.train_acc(logits, batch["target"])
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(logits))
         return loss
+
+    def _validate_outputs(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Multi-label: ``val/loss`` = ``val/log_loss`` (mean per-label BCE) and ``val/acc`` (per-label accuracy);
+        values: ``val/loss`` (MSE), ``val/rmse`` and ``val/mae`` in target units."""
+        n = len(logits)
+        out = self.head(logits)
+        if self.head.activation == "sigmoid":
+            y = target.float()
+            bce = F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), y, reduction="none").mean(-1)
+            self.val_loss(bce)
+            self.val_log_loss(bce)
+            self.val_quality(((out > 0.5) == (y > 0.5)).float().mean(-1))
+            self.log("val/log_loss", self.val_log_loss, on_epoch=True, prog_bar=True, batch_size=n)
+            self.log("val/acc", self.val_quality, on_epoch=True, prog_bar=True, batch_size=n)
+        else:
+            err = out.squeeze(-1) - target.float()
+            self.val_loss(err.square())
+            self.val_quality(err.abs())
+            self.val_rmse(out.squeeze(-1), target.float())
+            self.log("val/rmse", self.val_rmse, on_epoch=True, prog_bar=True, batch_size=n)
+            self.log("val/mae", self.val_quality, on_epoch=True, batch_size=n)
+        self.log("val/loss", self.val_loss, on_epoch=True, batch_size=n)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.eval_logits(batch["image"])
+        if not self.head.rows_sum_to_one:
+            self._validate_outputs(logits, batch["target"])
+            return
         target = batch["target"]
         self.val_log_loss(F.cross_entropy(logits.float(), target, reduction="none"))
         self.val_acc(logits, target)
@@ -157,8 +205,8 @@ class ClassifierModule(pl.LightningModule):
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=n)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Row indices and softmax probabilities (``none`` policy) for one batch."""
-        return {"index": batch["index"], "probs": self.eval_logits(batch["image"]).float().softmax(-1)}
+        """Row indices and outputs (``none`` policy: softmax probabilities, or the task's outputs) for one batch."""
+        return {"index": batch["index"], "probs": self.head(self.eval_logits(batch["image"]))}
 
     def configure_optimizers(self) -> Any:
         base_lr = optimizer_lr(self.optimizer_factory)

@@ -29,8 +29,10 @@ normalisation is known. The eval pipeline resizes to S×S and returns ``uint8`` 
 :mod:`pipeline.data.augment`)."""
 
 
-LOSS_NAMES = ("cross_entropy", "soft_target_cross_entropy")
-"""The training losses ``loss`` accepts; the second takes the soft targets Mixup/CutMix make."""
+LOSS_NAMES = ("auto", "cross_entropy", "soft_target_cross_entropy", "bce", "mse", "huber", "bce_bounded")
+"""The training losses ``loss`` accepts: ``auto`` picks the task's usual one (:func:`pipeline.models.heads.resolve_loss`);
+``soft_target_cross_entropy`` takes the soft targets Mixup/CutMix make; ``bce`` trains multi-label members, and
+``mse``, ``huber`` and ``bce_bounded`` regression (``mse`` and ``huber`` ordinal) members."""
 
 
 @dataclass
@@ -105,7 +107,7 @@ class TrainSpec:
     logger: LoggerSpec = field(default_factory=lambda: LoggerSpec(kind="none"))
     seed: int = 0
     label_smoothing: float = 0.0
-    loss: str = "cross_entropy"
+    loss: str = "auto"
     mixup: MixupSpec | None = None
     monitor: str = "val/log_loss"
     monitor_mode: str = "min"
