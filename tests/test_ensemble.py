@@ -38,6 +38,8 @@ def _expected(method: str, w: tuple[float, float]) -> np.ndarray:
         out = P1**a * P2**b
     elif method == "logit_mean":
         out = 1 / (1 + np.exp(-(a * _logit(P1) + b * _logit(P2))))
+    elif method == "median":
+        out = np.median(np.stack([P1, P2]), axis=0)
     else:
         out = np.maximum(P1, P2)
     return out / out.sum()
@@ -104,8 +106,8 @@ def test_bad_weights_raise(weights: list[float], match: str) -> None:
 
 
 def test_bad_method_and_dim_raise() -> None:
-    with pytest.raises(ValueError, match="median.*prob_mean.*logit_mean.*geo_mean.*max"):
-        reduce_probs(_pair(), dim=0, method="median")
+    with pytest.raises(ValueError, match="mode.*prob_mean.*logit_mean.*geo_mean.*max.*median"):
+        reduce_probs(_pair(), dim=0, method="mode")
     for dim in (-1, 2, 3):
         with pytest.raises(ValueError, match="class"):
             reduce_probs(_pair(), dim=dim)

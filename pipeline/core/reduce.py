@@ -22,7 +22,7 @@ from torch import Tensor
 
 __all__ = ["REDUCTIONS", "check_weights", "from_space", "merge_members", "reduce_probs", "stack_members", "to_space"]
 
-REDUCTIONS = ("prob_mean", "logit_mean", "geo_mean", "max")
+REDUCTIONS = ("prob_mean", "logit_mean", "geo_mean", "max", "median")
 """Accepted ``method`` values (``tta.reduce``, ``ensemble.method``)."""
 
 WeightsLike = Tensor | np.ndarray | Sequence[float]
@@ -88,6 +88,7 @@ def reduce_probs(
     method: str = "prob_mean",
     weights: WeightsLike | None = None,
     eps: float = 1e-7,
+    normalize: bool = True,
 ) -> Tensor:
     """Reduce class probabilities over ``dim`` (views or members); the class axis is the last one.
 
@@ -97,8 +98,11 @@ def reduce_probs(
       ``[eps, 1 - eps]``.
     * ``max``: elementwise maximum. The size of a weight cannot mean anything for a maximum, so
       weights only select: members with weight zero are left out, all others count the same.
+    * ``median``: elementwise median (an even count: the mean of the middle two), robust to one odd view;
+      weights only select, as for ``max``.
 
-    Every result is renormalised so each row sums to one.
+    Every result is renormalised so each row sums to one, unless ``normalize`` is off: the outputs are then
+    independent probabilities (multi-label) or values (regression), averaged as they are.
 
     Args:
         probs: Probabilities ``[..., K]``; each slice along ``dim`` is one view or member.
@@ -130,9 +134,12 @@ def reduce_probs(
     w = torch.as_tensor(w_np, dtype=torch.float64, device=probs.device).view(shape)
     if method == "max":
         out = work.masked_fill(w == 0, -torch.inf).amax(dim)
+    elif method == "median":
+        out = work.index_select(dim, torch.as_tensor(np.flatnonzero(w_np > 0), device=probs.device)).quantile(0.5, dim=dim)
     else:
         out = _from_space(method, (_to_space(method, work, eps) * w).sum(dim))
-    out = out / out.sum(-1, keepdim=True)
+    if normalize:
+        out = out / out.sum(-1, keepdim=True)
     return out.to(torch.promote_types(probs.dtype, torch.float32))
 
 

@@ -51,7 +51,7 @@ class _Selection:
     """
 
     def __init__(self, member_probs: Sequence[np.ndarray], labels: np.ndarray, method: str, metric: MetricFn,
-                 sign: float) -> None:
+                 sign: float, normalize: bool = True) -> None:
         if method not in REDUCTIONS:
             raise ValueError(f"Unknown reduction {method!r}; accepted: {list(REDUCTIONS)}")
         shape = np.shape(member_probs[0])
@@ -60,6 +60,7 @@ class _Selection:
                 raise ValueError(f"Member {i} has predictions of shape {np.shape(p)}, member 0 {shape}; "
                                  "all members must predict the same rows and classes")
         self.method, self.metric, self.sign, self.labels = method, metric, sign, np.asarray(labels)
+        self.normalize = normalize
         self.space = [to_space(method, np.asarray(p, dtype=np.float32)) for p in member_probs]
         self.total = np.zeros(shape, np.float32) if method != "max" else np.full(shape, -np.inf, np.float32)
         self.count = 0
@@ -73,7 +74,7 @@ class _Selection:
             total = np.maximum(total, add) if self.method == "max" else total + add
             count += 1
         merged = from_space(self.method, total if self.method == "max" else total / max(count, 1))
-        return merged / merged.sum(axis=1, keepdims=True)
+        return merged / merged.sum(axis=1, keepdims=True) if self.normalize else merged
 
     def loss(self, extra: int | None = None) -> float:
         """Signed score (lower is better) of the selection plus member ``extra``."""
@@ -103,6 +104,7 @@ def caruana_select(
     method: str = "prob_mean",
     init_best: int = 1,
     greater_is_better: bool | None = None,
+    normalize: bool = True,
 ) -> np.ndarray:
     """Caruana et al. (2004) greedy forward ensemble selection with replacement.
 
@@ -121,6 +123,7 @@ def caruana_select(
         init_best: Number of best single members to start from (0 to ``len(member_probs)``).
         greater_is_better: Direction of ``metric``; None reads ``metric.greater_is_better``
             (as on :class:`pipeline.core.metrics.Metric`) and otherwise assumes lower is better.
+        normalize: Renormalise merged rows to sum to one (softmax outputs; off for multi-label and values).
 
     Returns:
         ``[M]`` float64 weights: selection counts over total selections (zero for unused members).
@@ -140,7 +143,7 @@ def caruana_select(
     metric = metric or get_metric("log_loss")  # the registered Metric: its per_row lets scoring go by chunks
     if greater_is_better is None:
         greater_is_better = bool(getattr(metric, "greater_is_better", False))
-    sel = _Selection(member_probs, labels, method, metric, -1.0 if greater_is_better else 1.0)
+    sel = _Selection(member_probs, labels, method, metric, -1.0 if greater_is_better else 1.0, normalize)
     singles = [sel.loss(m) for m in range(n_members)]
     counts = np.zeros(n_members)
     for m in np.argsort(singles, kind="stable")[:init_best]:
@@ -159,7 +162,7 @@ def caruana_select(
 
 def caruana_bagged(
     member_probs: Sequence[np.ndarray], labels: np.ndarray, bags: int, bag_fraction: float, seed: int,
-    n_rounds: int = 50, metric: MetricFn | None = None, method: str = "prob_mean",
+    n_rounds: int = 50, metric: MetricFn | None = None, method: str = "prob_mean", normalize: bool = True,
 ) -> np.ndarray:
     """Bagged ensemble selection (Caruana et al. 2004): the mean of the weights of ``bags`` selections.
 
@@ -176,14 +179,14 @@ def caruana_bagged(
                          f"got bags={bags!r}, bag_fraction={bag_fraction!r}")
     n_members = len(member_probs)
     if bags == 1:
-        return caruana_select(member_probs, labels, n_rounds, metric=metric, method=method)
+        return caruana_select(member_probs, labels, n_rounds, metric=metric, method=method, normalize=normalize)
     rng = np.random.default_rng(seed)
     size = max(1, int(round(bag_fraction * n_members)))
     total = np.zeros(n_members)
     for _ in range(bags):
         subset = np.sort(rng.choice(n_members, size=size, replace=False))
         total[subset] += caruana_select([member_probs[i] for i in subset], labels, n_rounds, metric=metric,
-                                        method=method)
+                                        method=method, normalize=normalize)
     return total / total.sum()
 
 
@@ -301,8 +304,10 @@ def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str) -> No
         raise ConfigError("ensemble.combine=rank cannot serve metric=log_loss: rank averaging orders rows, its output "
                           "is not a calibrated probability; use ensemble=caruana|optimize|stack|mean, or a rank metric "
                           "such as roc_auc")
-    if opts.method not in REDUCTIONS:
-        raise ConfigError(f"ensemble.method={opts.method!r} is not one of {list(REDUCTIONS)}")
+    if opts.method not in REDUCTIONS or opts.method == "median":
+        members_ok = [r for r in REDUCTIONS if r != "median"]
+        raise ConfigError(f"ensemble.method={opts.method!r} is not one of {members_ok} (median merges TTA views only: "
+                          "tta.reduce=median)")
     if opts.weights not in (*WEIGHT_KINDS, "fitted"):
         raise ConfigError(f"ensemble.weights={opts.weights!r} is not one of {list(WEIGHT_KINDS)} (or 'fitted')")
     if opts.weights in ("caruana", "fitted") and (not isinstance(opts.caruana_rounds, int) or opts.caruana_rounds < 1):

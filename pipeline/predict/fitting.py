@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.metrics import BootstrapResult, Metric, get_metric, paired_bootstrap
+from pipeline.core.task import Task, strata
 from pipeline.predict.merge import Combiner, fit_combiner
 from pipeline.predict.spec import EnsembleSpec
 
@@ -55,11 +56,13 @@ class Rule:
         name: A key of :data:`RULES` (``temperature`` may also be a suffix: ``caruana+temperature``).
         spec: The ensemble settings the method is fitted with.
         metric: The competition metric (``single`` picks by it; ``fit_metric`` None fits for it).
+        task: What the outputs are (:class:`pipeline.core.task.Task`); None: class probabilities.
     """
 
     name: str
     spec: EnsembleSpec
     metric: str
+    task: Task | None = None  # None: one class per image
 
     @property
     def fitted(self) -> bool:
@@ -76,10 +79,10 @@ class Rule:
     def fit(self, probs: Sequence[np.ndarray], labels: np.ndarray) -> Combiner:
         """The merge fitted on these rows (``kind`` ``single`` for the best single model)."""
         kind = "single" if self.spec.combine == "single" else None
-        return fit_combiner(probs, labels, self.spec, self.metric, kind)
+        return fit_combiner(probs, labels, self.spec, self.metric, kind, task=self.task)
 
 
-def rule(name: str, spec: EnsembleSpec, metric: str) -> Rule:
+def rule(name: str, spec: EnsembleSpec, metric: str, task: Task | None = None) -> Rule:
     """The rule ``name`` (a key of :data:`RULES`, optionally ``+temperature``) with the other settings of ``spec``."""
     base, _, suffix = name.partition("+")
     if base not in RULES or suffix not in ("", "temperature"):
@@ -89,7 +92,7 @@ def rule(name: str, spec: EnsembleSpec, metric: str) -> Rule:
         settings["bags"] = spec.bags if spec.bags > 1 else BAGS
     if suffix:
         settings["temperature"] = True
-    return Rule(name, replace(spec, **settings), metric)
+    return Rule(name, replace(spec, **settings), metric, task)
 
 
 def rule_name(spec: EnsembleSpec) -> str:
@@ -105,13 +108,17 @@ def rule_name(spec: EnsembleSpec) -> str:
     return base + ("+temperature" if spec.temperature and base != "temperature" else "")
 
 
-def submitted_rule(spec: EnsembleSpec, metric: str) -> Rule:
+def submitted_rule(spec: EnsembleSpec, metric: str, task: Task | None = None) -> Rule:
     """The configured merge as a :class:`Rule`, with exactly the settings it was fitted with."""
-    return Rule(rule_name(spec), spec, metric)
+    return Rule(rule_name(spec), spec, metric, task)
 
 
 def split(labels: np.ndarray, parts: int, seed: int) -> np.ndarray:
-    """A part index in ``[0, parts)`` per row: each class's rows shuffled (seeded) and dealt out in turn.
+    """A part index in ``[0, parts)`` per row: each stratum's rows shuffled (seeded) and dealt out in turn.
+
+    Strata are the classes; for other targets those of :func:`pipeline.core.task.strata`, read off the
+    labels: ``[N, L]`` rows are multi-label, values that are not whole numbers are binned (regression), and
+    whole-number values (ordinal grades) are their own strata.
 
     The one split of OOF rows: the predict stage, the automatic choices, the report and its nested pick
     all cross-fit on it, so the same rule, parts and seed give the same score everywhere.
@@ -122,6 +129,10 @@ def split(labels: np.ndarray, parts: int, seed: int) -> np.ndarray:
     labels = np.asarray(labels)
     if not isinstance(parts, int) or not 2 <= parts:
         raise ValueError(f"cross-fitting needs an integer of at least 2 parts; got {parts!r}")
+    if labels.ndim == 2:
+        labels = strata("multilabel", labels)
+    elif labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        labels = strata("regression", labels)
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), np.int64)
     offset = 0

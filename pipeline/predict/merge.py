@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.metrics import get_metric, log_loss
+from pipeline.core.task import Task
 from pipeline.core.reduce import from_space, to_space
 from pipeline.predict.ensemble import caruana_bagged, resolve_weights
 from pipeline.predict.spec import COMBINES, EnsembleSpec
@@ -68,18 +69,33 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _merge_rows(space: Sequence[np.ndarray], weights: np.ndarray, method: str, rows: slice,
-                dtype: type = np.float32) -> np.ndarray:
+                dtype: type = np.float32, normalize: bool = True) -> np.ndarray:
     # float64 only chunk by chunk (the optimiser's finite differences need it), never for all rows at once.
     if method == "max":
         merged = np.maximum.reduce([s[rows].astype(dtype) for s, w in zip(space, weights) if w > 0])
     else:
         merged = from_space(method, sum(dtype(w) * s[rows].astype(dtype) for s, w in zip(space, weights) if w > 0))
-    return merged / merged.sum(axis=1, keepdims=True)
+    return merged / merged.sum(axis=1, keepdims=True) if normalize else merged
 
 
-def _weighted(probs: Sequence[np.ndarray], weights: np.ndarray, method: str) -> np.ndarray:
+def _weighted(probs: Sequence[np.ndarray], weights: np.ndarray, method: str, normalize: bool = True) -> np.ndarray:
     space = [to_space(method, p) for p in _f32(probs)]
-    return _merge_rows(space, weights, method, slice(None))
+    return _merge_rows(space, weights, method, slice(None), normalize=normalize)
+
+
+def _smooth_weights(probs: Sequence[np.ndarray], labels: np.ndarray, method: str, task: Task) -> np.ndarray:
+    """Weights on the simplex minimising the task's smooth loss (mean per-label BCE, or MSE) of the merge."""
+    from scipy.optimize import minimize
+
+    arrays, loss_fn = _f32(probs), get_metric(task.smooth_loss)
+
+    def loss(z: np.ndarray) -> float:
+        w = np.exp(z - z.max())
+        return float(loss_fn(labels, _weighted(arrays, w / w.sum(), method, normalize=False).astype(np.float64)))
+
+    res = minimize(loss, np.zeros(len(arrays)), method="L-BFGS-B")
+    w = np.exp(res.x - res.x.max())
+    return w / w.sum()
 
 
 def optimize_weights(probs: Sequence[np.ndarray], labels: np.ndarray, method: str = "prob_mean") -> np.ndarray:
@@ -174,6 +190,7 @@ class Combiner:
     temperatures: np.ndarray | None = None
     meta: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    normalize: bool = True  # rows are softmax probabilities; off for multi-label probabilities and values
 
     @property
     def rowwise(self) -> bool:
@@ -191,15 +208,19 @@ class Combiner:
             return rank_average(arrays, self.weights)
         if self.kind == "stack":
             return _stack_proba(self.meta, arrays, arrays[0].shape[1])
-        return _weighted(arrays, self.weights, self.method)
+        return _weighted(arrays, self.weights, self.method, self.normalize)
 
 
 def fit_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: EnsembleSpec, metric: str,
-                 kind: str | None = None, weights: str | None = None) -> Combiner:
+                 kind: str | None = None, weights: str | None = None, task: Task | None = None) -> Combiner:
     """Fit a :class:`Combiner` on OOF rows: ``kind`` (default ``spec.combine``) with ``weights`` (default ``spec.weights``).
 
-    ``kind="single"`` picks the best model by ``metric`` on these rows.
+    ``kind="single"`` picks the best model by ``metric`` on these rows. ``task`` (None: one class per image)
+    says whether merged rows are renormalised, and which smooth loss fits weights for tasks without a log loss
+    over classes (:func:`pipeline.predict.ensemble.check_ensemble` refuses the merges they can't take).
     """
+    if task is not None and not task.softmax:
+        return _fit_task_combiner(probs, labels, spec, metric, kind, weights, task)
     kind, weights = kind or spec.combine, weights or spec.weights
     labels = np.asarray(labels)
     arrays = _f32(probs)
@@ -233,3 +254,34 @@ def fit_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: Ensemble
         w = resolve_weights(weights, len(arrays), spec.given_weights)
         info["weights"] = weights
     return Combiner(kind, np.asarray(w, dtype=np.float64), spec.method, temps, None, info)
+
+
+def _fit_task_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: EnsembleSpec, metric: str,
+                       kind: str | None, weights: str | None, task: Task) -> Combiner:
+    """:func:`fit_combiner` for multi-label, regression and ordinal outputs: weighted means without renormalising.
+
+    Caruana selects by the task's smooth loss (mean per-label BCE, MSE) unless ``ensemble.fit_metric`` names
+    another metric than its default ``log_loss`` (a metric that needs fitted thresholds, such as F-beta or QWK,
+    is coarse to select weights on); ``optimize`` minimises the smooth loss.
+    """
+    kind, weights = kind or spec.combine, weights or spec.weights
+    arrays, labels = _f32(probs), np.asarray(labels)
+    info: dict[str, Any] = {"kind": kind, "task": task.kind}
+    if kind == "single":
+        m = get_metric(metric)
+        scores = [m(labels, p) for p in arrays]
+        w = np.eye(len(arrays))[int(np.argmax(scores) if m.greater_is_better else np.argmin(scores))]
+        return Combiner("single", w, spec.method, None, None, info, normalize=False)
+    if weights in ("caruana", "fitted"):
+        fit_metric = spec.fit_metric if spec.fit_metric not in (None, "log_loss") else task.smooth_loss
+        w = caruana_bagged(arrays, labels, spec.bags, spec.bag_fraction, spec.seed, spec.caruana_rounds,
+                           metric=get_metric(fit_metric), method=spec.method, normalize=False)
+        info.update(weights="caruana", fit_metric=fit_metric, bags=spec.bags, bag_fraction=spec.bag_fraction)
+    elif weights == "optimize":
+        w = _smooth_weights(arrays, labels, spec.method, task)
+        info.update(weights="optimize", fit_metric=task.smooth_loss)
+    else:
+        w = resolve_weights(weights, len(arrays), spec.given_weights)
+        info["weights"] = weights
+    return Combiner("weighted", np.asarray(w, dtype=np.float64), spec.method, None, None, info, normalize=False)
+

@@ -362,7 +362,7 @@ def make_views(batch: Tensor, policy: TTAPolicy) -> Tensor:
     return torch.stack(views, dim=1).flatten(0, 1)
 
 
-def merge_views(probs: Tensor, n_views: int, method: str = "prob_mean") -> Tensor:
+def merge_views(probs: Tensor, n_views: int, method: str = "prob_mean", normalize: bool = True) -> Tensor:
     """Merge per-view probabilities ``[B * V, K]`` (image-major) into ``[B, K]``.
 
     Args:
@@ -370,14 +370,16 @@ def merge_views(probs: Tensor, n_views: int, method: str = "prob_mean") -> Tenso
         n_views: V, see :func:`views_per_image`.
         method: One of :data:`pipeline.core.reduce.REDUCTIONS`.
 
+        normalize: Renormalise rows to sum to one (softmax outputs); off for independent probabilities and values.
+
     Returns:
-        ``[B, K]`` probabilities whose rows sum to one.
+        ``[B, K]`` merged outputs (probabilities whose rows sum to one, with ``normalize``).
     """
     if probs.ndim != 2 or n_views < 1 or probs.shape[0] % n_views:
         raise ValueError(
             f"merge_views expects [B * V, K] probabilities with V = {n_views}; got shape {tuple(probs.shape)}"
         )
-    return reduce_probs(probs.reshape(-1, n_views, probs.shape[1]), dim=1, method=method)
+    return reduce_probs(probs.reshape(-1, n_views, probs.shape[1]), dim=1, method=method, normalize=normalize)
 
 
 def predict_with_tta(
@@ -386,6 +388,7 @@ def predict_with_tta(
     policy: TTAPolicy,
     chunk_size: int | None = None,
     method: str = "prob_mean",
+    head: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Class probabilities ``[B, K]`` of ``model`` on ``batch``, averaged over the policy's views.
 
@@ -399,9 +402,11 @@ def predict_with_tta(
         policy: The TTA policy.
         chunk_size: Most views per forward pass; None runs all B * V views at once.
         method: Reduction over views, one of :data:`pipeline.core.reduce.REDUCTIONS`.
+        head: Logits → outputs (a member's :class:`pipeline.models.heads.OutputHead`); None: softmax. Outputs
+            that are not softmax probabilities (multi-label, values) are merged without renormalising.
 
     Returns:
-        ``[B, K]`` float32 (or wider) probabilities.
+        ``[B, K]`` float32 (or wider) probabilities, or the head's outputs.
     """
     n_views = views_per_image(policy)
     if chunk_size is not None and chunk_size < 1:
@@ -415,6 +420,9 @@ def predict_with_tta(
             logits = torch.cat([model(chunk) for chunk in views.split(step)])
             # Softmax in float32 at least: half-precision logits lose the small probabilities
             # that geo_mean and logit_mean depend on.
-            probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
-            merged.append(merge_views(probs, n_views, method))
+            if head is None:
+                probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
+                merged.append(merge_views(probs, n_views, method))
+            else:
+                merged.append(merge_views(head(logits), n_views, method, getattr(head, "rows_sum_to_one", True)))
     return torch.cat(merged)
