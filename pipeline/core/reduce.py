@@ -161,6 +161,7 @@ def merge_members(
     member_probs: Sequence[Tensor | np.ndarray],
     weights: WeightsLike | None = None,
     method: str = "prob_mean",
+    normalize: bool = True,
 ) -> Tensor:
     """Merge the ``[N, K]`` probabilities of several members into one ``[N, K]``.
 
@@ -172,4 +173,4 @@ def merge_members(
     Returns:
         Merged probabilities ``[N, K]``.
     """
-    return reduce_probs(stack_members(member_probs), dim=0, method=method, weights=weights)
+    return reduce_probs(stack_members(member_probs), dim=0, method=method, weights=weights, normalize=normalize)

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError, duplicates, examples
-from pipeline.core.task import Task
 from pipeline.core.io import read_csv_as_text
+from pipeline.core.task import Task
 from pipeline.data.ids import IMAGE_EXTENSIONS, check_sample_ids, strip_image_ext
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
 

@@ -16,15 +16,18 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import MemberError, examples
 from pipeline.core.io import AtomicFile, read_csv_as_text
+from pipeline.core.task import Task
 
 __all__ = ["PredictionWriter", "write_predictions", "read_predictions", "check_probabilities", "PROB_PREFIX",
-           "SUM_TOLERANCE", "VALUE_PREFIX", "TARGET_PREFIX"]
+           "SUM_TOLERANCE", "VALUE_PREFIX", "TARGET_PREFIX", "output_columns", "frame_outputs", "frame_labels",
+           "file_layout", "check_values"]
 
 PROB_PREFIX = "p:"
 VALUE_PREFIX = "v:"  # regression/ordinal outputs, in target units
@@ -221,3 +224,28 @@ def check_values(path: str | Path, ids: Sequence[str], values: np.ndarray, colum
         if bad.any():
             raise MemberError(f"{path}: column {column!r} holds values that are not finite numbers in "
                               f"{_bad_rows(bad, ids, first_line)}. Recompute the file (delete it) or fix those rows.")
+
+
+def output_columns(frame: pd.DataFrame) -> list[str]:
+    """A prediction frame's output columns (``p:`` probabilities or ``v:`` values), in file order."""
+    return [c for c in frame.columns if c.startswith(PROB_PREFIX) or c.startswith(VALUE_PREFIX)]
+
+
+def frame_outputs(frame: pd.DataFrame, dtype: type = np.float32) -> np.ndarray:
+    """A prediction frame's outputs ``[N, K]`` (probabilities, or values)."""
+    return frame[output_columns(frame)].to_numpy(dtype)
+
+
+def frame_labels(frame: pd.DataFrame) -> np.ndarray:
+    """A prediction frame's targets: the ``label`` class indices, or the ``y:`` targets (``[N]`` for one value
+    column, ``[N, L]`` for multi-label)."""
+    if "label" in frame.columns:
+        return frame["label"].to_numpy()
+    targets = [c for c in frame.columns if c.startswith(TARGET_PREFIX)]
+    y = frame[targets].to_numpy(np.float64)
+    return y[:, 0] if any(c.startswith(VALUE_PREFIX) for c in frame.columns) else y
+
+
+def file_layout(task: Task) -> dict[str, Any]:
+    """The :class:`PredictionWriter` / :func:`write_predictions` keywords of a task's prediction files."""
+    return {"values": task.is_value, "targets": None if task.softmax else list(task.columns)}

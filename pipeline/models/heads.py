@@ -121,9 +121,9 @@ def task_loss(loss: str, head: OutputHead) -> Callable[[torch.Tensor, torch.Tens
         return lambda logits, y: F.binary_cross_entropy_with_logits(logits.float(), y.float())
     if loss == "bce_bounded":
         assert head.low is not None and head.high is not None
-        span = head.high - head.low
+        low, span = float(head.low), float(head.high - head.low)
         return lambda logits, y: F.binary_cross_entropy_with_logits(
-            logits.float().squeeze(-1), ((y.float() - head.low) / span).clamp(0, 1))
+            logits.float().squeeze(-1), ((y.float() - low) / span).clamp(0, 1))
     fn = F.mse_loss if loss == "mse" else F.smooth_l1_loss
 
     def standardised(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

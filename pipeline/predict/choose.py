@@ -29,6 +29,8 @@ import numpy as np
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import Metric, get_metric
+from pipeline.core.task import Task
+from pipeline.predict.ensemble import SOFTMAX_ONLY
 from pipeline.predict.fitting import Margin, beats, cross_fit, rule
 from pipeline.predict.merge import Combiner
 from pipeline.predict.plan import policy_names
@@ -107,7 +109,7 @@ def flip_harms(model: str, scores: Mapping[str, float], policies: Mapping[str, M
 
 
 def _passes(labels: np.ndarray, cand: np.ndarray, base: np.ndarray, m: Metric, margin: Margin,
-            ) -> tuple[bool, dict[str, Any]]:
+            smooth_name: str = SMOOTH) -> tuple[bool, dict[str, Any]]:
     """The margin test of one candidate against the baseline, and its record.
 
     With a margin, the candidate passes when its smooth score (log loss) beats the baseline's beyond noise
@@ -119,7 +121,7 @@ def _passes(labels: np.ndarray, cand: np.ndarray, base: np.ndarray, m: Metric, m
     better = diff > 0 if m.greater_is_better else diff < 0
     if margin.level is None:
         return better, {"diff": diff, "beats_baseline": better}
-    on = get_metric(SMOOTH) if margin.score == SMOOTH else m
+    on = get_metric(smooth_name) if margin.score == SMOOTH else m  # the task's smooth loss: log loss, BCE, MSE
     won, boot = beats(labels, cand, base, on, margin)
     ok = bool(won and better)  # a tie on the metric is no reason to pay for more models or views
     record: dict[str, Any] = {"diff": diff, "beats_baseline": ok}
@@ -139,7 +141,7 @@ def _pick(m: Metric, scores: Mapping[str, float], smooth: Mapping[str, float], p
 
 def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
                     policies: Mapping[str, Mapping[str, Any]], metric: str, margin: Margin | None = None,
-                    max_passes: int | None = None) -> dict[str, dict[str, Any]]:
+                    max_passes: int | None = None, task: Task | None = None) -> dict[str, dict[str, Any]]:
     """Each model's TTA policy: the best on its OOF rows among those that beat ``none`` beyond noise.
 
     Args:
@@ -148,6 +150,7 @@ def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]
         metric: Registered metric name.
         margin: The margin a policy must win by over the baseline (default: one-sided 95%).
         max_passes: Leave out candidates with more views than this; None: no budget.
+        task: What the outputs are; its smooth loss (log loss, mean per-label BCE, MSE) is the margin's score.
 
     Returns:
         Model → ``{chosen, key, baseline, scores, gains, views, reason, harms}`` with readable policy
@@ -157,6 +160,7 @@ def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]
         ConfigError: No candidate fits in ``max_passes``.
     """
     m, margin = get_metric(metric), margin or Margin()
+    smooth_name = task.smooth_loss if task is not None else SMOOTH
     names = policy_names(policies)
     order = sorted(policies, key=lambda k: int(policies[k]["views"]))  # stable: config order among equals
     allowed = [k for k in order if max_passes is None or int(policies[k]["views"]) <= max_passes]
@@ -168,11 +172,11 @@ def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]
     for model, per_key in oof.items():
         labels = next(iter(per_key.values()))[0]
         scores = {k: float(m(labels, per_key[k][1])) for k in allowed}
-        smooth = {k: float(get_metric(SMOOTH)(labels, per_key[k][1])) for k in allowed}
+        smooth = {k: float(get_metric(smooth_name)(labels, per_key[k][1])) for k in allowed}
         gains, passing = {}, [base]
         for k in allowed:
             if k != base:
-                ok, gains[names[k]] = _passes(labels, per_key[k][1], per_key[base][1], m, margin)
+                ok, gains[names[k]] = _passes(labels, per_key[k][1], per_key[base][1], m, margin, smooth_name)
                 passing += [k] if ok else []
         chosen = _pick(m, scores, smooth, passing)
         if chosen == base:
@@ -221,7 +225,7 @@ def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.n
 
 
 def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oof: Mapping[str, np.ndarray],
-                    spec: EnsembleSpec, metric: str, margin: Margin | None = None,
+                    spec: EnsembleSpec, metric: str, margin: Margin | None = None, task: Task | None = None,
                     ) -> tuple[Combiner, dict[str, Any]]:
     """The merge to submit: the best cross-fitted candidate among those that beat the best single model.
 
@@ -232,6 +236,8 @@ def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oo
         spec: The ensemble settings (``candidates``, ``cross_fit_parts``, ``seed``...).
         metric: The competition metric (scores and direction).
         margin: The margin a candidate must win by over the baseline (default: one-sided 95%).
+        task: What the outputs are (None: class probabilities); the margin tests its smooth loss, and merges
+            the task can't take (:data:`pipeline.predict.ensemble.SOFTMAX_ONLY`) are left out with a note.
 
     Returns:
         The combiner fitted on all rows, and ``{chosen, scores, gains, reason, notes, fit, models}``. A
@@ -247,26 +253,30 @@ def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oo
     if metric == SMOOTH and "rank" in names:
         names.remove("rank")
         notes.append("rank averaging left out: its output is not a probability, so its log loss means nothing")
+    smooth_name = task.smooth_loss if task is not None else SMOOTH
+    if task is not None and not task.softmax and (left := [n for n in names if n in SOFTMAX_ONLY]):
+        names = [n for n in names if n not in SOFTMAX_ONLY]
+        notes.append(f"{', '.join(left)} left out: they merge class probabilities, and this is a {task.kind} task")
     with_tta = not too_few and any(not np.array_equal(a, b) for a, b in zip(probs, singles))
     crossed: dict[str, np.ndarray] = {}
     if not too_few:
-        single = rule(SINGLE, spec, metric)
+        single = rule(SINGLE, spec, metric, task)
         crossed[SINGLE] = cross_fit(single, singles, labels, spec.cross_fit_parts, spec.seed)
         if with_tta:
             crossed[SINGLE_TTA] = cross_fit(single, probs, labels, spec.cross_fit_parts, spec.seed)
         for name in names:
-            crossed[name] = cross_fit(rule(METHODS_RULE[name], spec, metric), probs, labels, spec.cross_fit_parts,
-                                      spec.seed)
+            crossed[name] = cross_fit(rule(METHODS_RULE[name], spec, metric, task), probs, labels,
+                                      spec.cross_fit_parts, spec.seed)
     scores = {k: float(m(labels, v)) for k, v in crossed.items()}
-    smooth = {k: float(get_metric(SMOOTH)(labels, v)) for k, v in crossed.items()}
+    smooth = {k: float(get_metric(smooth_name)(labels, v)) for k, v in crossed.items()}
     gains, passing = {}, [SINGLE]
     for k in crossed:
         if k != SINGLE:
-            ok, gains[k] = _passes(labels, crossed[k], crossed[SINGLE], m, margin)
+            ok, gains[k] = _passes(labels, crossed[k], crossed[SINGLE], m, margin, smooth_name)
             passing += [k] if ok else []
     chosen = _pick(m, scores, smooth, passing) if crossed else SINGLE
     fit_on = singles if chosen == SINGLE else probs
-    combiner = rule(METHODS_RULE.get(chosen, SINGLE), spec, metric).fit(fit_on, labels)
+    combiner = rule(METHODS_RULE.get(chosen, SINGLE), spec, metric, task).fit(fit_on, labels)
     if chosen in (SINGLE, SINGLE_TTA):
         best = models[int(np.argmax(combiner.weights))]
         what = "without TTA, one view" if chosen == SINGLE else "under its tta=auto policy"

@@ -17,8 +17,9 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
 from pipeline.core.reduce import REDUCTIONS, check_weights, from_space, merge_members, to_space
+from pipeline.core.task import Task
 from pipeline.member.folder import Member
-from pipeline.member.predictions import PROB_PREFIX, PredictionWriter, read_predictions
+from pipeline.member.predictions import PROB_PREFIX, TARGET_PREFIX, VALUE_PREFIX, PredictionWriter, read_predictions
 from pipeline.predict.spec import COMBINES, ENSEMBLE_CANDIDATES, EnsembleSpec, check_margin
 
 __all__ = [
@@ -33,6 +34,10 @@ __all__ = [
 ]
 
 WEIGHT_KINDS = ("equal", "given", "caruana", "optimize")
+
+SOFTMAX_ONLY = ("rank", "stack", "temperature")
+"""Merges (``ensemble.combine`` values and ``ensemble=auto`` candidates) made for class probabilities only: not yet
+for multi-label, regression or ordinal outputs."""
 """Accepted ``ensemble.weights`` values; ``fitted`` is accepted as another name for ``caruana``."""
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -236,15 +241,15 @@ def group_models(members: Sequence[Member]) -> dict[str, list[Member]]:
     return groups
 
 
-def _iter_chunks(paths: Sequence[Path], classes: Sequence[str],
-                 chunk_rows: int | None) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+def _iter_chunks(paths: Sequence[Path], classes: Sequence[str], chunk_rows: int | None,
+                 prefix: str = PROB_PREFIX) -> Iterator[tuple[list[str], list[np.ndarray]]]:
     """Walk several same-order prediction files side by side, ``chunk_rows`` at a time (None: whole files)."""
     # Ids as text, as everywhere ("NA", "null" and "007" stay ids): the one CSV-reading rule of core/io.
     readers: list[Iterable[pd.DataFrame]] = [
-        read_csv_as_text(p, what="Prediction file", numeric_prefix=PROB_PREFIX, chunk_rows=chunk_rows)
-        if chunk_rows else [read_csv_as_text(p, what="Prediction file", numeric_prefix=PROB_PREFIX)]
+        read_csv_as_text(p, what="Prediction file", numeric_prefix=prefix, chunk_rows=chunk_rows)
+        if chunk_rows else [read_csv_as_text(p, what="Prediction file", numeric_prefix=prefix)]
         for p in paths]
-    cols = [PROB_PREFIX + c for c in classes]
+    cols = [prefix + c for c in classes]
     for frames in zip(*readers):
         ids = frames[0]["id"].tolist()
         for p, f in zip(paths, frames):
@@ -255,29 +260,43 @@ def _iter_chunks(paths: Sequence[Path], classes: Sequence[str],
 
 def merge_files(paths: Sequence[Path], out: Path, classes: Sequence[str], weights: Sequence[float] | None,
                 method: str, chunk_rows: int | None = 50_000,
-                combine: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> Path:
+                combine: Callable[[list[np.ndarray]], np.ndarray] | None = None, task: Task | None = None) -> Path:
     """Merge same-order prediction files chunk by chunk (memory bounded by the chunk).
 
     ``combine`` (a fitted :class:`pipeline.predict.merge.Combiner`'s ``apply``) replaces the weighted
-    ``method`` reduction; ``chunk_rows=None`` reads whole files (rank averaging ranks over all rows).
+    ``method`` reduction; ``chunk_rows=None`` reads whole files (rank averaging ranks over all rows). ``task``
+    (None: class probabilities) says whether rows are renormalised and which columns the files hold.
     """
-    with PredictionWriter(out, classes) as writer:
-        for ids, probs in _iter_chunks(paths, classes, chunk_rows):
-            merged = combine(probs) if combine is not None else merge_members(probs, weights=weights, method=method).numpy()
+    softmax = task is None or task.softmax
+    prefix = VALUE_PREFIX if task is not None and task.is_value else PROB_PREFIX
+    with PredictionWriter(out, classes, values=prefix == VALUE_PREFIX) as writer:
+        for ids, probs in _iter_chunks(paths, classes, chunk_rows, prefix):
+            merged = combine(probs) if combine is not None else merge_members(
+                probs, weights=weights, method=method, normalize=softmax).numpy()
             writer.write(ids, merged)
     return out
 
 
-def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequence[str] | None) -> pd.DataFrame:
-    """A model's out-of-fold predictions: its members' validation rows, concatenated, in ``order`` (None: by id)."""
+def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequence[str] | None,
+              task: Task | None = None) -> pd.DataFrame:
+    """A model's out-of-fold predictions: its members' validation rows, concatenated, in ``order`` (None: by id).
+
+    Columns: ``id``, the targets (``label``; ``y:<column>`` for other tasks than one class per image), the outputs.
+    """
     frames = []
+    prefix = VALUE_PREFIX if task is not None and task.is_value else PROB_PREFIX
     for path in member_files.values():
         ids, probs, labels = read_predictions(path, classes)
         if labels is None:
             raise ValueError(f"{path} has no 'label' column; out-of-fold predictions need labels.")
-        frame = pd.DataFrame(probs, columns=[PROB_PREFIX + c for c in classes])
+        frame = pd.DataFrame(probs, columns=[prefix + c for c in classes])
         frame.insert(0, "id", ids)
-        frame.insert(1, "label", labels)
+        if task is None or task.softmax:
+            frame.insert(1, "label", labels)
+        else:
+            y = np.asarray(labels, dtype=np.float64).reshape(len(ids), -1)
+            for j, c in enumerate(task.columns):
+                frame.insert(1 + j, TARGET_PREFIX + c, y[:, j])
         frames.append(frame)
     oof = pd.concat(frames)
     if oof["id"].duplicated().any():
@@ -288,13 +307,17 @@ def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequ
     return oof.assign(_r=oof["id"].map(rank)).sort_values("_r").drop(columns="_r").reset_index(drop=True)
 
 
-def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str) -> None:
+def check_ensemble(opts: EnsembleSpec, models: Sequence[str], metric: str, task: Task | None = None) -> None:
     """Validate the ``ensemble`` settings and the metric against the models, before any prediction is made.
 
     Raises:
         ConfigError: Unknown method, weights kind or metric; given weights of the wrong number or sign;
-            Caruana rounds below one. The message names the key and the accepted values.
+            Caruana rounds below one; a merge made for class probabilities on another task's outputs
+            (:data:`SOFTMAX_ONLY`, or ``ensemble.method`` other than ``prob_mean``). The message names the key
+            and the accepted values.
     """
+    if task is not None and not task.softmax:
+        _check_task_merge(opts, task)
     for key, name in (("metric", metric), ("ensemble.fit_metric", opts.fit_metric or metric)):
         try:
             get_metric(name)
@@ -338,3 +361,16 @@ def _check_merge(opts: EnsembleSpec, n_models: int) -> None:
     unknown = [c for c in opts.candidates if c not in ENSEMBLE_CANDIDATES]
     if opts.combine == "auto" and unknown:
         raise ConfigError(f"ensemble.candidates {unknown} are unknown; accepted: {list(ENSEMBLE_CANDIDATES)}")
+
+
+def _check_task_merge(opts: EnsembleSpec, task: Task) -> None:
+    """Multi-label, regression and ordinal outputs merge as weighted means only (for now)."""
+    what = f"this is a {task.kind} task ({task.reason or 'data.task'})"
+    if opts.combine in SOFTMAX_ONLY:
+        raise ConfigError(f"ensemble.combine={opts.combine} merges class probabilities; {what}. Accepted for "
+                          f"{task.kind}: ensemble=mean|caruana|optimize|weighted|auto.")
+    if opts.temperature:
+        raise ConfigError(f"ensemble.temperature=true rescales class probabilities; {what}. Set it to false.")
+    if opts.method != "prob_mean":
+        raise ConfigError(f"ensemble.method={opts.method} is a reduction of class probabilities; {what}. Accepted "
+                          f"for {task.kind}: prob_mean (a weighted mean of the outputs).")

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.metrics import get_metric, log_loss
-from pipeline.core.task import Task
 from pipeline.core.reduce import from_space, to_space
+from pipeline.core.task import Task
 from pipeline.predict.ensemble import caruana_bagged, resolve_weights
 from pipeline.predict.spec import COMBINES, EnsembleSpec
 

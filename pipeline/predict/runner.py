@@ -28,12 +28,14 @@ from pipeline.data.augment import normalize_batch
 from pipeline.data.tables import ImageTable
 from pipeline.member.cache import CHECKSUM, file_checksum
 from pipeline.member.folder import Member
-from pipeline.member.predictions import PredictionWriter
+from pipeline.member.predictions import PredictionWriter, file_layout
 from pipeline.member.weights import build_model
+from pipeline.models.heads import OutputHead
 from pipeline.predict.loader import make_loader, open_group_caches
 from pipeline.predict.options import PRECISIONS, autocast, check_options
 from pipeline.predict.plan import MemberPlan, plan_members, policy_key
 from pipeline.predict.spec import PredictOptions
+from pipeline.predict.targets import member_head, member_task
 from pipeline.predict.tta import TTAPolicy, predict_with_tta, views_per_image
 
 __all__ = ["PRECISIONS", "policy_key", "load_member_model", "predict_members"]
@@ -59,6 +61,7 @@ class _Job:
     rows: np.ndarray | None  # positions in the loader's table this member predicts (None: all)
     writers: dict[str, PredictionWriter]
     seconds: dict[str, float]
+    head: OutputHead | None = None  # None: softmax (class probabilities)
 
 
 def _run_batch(job: _Job, images: torch.Tensor, index: np.ndarray, table: ImageTable, opts: PredictOptions,
@@ -76,7 +79,8 @@ def _run_batch(job: _Job, images: torch.Tensor, index: np.ndarray, table: ImageT
     for key, writer in job.writers.items():
         start = time.perf_counter()
         with autocast(device, opts.precision):
-            probs = predict_with_tta(job.model, x, job.plan.policies[key], chunk_size=chunk, method=opts.view_reduce)
+            probs = predict_with_tta(job.model, x, job.plan.policies[key], chunk_size=chunk, method=opts.view_reduce,
+                                     head=job.head)
         if device.type == "cuda":
             torch.cuda.synchronize()
         job.seconds[key] += time.perf_counter() - start
@@ -90,8 +94,11 @@ def _open_jobs(jobs: list[_Job], pending: list[MemberPlan], models: dict[str, nn
         name = plan.member.name
         own = None if rows is None or needed is None else np.flatnonzero(np.isin(needed, rows[name]))
         clean_stale_temps(plan.dirs.write)  # what a killed predict (SIGKILL) left in this cache folder
-        writers = {k: PredictionWriter(plan.files[k], plan.member.manifest.classes, with_labels) for k in plan.todo}
-        jobs.append(_Job(plan, models[name], group_of[plan.group.key], own, writers, dict.fromkeys(writers, 0.0)))
+        task, head = member_task(plan.member), member_head(plan.member)
+        writers = {k: PredictionWriter(plan.files[k], plan.member.manifest.classes, with_labels, **file_layout(task))
+                   for k in plan.todo}
+        jobs.append(_Job(plan, models[name], group_of[plan.group.key], own, writers, dict.fromkeys(writers, 0.0),
+                         None if head.rows_sum_to_one else head))
 
 
 def _stream(pending: list[MemberPlan], models: dict[str, nn.Module], table: ImageTable, split: str,

@@ -38,12 +38,13 @@ from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import read_csv_as_text, read_json, safe_name, short_hash
 from pipeline.core.metrics import get_metric
 from pipeline.core.staging import staging_dir
+from pipeline.core.task import Task
 from pipeline.data.fingerprint import table_fingerprint
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
-from pipeline.member.predictions import PROB_PREFIX, write_predictions
+from pipeline.member.predictions import file_layout, frame_labels, frame_outputs, write_predictions
 from pipeline.predict.choose import METHODS_RULE, SINGLE, SINGLE_TTA, choose_ensemble, choose_policies, margin_of
 from pipeline.predict.distributed import DistributeSpec, Runner, distributed, task_summary
 from pipeline.predict.ensemble import check_ensemble, group_models, merge_files, model_oof, resolve_weights
@@ -55,6 +56,7 @@ from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import EnsembleSpec, PredictOptions, check_margin
+from pipeline.predict.targets import check_task_options, members_task, task_or_none
 from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
 
 __all__ = ["PredictResult", "predict"]
@@ -171,26 +173,27 @@ def _timings(models: dict[str, list[Member]], templates: dict[str, TTAPolicy], o
     return out
 
 
-def _write_oof(out_dir: Path, models: dict[str, list[Member]], oof: dict[str, dict[str, Path]], classes: list[str],
+def _write_oof(out_dir: Path, models: dict[str, list[Member]], oof: dict[str, dict[str, Path]], task: Task,
                order: list[str] | None) -> dict[str, dict[str, pd.DataFrame]]:
     """``oof/`` model-level files; returns the OOF frames per policy and model."""
     frames: dict[str, dict[str, pd.DataFrame]] = {}
+    classes = list(task.columns)
     for key, per_member in oof.items():
         for g, ms in models.items():
-            frame = model_oof({m.name: per_member[m.name] for m in ms}, classes, order)
+            frame = model_oof({m.name: per_member[m.name] for m in ms}, classes, order, task)
             write_predictions(out_dir / "oof" / f"{safe_name(g)}__{key}.csv", frame["id"].tolist(),
-                              frame.filter(like=PROB_PREFIX).to_numpy(), classes, frame["label"].tolist())
+                              frame_outputs(frame, np.float64), classes, frame_labels(frame), **file_layout(task))
             frames.setdefault(key, {})[g] = frame
     return frames
 
 
 def _write_tests(out_dir: Path, models: dict[str, list[Member]], test: dict[tuple[str, str], Path],
-                 test_keys: dict[str, list[str]], classes: list[str], ens: EnsembleSpec) -> None:
+                 test_keys: dict[str, list[str]], task: Task, ens: EnsembleSpec) -> None:
     """``test/`` model-level files: each model under its own keys (its folds averaged)."""
     for g, keys in test_keys.items():
         for key in keys:
             merge_files([test[(m.name, key)] for m in models[g]], out_dir / "test" / f"{safe_name(g)}__{key}.csv",
-                        classes, None, ens.method)
+                        list(task.columns), None, ens.method, task=task_or_none(task))
 
 
 def _oof_arrays(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str],
@@ -201,20 +204,22 @@ def _oof_arrays(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str
     if any(i != ids[0] for i in ids):
         raise MemberError(f"Models {list(oofs)} have OOF predictions on different rows (were they trained on other "
                           "folds or another split?); fitted merges need the same rows.")
-    labels = next(iter(oofs.values()))["label"].to_numpy()
-    return labels, {g: f.filter(like=PROB_PREFIX).to_numpy(np.float32) for g, f in oofs.items()}
+    labels = frame_labels(next(iter(oofs.values())))
+    return labels, {g: frame_outputs(f) for g, f in oofs.items()}
 
 
 def _fit_policies(frames: dict[str, dict[str, pd.DataFrame]], models: list[str], ens: EnsembleSpec,
-                  metric: str) -> dict[str, Combiner]:
+                  metric: str, task: Task | None = None) -> dict[str, Combiner]:
     """The configured rule fitted once per policy on the models' OOF rows (its weights go to predict.json)."""
-    rule = submitted_rule(ens, metric)
+    rule = submitted_rule(ens, metric, task)
+    normalize = task is None or task.softmax
     out = {}
     for key in frames:
         if ens.combine == "auto" or (ens.combine == "weighted" and not rule.fitted):
             w = resolve_weights(ens.weights if ens.weights in ("equal", "given") else "equal", len(models),
                                 ens.given_weights)
-            out[key] = Combiner("weighted", w, ens.method, info={"kind": "weighted", "weights": ens.weights})
+            out[key] = Combiner("weighted", w, ens.method, info={"kind": "weighted", "weights": ens.weights},
+                                normalize=normalize)
         else:
             labels, probs = _oof_arrays(frames, dict.fromkeys(models, key))
             out[key] = rule.fit(list(probs.values()), labels)
@@ -232,18 +237,20 @@ def _cross_fitted(rule: Rule, probs: dict[str, np.ndarray], labels: np.ndarray, 
 
 
 def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str, str], ens: EnsembleSpec,
-               metric: str, fitted: dict[str, Combiner]) -> tuple[Combiner, dict[str, str], dict[str, Any]]:
+               metric: str, fitted: dict[str, Combiner], task: Task | None = None,
+               ) -> tuple[Combiner, dict[str, str], dict[str, Any]]:
     """The submission's merge, the keys its test files need, and its record (rule, cross-fitted score, choice).
 
     A policy already fitted (``fitted``, every model under one key) is reused: each policy is fitted once.
     ``ensemble.combine=auto`` may fall back to the best single model (under ``none``, or under its tta=auto
     policy): the keys then name that model alone.
     """
-    rule = submitted_rule(ens, metric)
+    rule = submitted_rule(ens, metric, task)
     keys = set(model_keys.values())
     if ens.combine == "weighted" and not rule.fitted:  # nothing to fit (rank still merges by rank)
         fixed = resolve_weights(ens.weights, len(model_keys), ens.given_weights)
-        combiner = Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights})
+        combiner = Combiner("weighted", fixed, ens.method, info={"kind": "weighted", "weights": ens.weights},
+                            normalize=task is None or task.softmax)
         return combiner, model_keys, {"rule": rule.name, "cross_fitted": None, "choice": None}
     labels, probs = _oof_arrays(frames, model_keys)
     if ens.combine != "auto":
@@ -255,8 +262,8 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
     if none_key is None:
         raise ConfigError("ensemble.combine=auto compares every method with the best single model without TTA, which "
                           "needs OOF predictions under policy none; no member has them (mode=submit without cached OOF)")
-    singles = {g: frames[none_key][g].filter(like=PROB_PREFIX).to_numpy(np.float32) for g in model_keys}
-    combiner, record = choose_ensemble(probs, labels, singles, ens, metric, margin_of(ens.margin, ens.seed))
+    singles = {g: frame_outputs(frames[none_key][g]) for g in model_keys}
+    combiner, record = choose_ensemble(probs, labels, singles, ens, metric, margin_of(ens.margin, ens.seed), task)
     chosen = record["chosen"]
     out = {"rule": METHODS_RULE[chosen], "choice": record,
            "cross_fitted": {"metric": metric, "score": record["scores"].get(chosen), "parts": ens.cross_fit_parts,
@@ -268,21 +275,21 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
         key = none_key if chosen == SINGLE else model_keys[best]
         index = list(singles).index(best)
         single = Combiner("single", np.ones(1), combiner.method, None if combiner.temperatures is None else
-                          combiner.temperatures[[index]], None, combiner.info)
+                          combiner.temperatures[[index]], None, combiner.info, normalize=combiner.normalize)
         return single, {best: key}, out
     return combiner, model_keys, out
 
 
 def _choose_tta(frames: dict[str, dict[str, pd.DataFrame]], templates: dict[str, TTAPolicy], keys: list[str],
-                models: list[str], metric: str, margin: Margin, max_passes: int | None) -> dict[str, dict[str, Any]]:
+                models: list[str], metric: str, margin: Margin, max_passes: int | None,
+                task: Task | None = None) -> dict[str, dict[str, Any]]:
     """``tta=auto``: each model's policy among the candidate ``keys`` that have OOF rows."""
     if not keys:
         raise ConfigError("tta=auto needs out-of-fold predictions under its candidates; none has them (mode=submit "
                           "without cached OOF predictions). Use mode=full with the training data, or a fixed tta=...")
     views = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in keys}
-    oof = {g: {k: (frames[k][g]["label"].to_numpy(), frames[k][g].filter(like=PROB_PREFIX).to_numpy()) for k in keys}
-           for g in models}
-    return choose_policies(oof, views, metric, margin, max_passes)
+    oof = {g: {k: (frame_labels(frames[k][g]), frame_outputs(frames[k][g], np.float64)) for k in keys} for g in models}
+    return choose_policies(oof, views, metric, margin, max_passes, task)
 
 
 def _policy_notes(policies: Sequence[TTAPolicy]) -> list[str]:
@@ -314,11 +321,13 @@ def predict(
         MemberError: A member's eval transform contradicts its manifest, or its files are unusable.
     """
     out_dir = Path(out_dir)
-    classes = list(members[0].manifest.classes)
+    task = members_task(members)
+    classes = list(task.columns)
     check_options(opts)
+    check_task_options(task, opts)
     check_member_chunk_sizes(opts, members)  # a misspelt member name would be ignored
     models = group_models(members)
-    check_ensemble(ens, list(models), metric)
+    check_ensemble(ens, list(models), metric, task_or_none(task))
     check_margin("tta.margin", tta_margin)
     need_none = opts.mode == "submit" or ens.combine == "auto"
     extra = [create_policy("none")] if need_none and not any(p.name == "none" for p in policies) else []
@@ -338,17 +347,18 @@ def predict(
     with distributed(dist, out_dir) as (run, tasks):  # one task per member on Ray or SLURM, else in process
         oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir, run)
         stage = staging_dir(out_dir)  # results go aside; the submission stage swaps them in when all succeeded
-        frames = _write_oof(stage, models, oof, classes, order)
+        frames = _write_oof(stage, models, oof, task, order)
         tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
         if auto:
             tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames],
-                                     list(models), metric, margin_of(tta_margin, ens.seed), max_passes)
+                                     list(models), metric, margin_of(tta_margin, ens.seed), max_passes,
+                                     task_or_none(task))
             model_keys = {g: c["key"] for g, c in tta_choice.items()}
             chosen = set(model_keys.values())
             submit_key = chosen.pop() if len(chosen) == 1 else "auto"
             names["auto"] = "tta=auto (each model its own policy)"
         fit_key = _fit_key(submit_key, list(oof), templates, ens) if submit_key != "auto" else submit_key
-        fitted = _fit_policies(frames, list(models), ens, metric)  # each policy fitted once
+        fitted = _fit_policies(frames, list(models), ens, metric, task_or_none(task))  # each policy fitted once
         weights = {k: dict(zip(models, c.weights.tolist())) for k, c in fitted.items()}
         combiner: Combiner | None = None
         fit_record: dict[str, Any] = {"rule": rule_name(ens), "cross_fitted": None, "choice": None}
@@ -360,7 +370,7 @@ def predict(
                 log.warning("No OOF predictions under the submission policy %s; its weights are fitted on "
                             "policy %s.", names.get(submit_key, submit_key), names.get(fit_key, fit_key))
             fit_keys = {g: fit_key if k == submit_key else k for g, k in model_keys.items()}
-            combiner, used, fit_record = _fit_merge(frames, fit_keys, ens, metric, fitted)
+            combiner, used, fit_record = _fit_merge(frames, fit_keys, ens, metric, fitted, task_or_none(task))
             if used is not fit_keys:  # ensemble=auto chose the best single model (one view, or its own policy)
                 model_keys, submit_key = used, next(iter(used.values()))
                 fit_key = submit_key
@@ -377,16 +387,16 @@ def predict(
         for key in dict.fromkeys(k for keys in test_keys.values() for k in keys):
             todo = [m for g, keys in test_keys.items() if key in keys for m in models[g]]
             test_files |= run(todo, test, test_tag, {key: templates[key]}, opts, fallback_dir=out_dir)
-    _write_tests(stage, models, test_files, test_keys, classes, ens)
+    _write_tests(stage, models, test_files, test_keys, task, ens)
     if plain:
         paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in counted.items()]
         ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, [weights[submit_key][g] for g in counted],
-                               ens.method)
+                               ens.method, task=task_or_none(task))
     else:
         assert combiner is not None  # a merge without a fitted combiner is plain
         paths = [stage / "test" / f"{safe_name(g)}__{k}.csv" for g, k in model_keys.items()]
         ens_path = merge_files(paths, stage / "ensemble_test.csv", classes, None, ens.method,
-                               50_000 if combiner.rowwise else None, combiner.apply)
+                               50_000 if combiner.rowwise else None, combiner.apply, task_or_none(task))
     policy_set = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in oof}
     record = PredictRecord(
         mode=opts.mode, members={m.name: str(m.path) for m in members}, skipped=skipped,

@@ -363,18 +363,9 @@ def make_views(batch: Tensor, policy: TTAPolicy) -> Tensor:
 
 
 def merge_views(probs: Tensor, n_views: int, method: str = "prob_mean", normalize: bool = True) -> Tensor:
-    """Merge per-view probabilities ``[B * V, K]`` (image-major) into ``[B, K]``.
-
-    Args:
-        probs: Per-view class probabilities in :func:`make_views` order.
-        n_views: V, see :func:`views_per_image`.
-        method: One of :data:`pipeline.core.reduce.REDUCTIONS`.
-
-        normalize: Renormalise rows to sum to one (softmax outputs); off for independent probabilities and values.
-
-    Returns:
-        ``[B, K]`` merged outputs (probabilities whose rows sum to one, with ``normalize``).
-    """
+    """Merge per-view outputs ``[B * V, K]`` (image-major, :func:`make_views` order) into ``[B, K]`` with ``method``
+    (one of :data:`pipeline.core.reduce.REDUCTIONS`); rows renormalised to sum to one when ``normalize`` is on
+    (softmax outputs; off for multi-label probabilities and values)."""
     if probs.ndim != 2 or n_views < 1 or probs.shape[0] % n_views:
         raise ValueError(
             f"merge_views expects [B * V, K] probabilities with V = {n_views}; got shape {tuple(probs.shape)}"

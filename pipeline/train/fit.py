@@ -7,7 +7,6 @@ checkpoint. With several devices (DDP) only rank 0 writes the folder and its W&B
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -24,7 +23,6 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, write_json
 from pipeline.core.task import Task
 from pipeline.core.tracking import init_wandb
@@ -38,7 +36,7 @@ from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
-from pipeline.models.heads import OutputHead, head_for, resolve_loss
+from pipeline.models.heads import OutputHead, head_for
 from pipeline.train.averaging import AVERAGED_KEY, describe_averaging
 from pipeline.train.callbacks import contract_checkpoint, member_callbacks
 from pipeline.train.checks import ProgressGuard, check_image_sizes, check_progress, check_split_sizes, check_trainer_settings
@@ -55,9 +53,10 @@ from pipeline.train.recipe import (
     resolve_precision,
 )
 from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
-from pipeline.train.spec import LOSS_NAMES, TrainSpec
+from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
+from pipeline.train.targets import resolve_task_recipe, val_scores
 
 __all__ = ["train_member", "MemberConflict"]
 
@@ -85,28 +84,6 @@ def _record(spec: TrainSpec, mean: list[float], std: list[float]) -> dict[str, A
         "optimizer": _describe(spec.optimizer), "scheduler": _describe(spec.scheduler), "trainer": spec.trainer_settings,
         "seed": spec.seed, "label_smoothing": spec.label_smoothing, "monitor": spec.monitor,
     }
-
-
-def _resolve_task(spec: TrainSpec, task: Task) -> TrainSpec:
-    """The spec with its loss resolved for the task (``auto``), checked against it with ``monitor``.
-
-    Raises:
-        ConfigError: a loss the task can't take; a monitor the task's members never log.
-    """
-    mixing = spec.mixup is not None and spec.mixup.enabled
-    loss = resolve_loss(spec.loss, task, mixing) if spec.loss in LOSS_NAMES else spec.loss  # check_recipe names it
-    if spec.snapshots and not task.softmax:
-        raise ConfigError(f"snapshots={spec.snapshots}: snapshot members are made for one class per image only; "
-                          f"this is a {task.kind} task. Set snapshots=0.")
-    logged = _MONITORS["softmax" if task.softmax else task.kind]
-    if spec.monitor not in logged and spec.monitor.startswith("val/"):
-        raise ConfigError(f"monitor={spec.monitor} is not logged by {task.kind} members ({task.reason or 'data.task'}); "
-                          f"accepted: {', '.join(logged)} (val/loss is the task's loss).")
-    return dataclasses.replace(spec, loss=loss)
-
-
-_MONITORS = {"softmax": ("val/log_loss", "val/acc"), "multilabel": ("val/loss", "val/log_loss", "val/acc"),
-             "regression": ("val/loss", "val/rmse", "val/mae"), "ordinal": ("val/loss", "val/rmse", "val/mae")}
 
 
 def _fold_name(spec: DataSpec) -> str:
@@ -140,19 +117,6 @@ def _predict_validation(module: ClassifierModule, loader: DataLoader, n_rows: in
         out = module.head(module.eval_logits(batch["image"].to(device)))
         probs[batch["index"].numpy()] = out.cpu().numpy()
     return probs
-
-
-def _val_scores(probs: np.ndarray, labels: np.ndarray, task: Task) -> dict[str, float]:
-    """The member's validation scores: accuracy and log loss of one class per image; the task's otherwise."""
-    if task.softmax:
-        return {"val_acc": float((probs.argmax(1) == labels).mean()),
-                "val_log_loss": float(-np.log(np.clip(probs[np.arange(len(probs)), labels], 1e-15, 1)).mean())}
-    if task.kind == "multilabel":
-        p = np.clip(probs, 1e-15, 1 - 1e-15)
-        bce = -(labels * np.log(p) + (1 - labels) * np.log1p(-p)).mean()
-        return {"val_acc": float(((probs > 0.5) == (labels > 0.5)).mean()), "val_log_loss": float(bce)}
-    err = probs[:, 0] - labels
-    return {"val_rmse": float(np.sqrt(np.mean(err ** 2))), "val_mae": float(np.mean(np.abs(err)))}
 
 
 def _build_module(spec: TrainSpec, num_classes: int, head: OutputHead | None = None) -> ClassifierModule:
@@ -288,7 +252,7 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     check_fold_index(spec.data.fold, spec.data.n_folds)
     table = read_train_table(spec.data)
     task = table.task or Task("multiclass", tuple(table.classes))
-    spec = _resolve_task(spec, task)
+    spec = resolve_task_recipe(spec, task)
     check_recipe(spec)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, task.n_outputs, head_for(task, spec.loss, table.labels))
@@ -390,7 +354,7 @@ def _finish(
     write_predictions(member_dir / "val_predictions.csv", val_table.ids, probs, manifest.classes, val_table.labels,
                       values=task.is_value, targets=targets)
     assert val_table.labels is not None
-    scores = _val_scores(probs, val_table.labels, task)
+    scores = val_scores(probs, val_table.labels, task)
     metrics = {
         "monitor": str(ckpt_cb.monitor),
         "best_score": float("nan") if ckpt_cb.best_model_score is None else float(ckpt_cb.best_model_score),

@@ -23,8 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from pipeline.core.errors import ConfigError, TrainError
 from pipeline.data.augment import center_crop, normalize_batch
 from pipeline.models.factory import create_model
-from pipeline.models.heads import OutputHead, task_loss
 from pipeline.models.finetune import build_param_groups
+from pipeline.models.heads import OutputHead, task_loss
 from pipeline.train.loggers import log_sample_grid
 from pipeline.train.recipe import create_mixup, training_loss
 from pipeline.train.schedules import schedule_interval
