@@ -198,7 +198,8 @@ def test_mean_auc_and_ap_raise_when_no_column_is_scorable() -> None:
 
 
 @pytest.mark.parametrize(("name", "labels", "preds", "match"), [
-    ("f1_samples", np.array([[0, 2]]), np.array([[0.1, 0.2]]), r"labels must be 0 or 1; got \[2\.0\] at \(row, column\) \[\(0, 1\)\]"),
+    ("f1_samples", np.array([[0, 2]]), np.array([[0.1, 0.2]]),
+     r"labels must be 0 or 1; got \[2\.0\] at \(row, column\) \[\(0, 1\)\]"),
     ("bce", np.array([[0, 1]]), np.array([[0.1, 1.2]]), r"preds must be probabilities in \[0, 1\]; got \[1\.2\]"),
     ("mean_auc", np.array([0, 1]), np.array([[0.1], [0.2]]), r"multilabel labels \[N, L\].*\(2,\) and \(2, 1\)"),
     ("f1_macro", np.zeros((2, 3)), np.zeros((2, 2)), r"same shape; got \(2, 3\) and \(2, 2\)"),

@@ -35,27 +35,9 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.ranked import map_at_k_rows, qwk_weighted, roc_auc_weighted, true_class_rank
 from pipeline.core.task import TASKS
 
-__all__ = [
-    "LOG_LOSS_EPS",
-    "METRICS",
-    "BootstrapResult",
-    "Metric",
-    "check_metric_task",
-    "accuracy",
-    "balanced_accuracy",
-    "get_metric",
-    "map_at_k",
-    "metric_names",
-    "log_loss",
-    "macro_f1",
-    "paired_bootstrap",
-    "qwk",
-    "register_custom_metric",
-    "register_metric",
-    "roc_auc",
-    "score_all",
-    "top_k_accuracy",
-]
+__all__ = ["LOG_LOSS_EPS", "METRICS", "BootstrapResult", "Metric", "accuracy", "balanced_accuracy", "check_metric_task",
+           "get_metric", "log_loss", "macro_f1", "map_at_k", "metric_names", "paired_bootstrap", "qwk",
+           "register_custom_metric", "register_metric", "roc_auc", "score_all", "top_k_accuracy"]
 
 LOG_LOSS_EPS = 1e-15
 """Kaggle's multiclass log-loss clips probabilities to ``[eps, 1 - eps]`` before renormalising rows."""
@@ -146,7 +128,8 @@ def register_custom_metric(name: str, fn: MetricFn, greater_is_better: bool,
     Raises:
         ValueError: ``name`` is a built-in metric's, ``fn`` is not callable or the direction not a bool.
     """
-    if name in METRICS and name not in _CUSTOM or any(p.fullmatch(name) for p in (_TOP_K_NAME, _MAP_K_NAME, _FBETA)):
+    patterned = any(p.fullmatch(name) for p in (_TOP_K_NAME, _MAP_K_NAME)) or tm.parse_fbeta(name) is not None
+    if name in METRICS and name not in _CUSTOM or patterned:
         raise ValueError(f"metric name {name!r} is a built-in metric's; give the custom metric another name")
     if not callable(fn) or not isinstance(greater_is_better, bool):
         raise ValueError(f"a custom metric needs a callable and greater_is_better true/false; got {fn!r}, {greater_is_better!r}")
@@ -294,8 +277,8 @@ for _k in (2, 3, 5):
 
 _TOP_K_NAME = re.compile(r"top(\d+)")
 _MAP_K_NAME = re.compile(r"map(?:@|_at_)(\d+)")
-_FBETA = re.compile(r"f(\d+(?:\.\d+)?)_(samples|macro|micro)")
-_PATTERNS = {"multiclass": "top<k>, map@<k>", "binary": "top<k>, map@<k>", "multilabel": "f<beta>_<samples|macro|micro>"}
+_PATTERNS = {"multiclass": "top<k>, map@<k>", "binary": "top<k>, map@<k>",
+             "multilabel": "f<beta>_<samples|macro|micro>"}
 
 
 def _fbeta_metric(beta: float, average: str) -> Metric:
@@ -319,8 +302,8 @@ def get_metric(name: str) -> Metric:
         match = pattern.fullmatch(name)
         if match and int(match.group(1)) >= 1:
             return make(int(match.group(1)))
-    if (match := _FBETA.fullmatch(name)) and float(match.group(1)) > 0:
-        return _fbeta_metric(float(match.group(1)), match.group(2))
+    if (fbeta := tm.parse_fbeta(name)) is not None:
+        return _fbeta_metric(*fbeta)
     raise KeyError(f"unknown metric {name!r}; accepted: {sorted(METRICS)}, top<k> or map@<k> with k >= 1, "
                    "f<beta>_<samples|macro|micro> with beta > 0, "
                    "or a custom metric {_target_: module.function, greater_is_better: true|false}")
@@ -343,7 +326,8 @@ def check_metric_task(metric_name: str, task_kind: str) -> Metric:
     metric = get_metric(metric_name)
     if task_kind not in metric.tasks:
         also = f" or {_PATTERNS[task_kind]}" if task_kind in _PATTERNS else ""
-        raise ConfigError(f"metric {metric_name!r} does not score a {task_kind} task (it scores {sorted(metric.tasks)}); "
+        raise ConfigError(f"metric {metric_name!r} does not score a {task_kind} task (it scores "
+                          f"{sorted(metric.tasks)}); "
                           f"accepted for {task_kind}: {metric_names(task_kind)}{also}")
     return metric
 

@@ -111,7 +111,7 @@ def mean_auc_weighted(labels: np.ndarray, preds: np.ndarray, counts: np.ndarray)
 
 
 def _ap_one(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over the distinct scores, highest first; NaN without positives."""
+    """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct scores, highest first; NaN without positives."""
     order = np.argsort(-scores, kind="stable")
     ordered = scores[order]
     is_pos = positive[order]

@@ -19,6 +19,7 @@ with no true and no decided positive scores 0 and still counts in the mean; micr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -28,13 +29,14 @@ import numpy as np
 from pipeline.core.ranked import mean_ap_weighted, mean_auc_weighted
 
 __all__ = ["DECIDE_AT", "FBETA_AVERAGES", "VALUE_KINDS", "bce", "check_classes", "check_targets", "fbeta",
-           "fbeta_parts", "fbeta_rows", "fbeta_weighted", "grade_classes", "mae", "mean_ap", "mean_auc", "mse", "r2",
-           "r2_weighted", "rmse", "rmse_weighted", "target_metrics"]
+           "fbeta_parts", "fbeta_rows", "fbeta_weighted", "grade_classes", "mae", "mean_ap", "mean_auc", "mse",
+           "parse_fbeta", "r2", "r2_weighted", "rmse", "rmse_weighted", "target_metrics"]
 
 DECIDE_AT = 0.5
 """A multi-label probability decides its label at ``pred >= DECIDE_AT`` unless thresholds were fitted."""
 
 FBETA_AVERAGES = ("samples", "macro", "micro")
+_FBETA_NAME = re.compile(r"f(\d+(?:\.\d+)?)_(samples|macro|micro)")
 VALUE_KINDS = ("regression", "ordinal")
 _BCE_EPS = 1e-15
 
@@ -243,8 +245,19 @@ def fbeta(labels: np.ndarray, preds: np.ndarray, beta: float, average: str) -> f
     return _one(fbeta_weighted(labels, preds, np.ones((1, len(labels)), dtype=np.int64), beta, average))
 
 
+def parse_fbeta(name: str) -> tuple[float, str] | None:
+    """``(beta, average)`` of a multi-label F-beta name ``f<beta>_<samples|macro|micro>`` (beta > 0), else None.
+
+    >>> parse_fbeta("f2_samples"), parse_fbeta("f0.5_macro"), parse_fbeta("f1_weighted")
+    ((2.0, 'samples'), (0.5, 'macro'), None)
+    """
+    match = _FBETA_NAME.fullmatch(name)
+    return (float(match.group(1)), match.group(2)) if match and float(match.group(1)) > 0 else None
+
+
 def fbeta_parts(beta: float, average: str) -> tuple[Callable[..., float], bool, Any, Any]:
-    """A named F-beta's ``(fn, greater_is_better, per_row, weighted)``, as :class:`pipeline.core.metrics.Metric` takes them."""
+    """A named F-beta's ``(fn, greater_is_better, per_row, weighted)``, as :class:`~pipeline.core.metrics.Metric`
+    takes them."""
     if average not in FBETA_AVERAGES:
         raise ValueError(f"unknown F-beta average {average!r}; accepted: {list(FBETA_AVERAGES)}")
     per_row = partial(fbeta_rows, beta=beta) if average == "samples" else None
