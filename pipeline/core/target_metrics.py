@@ -29,8 +29,8 @@ import numpy as np
 from pipeline.core.ranked import mean_ap_weighted, mean_auc_weighted
 
 __all__ = ["DECIDE_AT", "FBETA_AVERAGES", "VALUE_KINDS", "bce", "check_classes", "check_targets", "fbeta",
-           "fbeta_parts", "fbeta_rows", "fbeta_weighted", "grade_classes", "mae", "mean_ap", "mean_auc", "mse",
-           "parse_fbeta", "r2", "r2_weighted", "rmse", "rmse_weighted", "target_metrics"]
+           "fbeta_from_counts", "fbeta_parts", "fbeta_rows", "fbeta_weighted", "grade_classes", "mae", "mean_ap",
+           "mean_auc", "mse", "parse_fbeta", "r2", "r2_weighted", "rmse", "rmse_weighted", "target_metrics"]
 
 DECIDE_AT = 0.5
 """A multi-label probability decides its label at ``pred >= DECIDE_AT`` unless thresholds were fitted."""
@@ -206,7 +206,8 @@ def bce(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(bce_rows(*check_multilabel(labels, preds)).mean())
 
 
-def _f(tp: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray, beta: float) -> np.ndarray:
+def fbeta_from_counts(tp: Any, n_true: Any, n_pred: Any, beta: float) -> np.ndarray:
+    """F-beta from true positives, true and decided counts: ``(1 + b²) tp / (b² n_true + n_pred)``, 0 where 0/0."""
     b2 = beta * beta
     denominator = b2 * n_true + n_pred
     return np.where(denominator > 0, (1 + b2) * tp / np.where(denominator > 0, denominator, 1), 0.0)
@@ -221,7 +222,7 @@ def _decide(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def fbeta_rows(labels: np.ndarray, preds: np.ndarray, beta: float) -> np.ndarray:
     """Per-row F-beta of the decided labels (0 for a row with no true and no decided label); mean: ``samples``."""
     tp, truth, decided = _decide(labels, preds)
-    return _f(tp.sum(axis=1), truth.sum(axis=1), decided.sum(axis=1), beta)
+    return fbeta_from_counts(tp.sum(axis=1), truth.sum(axis=1), decided.sum(axis=1), beta)
 
 
 def fbeta_weighted(labels: np.ndarray, preds: np.ndarray, counts: np.ndarray, beta: float,
@@ -231,9 +232,9 @@ def fbeta_weighted(labels: np.ndarray, preds: np.ndarray, counts: np.ndarray, be
         return counts @ fbeta_rows(labels, preds, beta) / counts.sum(axis=1)
     tp, truth, decided = (counts @ m for m in _decide(labels, preds))  # [B, L] each
     if average == "macro":
-        return _f(tp, truth, decided, beta).mean(axis=1)
+        return fbeta_from_counts(tp, truth, decided, beta).mean(axis=1)
     if average == "micro":
-        return _f(tp.sum(axis=1), truth.sum(axis=1), decided.sum(axis=1), beta)
+        return fbeta_from_counts(tp.sum(axis=1), truth.sum(axis=1), decided.sum(axis=1), beta)
     raise ValueError(f"unknown F-beta average {average!r}; accepted: {list(FBETA_AVERAGES)}")
 
 
