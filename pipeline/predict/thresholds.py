@@ -122,9 +122,9 @@ def fit_decision(task: Task, labels: np.ndarray, preds: np.ndarray, metric: str)
     check_metric_task(metric, task.kind)
     labels, preds = check_targets(task.kind, labels, preds)
     kind = decision_kind(task.kind, metric)
-    if kind == "thresholds":
-        beta, average = parse_fbeta(metric) or (1.0, "samples")
-        return Decision(kind, _fit_thresholds(labels, preds, beta, average).tolist(), metric)
+    fbeta = parse_fbeta(metric) if kind == "thresholds" else None
+    if fbeta is not None:
+        return Decision("thresholds", _fit_thresholds(labels, preds, *fbeta).tolist(), metric)
     if kind == "cutpoints":
         low, cuts = _fit_cutpoints(task, labels, preds)
         return Decision(kind, cuts.tolist(), metric, low)
@@ -134,7 +134,8 @@ def fit_decision(task: Task, labels: np.ndarray, preds: np.ndarray, metric: str)
 def cross_fit_decision(task: Task, labels: np.ndarray, preds: np.ndarray, metric: str, part: np.ndarray) -> np.ndarray:
     """The honest decided OOF output: the rows of each part decided by the decision fitted on the other parts.
 
-    Without a decision to fit (:func:`decision_kind` None) the preds come back as they are.
+    Without a decision to fit (:func:`decision_kind` None) the checked preds come back as they are (values as
+    ``[N, 1]``). Returns multi-label 0/1 decisions ``[N, L]`` or ordinal grades ``[N, 1]``, as floats.
 
     Args:
         task: What is predicted.
