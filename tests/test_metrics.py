@@ -18,6 +18,7 @@ from pipeline.core.metrics import (
     log_loss,
     macro_f1,
     map_at_k,
+    metric_names,
     paired_bootstrap,
     qwk,
     register_custom_metric,
@@ -109,7 +110,16 @@ def test_top_k_clips_k_and_breaks_ties_like_argmax() -> None:
     assert get_metric("top5")(labels, probs) == 1.0
 
 
-@pytest.mark.parametrize("name", sorted(METRICS))
+CLASS_METRICS = metric_names("multiclass")  # the other tasks' metrics: tests/test_metrics_targets.py
+
+
+def test_class_metrics_are_the_classification_ones_in_registration_order() -> None:
+    assert CLASS_METRICS == ["accuracy", "log_loss", "macro_f1", "balanced_accuracy", "roc_auc", "qwk", "map@3",
+                             "top2", "top3", "top5"]
+    assert metric_names("binary") == CLASS_METRICS
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_METRICS))
 def test_registered_metric_direction(name: str) -> None:
     rng = np.random.default_rng(1)
     labels = rng.integers(0, N_CLASSES, size=200)
@@ -121,7 +131,7 @@ def test_registered_metric_direction(name: str) -> None:
     assert (good > bad) if metric.greater_is_better else (good < bad)
 
 
-@pytest.mark.parametrize("name", [n for n, m in METRICS.items() if m.per_row is not None])
+@pytest.mark.parametrize("name", [n for n in CLASS_METRICS if METRICS[n].per_row is not None])
 def test_per_row_mean_equals_metric(data: tuple[np.ndarray, np.ndarray], name: str) -> None:
     labels, probs = data
     metric = METRICS[name]
@@ -130,14 +140,14 @@ def test_per_row_mean_equals_metric(data: tuple[np.ndarray, np.ndarray], name: s
 
 
 def test_get_metric_unknown_lists_accepted_names() -> None:
-    with pytest.raises(KeyError, match=r"'rmse'.*accuracy.*log_loss.*top<k>"):
-        get_metric("rmse")
+    with pytest.raises(KeyError, match=r"'rmsle'.*accuracy.*log_loss.*top<k>"):
+        get_metric("rmsle")
 
 
 def test_score_all_returns_every_metric(data: tuple[np.ndarray, np.ndarray]) -> None:
     labels, probs = data
     scores = score_all(labels, probs)
-    assert list(scores) == list(METRICS)
+    assert list(scores) == CLASS_METRICS
     assert scores["log_loss"] == log_loss(labels, probs)
     assert score_all(labels, probs, names=["top4"]) == {"top4": top_k_accuracy(labels, probs, 4)}
 

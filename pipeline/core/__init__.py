@@ -20,7 +20,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "metrics": [
             "LOG_LOSS_EPS", "METRICS", "BootstrapResult", "Metric", "accuracy", "balanced_accuracy", "get_metric",
             "log_loss", "macro_f1", "paired_bootstrap", "register_metric", "score_all", "top_k_accuracy",
-            "roc_auc", "qwk", "map_at_k", "register_custom_metric",
+            "roc_auc", "qwk", "map_at_k", "register_custom_metric", "check_metric_task", "metric_names",
         ],
         "reduce": ["REDUCTIONS", "check_weights", "merge_members", "reduce_probs", "stack_members"],
         "tracking": ["LoggerSpec", "init_wandb", "resume_wandb", "default_mode", "log_files_artifact"],

@@ -1,15 +1,18 @@
-"""Classification metrics with a known direction, and a paired bootstrap for comparing two models.
+"""Metrics with a known direction and the tasks they score, and a paired bootstrap for comparing two models.
 
-Every metric takes integer labels ``[N]`` and class probabilities ``[N, K]`` and returns a float.
-Metrics live in a plain registry (:data:`METRICS`) of :class:`Metric` records, so the report and the
-ensemble selector can ask whether bigger is better instead of hard-coding it.
+Every metric takes targets and model outputs as :mod:`pipeline.core.task` holds them (multiclass/binary:
+integer labels ``[N]`` and class probabilities ``[N, K]``) and returns a float. Metrics live in a plain
+registry (:data:`METRICS`) of :class:`Metric` records, so the report and the ensemble selector can ask
+whether bigger is better, and which tasks a metric scores (:func:`check_metric_task`), instead of hard-coding it.
 
 Row-mean metrics (accuracy, log loss, top-k, MAP@k) carry a ``per_row`` function, so
 :func:`paired_bootstrap` resamples a precomputed vector; ROC AUC and QWK carry a ``weighted`` form
 (:mod:`pipeline.core.ranked`) scoring a batch of resamples from row counts; others fall back to a loop.
 Resamples where a metric is undefined (NaN: AUC on rows of one class) are left out of the interval.
-Competition metrics: ``roc_auc``, ``qwk``, ``map@<k>`` (or ``map_at_<k>``), ``top<k>``, and a user's own
-through :func:`register_custom_metric` (``metric: {_target_: …, greater_is_better: …}`` in config).
+Competition metrics: ``roc_auc``, ``qwk`` (also of ordinal grade values), ``map@<k>`` (or ``map_at_<k>``),
+``top<k>``, and a user's own through :func:`register_custom_metric` (``metric: {_target_: …, greater_is_better: …}``
+in config). Regression/ordinal values: ``rmse``, ``mse``, ``mae``, ``r2``; multi-label: ``bce``,
+``f<beta>_<samples|macro|micro>``, ``mean_auc``, ``mean_ap`` (:mod:`pipeline.core.target_metrics`).
 
 >>> import numpy as np
 >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
@@ -20,33 +23,21 @@ through :func:`register_custom_metric` (``metric: {_target_: …, greater_is_bet
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
+from pipeline.core import target_metrics as tm
+from pipeline.core.bootstrap import BootstrapResult, boot_diffs
+from pipeline.core.errors import ConfigError
 from pipeline.core.ranked import map_at_k_rows, qwk_weighted, roc_auc_weighted, true_class_rank
+from pipeline.core.task import TASKS
 
-__all__ = [
-    "LOG_LOSS_EPS",
-    "METRICS",
-    "BootstrapResult",
-    "Metric",
-    "accuracy",
-    "balanced_accuracy",
-    "get_metric",
-    "map_at_k",
-    "log_loss",
-    "macro_f1",
-    "paired_bootstrap",
-    "qwk",
-    "register_custom_metric",
-    "register_metric",
-    "roc_auc",
-    "score_all",
-    "top_k_accuracy",
-]
+__all__ = ["LOG_LOSS_EPS", "METRICS", "BootstrapResult", "Metric", "accuracy", "balanced_accuracy", "check_metric_task",
+           "get_metric", "log_loss", "macro_f1", "map_at_k", "metric_names", "paired_bootstrap", "qwk",
+           "register_custom_metric", "register_metric", "roc_auc", "score_all", "top_k_accuracy"]
 
 LOG_LOSS_EPS = 1e-15
 """Kaggle's multiclass log-loss clips probabilities to ``[eps, 1 - eps]`` before renormalising rows."""
@@ -55,8 +46,8 @@ MetricFn = Callable[[np.ndarray, np.ndarray], float]
 RowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 WeightedFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
-# Bound on the number of resampled indices held in memory at once (about 16 MB of int64).
-_BOOT_CHUNK_ELEMS = 2_000_000
+CLASS_TASKS = frozenset({"multiclass", "binary"})
+VALUE_TASKS = frozenset(tm.VALUE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +62,7 @@ class Metric:
             bootstrap resample a vector instead of recomputing the metric.
         weighted: Optional ``weighted(labels, probs, counts[B, N]) -> [B]``, the metric with row ``i``
             counted ``counts[b, i]`` times; lets the bootstrap score a batch of resamples at once.
+        tasks: The task kinds (:data:`pipeline.core.task.TASKS`) it scores.
     """
 
     name: str
@@ -78,39 +70,29 @@ class Metric:
     greater_is_better: bool
     per_row: RowFn | None = None
     weighted: WeightedFn | None = None
+    tasks: frozenset[str] = CLASS_TASKS
 
     def __call__(self, labels: np.ndarray, probs: np.ndarray) -> float:
         """Score ``probs`` against ``labels``."""
         return self.fn(labels, probs)
 
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Outcome of :func:`paired_bootstrap`.
-
-    Attributes:
-        diff: ``metric(a) - metric(b)`` on the full data.
-        low: Lower percentile bound of the difference.
-        high: Upper percentile bound of the difference.
-        n_boot: Number of resamples.
-    """
-
-    diff: float
-    low: float
-    high: float
-    n_boot: int
-
-    @property
-    def significant(self) -> bool:
-        """Whether the interval excludes zero (read the sign with the metric's direction)."""
-        return self.low > 0 or self.high < 0
+    def check(self, labels: np.ndarray, probs: np.ndarray, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs checked and converted for ``task`` (None: the kind this metric reads, from its tasks)."""
+        if task is None:
+            if self.tasks & CLASS_TASKS:  # qwk also reads one column of ordinal grade values
+                one_column = np.ndim(probs) == 1 or np.ndim(probs) == 2 and np.shape(probs)[1] == 1
+                task = "ordinal" if "ordinal" in self.tasks and one_column else "multiclass"
+            else:
+                task = "multilabel" if "multilabel" in self.tasks else "regression"
+        return tm.check_targets(task, labels, probs)
 
 
 METRICS: dict[str, Metric] = {}
 
 
 def register_metric(
-    name: str, greater_is_better: bool, per_row: RowFn | None = None, weighted: WeightedFn | None = None
+    name: str, greater_is_better: bool, per_row: RowFn | None = None, weighted: WeightedFn | None = None,
+    tasks: frozenset[str] = CLASS_TASKS,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator that adds ``fn`` to :data:`METRICS` under ``name``.
 
@@ -119,6 +101,7 @@ def register_metric(
         greater_is_better: Direction of the metric.
         per_row: Optional per-row contributions whose mean is the metric.
         weighted: Optional batched form over row counts (see :class:`Metric`).
+        tasks: The task kinds it scores.
 
     Returns:
         A decorator returning the function unchanged.
@@ -127,7 +110,7 @@ def register_metric(
     def decorator(fn: MetricFn) -> MetricFn:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = Metric(name, fn, greater_is_better, per_row, weighted)
+        METRICS[name] = Metric(name, fn, greater_is_better, per_row, weighted, tasks)
         return fn
 
     return decorator
@@ -136,45 +119,32 @@ def register_metric(
 _CUSTOM: set[str] = set()
 
 
-def register_custom_metric(name: str, fn: MetricFn, greater_is_better: bool) -> Metric:
+def register_custom_metric(name: str, fn: MetricFn, greater_is_better: bool,
+                           tasks: frozenset[str] = CLASS_TASKS) -> Metric:
     """Add (or replace) a user's metric ``fn(labels, probs) -> float`` under ``name`` (how a config's
-    ``metric: {_target_: mypkg.fn, greater_is_better: true}`` reaches every stage); return it.
+    ``metric: {_target_: mypkg.fn, greater_is_better: true}`` reaches every stage); return it. It scores
+    ``tasks`` (multiclass and binary by default), its inputs checked as :func:`check_targets` does for them.
 
     Raises:
         ValueError: ``name`` is a built-in metric's, ``fn`` is not callable or the direction not a bool.
     """
-    if name in METRICS and name not in _CUSTOM or _TOP_K_NAME.fullmatch(name) or _MAP_K_NAME.fullmatch(name):
+    patterned = any(p.fullmatch(name) for p in (_TOP_K_NAME, _MAP_K_NAME)) or tm.parse_fbeta(name) is not None
+    if name in METRICS and name not in _CUSTOM or patterned:
         raise ValueError(f"metric name {name!r} is a built-in metric's; give the custom metric another name")
     if not callable(fn) or not isinstance(greater_is_better, bool):
         raise ValueError(f"a custom metric needs a callable and greater_is_better true/false; got {fn!r}, {greater_is_better!r}")
 
     def checked(labels: np.ndarray, probs: np.ndarray) -> float:
-        labels, probs = _check_inputs(labels, probs)
+        labels, probs = metric.check(labels, probs)
         return float(fn(labels, probs))
 
-    METRICS[name] = Metric(name, checked, greater_is_better)
+    metric = Metric(name, checked, greater_is_better, tasks=frozenset(tasks))
+    METRICS[name] = metric
     _CUSTOM.add(name)
     return METRICS[name]
 
 
-def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return labels as int64 ``[N]`` and probs as float64 ``[N, K]``, or raise naming the problem."""
-    labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float64)
-    if labels.ndim != 1 or probs.ndim != 2:
-        raise ValueError(f"expected labels [N] and probs [N, K]; got {labels.shape} and {probs.shape}")
-    if len(labels) != len(probs) or len(labels) == 0:
-        raise ValueError(f"labels and probs need the same non-zero N; got {len(labels)} and {len(probs)}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integer class indices; got dtype {labels.dtype}")
-    n_classes = probs.shape[1]
-    bad = (labels < 0) | (labels >= n_classes)
-    if bad.any():
-        raise ValueError(
-            f"labels must lie in [0, {n_classes - 1}]; got {labels[bad][:5].tolist()} "
-            f"at rows {np.flatnonzero(bad)[:5].tolist()}"
-        )
-    return labels.astype(np.int64, copy=False), probs
+_check_inputs = tm.check_classes  # multiclass/binary: int labels [N] in range, probs [N, K]
 
 
 def _correct_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -261,14 +231,24 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
 
 
+def _qwk_weighted(labels: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    if probs.shape[1] == 1:  # ordinal grade values: the nearest grade, as a class over the labels' range
+        labels, probs = tm.grade_classes(labels, probs)
+    return qwk_weighted(labels, probs, counts)
+
+
 def qwk(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Quadratic weighted kappa of the top-1 class, classes ordinal (:func:`pipeline.core.ranked.qwk_weighted`)."""
-    labels, probs = _check_inputs(labels, probs)
-    return float(qwk_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
+    """Quadratic weighted kappa of the top-1 class, classes ordinal (:func:`pipeline.core.ranked.qwk_weighted`).
+
+    One column (or ``[N]``) of ordinal grade values is rounded to the nearest grade and clipped to the labels'
+    range first (:func:`pipeline.core.target_metrics.grade_classes`).
+    """
+    labels, probs = METRICS["qwk"].check(labels, probs)
+    return float(_qwk_weighted(labels, probs, np.ones((1, len(labels)), dtype=np.int64))[0])
 
 
 METRICS["roc_auc"] = Metric("roc_auc", roc_auc, True, weighted=roc_auc_weighted)
-METRICS["qwk"] = Metric("qwk", qwk, True, weighted=qwk_weighted)
+METRICS["qwk"] = Metric("qwk", qwk, True, weighted=_qwk_weighted, tasks=CLASS_TASKS | {"ordinal"})
 
 
 def map_at_k(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
@@ -297,10 +277,21 @@ for _k in (2, 3, 5):
 
 _TOP_K_NAME = re.compile(r"top(\d+)")
 _MAP_K_NAME = re.compile(r"map(?:@|_at_)(\d+)")
+_PATTERNS = {"multiclass": "top<k>, map@<k>", "binary": "top<k>, map@<k>",
+             "multilabel": "f<beta>_<samples|macro|micro>"}
+
+
+def _fbeta_metric(beta: float, average: str) -> Metric:
+    return Metric(f"f{beta:g}_{average}", *tm.fbeta_parts(beta, average), frozenset({"multilabel"}))
+
+
+for _name, _fn, _gib, _rows, _weighted, _tasks in tm.target_metrics():
+    METRICS[_name] = Metric(_name, _fn, _gib, _rows, _weighted, frozenset(_tasks))
 
 
 def get_metric(name: str) -> Metric:
-    """Look up a metric by name; ``top<k>`` and ``map@<k>`` (or ``map_at_<k>``) work for any ``k >= 1``.
+    """Look up a metric by name; ``top<k>`` and ``map@<k>`` (or ``map_at_<k>``) work for any ``k >= 1``, and
+    ``f<beta>_<samples|macro|micro>`` (multi-label F-beta) for any ``beta > 0``.
 
     Raises:
         KeyError: The name is unknown; the message lists the accepted names.
@@ -311,47 +302,47 @@ def get_metric(name: str) -> Metric:
         match = pattern.fullmatch(name)
         if match and int(match.group(1)) >= 1:
             return make(int(match.group(1)))
+    if (fbeta := tm.parse_fbeta(name)) is not None:
+        return _fbeta_metric(*fbeta)
     raise KeyError(f"unknown metric {name!r}; accepted: {sorted(METRICS)}, top<k> or map@<k> with k >= 1, "
+                   "f<beta>_<samples|macro|micro> with beta > 0, "
                    "or a custom metric {_target_: module.function, greater_is_better: true|false}")
 
 
-def score_all(labels: np.ndarray, probs: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
-    """Score ``probs`` with several metrics (all registered ones by default), in ``names`` order."""
-    labels, probs = _check_inputs(labels, probs)
-    return {name: get_metric(name)(labels, probs) for name in (names if names is not None else METRICS)}
+def metric_names(task: str) -> list[str]:
+    """The registered metrics that score a ``task`` kind, in registration order."""
+    return [name for name, m in METRICS.items() if task in m.tasks]
 
 
-def _resample_chunks(rng: np.random.Generator, n_rows: int, n_boot: int) -> Iterator[np.ndarray]:
-    """Yield ``[chunk, n_rows]`` row-index arrays, ``n_boot`` rows in total, bounded in memory."""
-    per_chunk = max(1, _BOOT_CHUNK_ELEMS // n_rows)
-    for start in range(0, n_boot, per_chunk):
-        yield rng.integers(0, n_rows, size=(min(per_chunk, n_boot - start), n_rows))
+def check_metric_task(metric_name: str, task_kind: str) -> Metric:
+    """The metric, when it scores ``task_kind``.
+
+    Raises:
+        ConfigError: The task is unknown, or the metric does not score it; names both and what is accepted.
+        KeyError: The metric is unknown (from :func:`get_metric`).
+    """
+    if task_kind not in TASKS:
+        raise ConfigError(f"unknown task {task_kind!r} for metric {metric_name!r}; accepted: {list(TASKS)}")
+    metric = get_metric(metric_name)
+    if task_kind not in metric.tasks:
+        also = f" or {_PATTERNS[task_kind]}" if task_kind in _PATTERNS else ""
+        raise ConfigError(f"metric {metric_name!r} does not score a {task_kind} task (it scores "
+                          f"{sorted(metric.tasks)}); "
+                          f"accepted for {task_kind}: {metric_names(task_kind)}{also}")
+    return metric
 
 
-def _boot_diffs(
-    metric: Metric, labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_boot: int, seed: int
-) -> np.ndarray:
-    """Metric differences over ``n_boot`` paired resamples (same rows for both models)."""
-    rng = np.random.default_rng(seed)
-    chunks = _resample_chunks(rng, len(labels), n_boot)
-    if metric.per_row is not None:
-        row_diff = metric.per_row(labels, probs_a) - metric.per_row(labels, probs_b)
-        return np.concatenate([row_diff[idx].mean(axis=1) for idx in chunks])
-    if metric.weighted is not None:
-        n = len(labels)
-        out = []
-        for idx in chunks:  # row counts of each resample: the same resamples as the other paths
-            counts = np.bincount((idx + n * np.arange(len(idx))[:, None]).ravel(), minlength=idx.size)
-            counts = counts.reshape(len(idx), n)
-            out.append(metric.weighted(labels, probs_a, counts) - metric.weighted(labels, probs_b, counts))
-        return np.concatenate(out)
-    return np.array(
-        [
-            metric.fn(labels[idx], probs_a[idx]) - metric.fn(labels[idx], probs_b[idx])
-            for chunk in chunks
-            for idx in chunk
-        ]
-    )
+def score_all(labels: np.ndarray, probs: np.ndarray, names: Sequence[str] | None = None,
+              task: str | None = None) -> dict[str, float]:
+    """Score ``probs`` with several metrics, in ``names`` order (by default every registered one that scores
+    ``task``; None: a multiclass task). With ``task`` given, every name must score it and the inputs are checked
+    as that task's; without, each metric checks them as the kind it reads."""
+    names = list(names if names is not None else metric_names(task or "multiclass"))
+    if task is not None:
+        for name in names:
+            check_metric_task(name, task)
+        labels, probs = tm.check_targets(task, labels, probs)
+    return {name: get_metric(name)(labels, probs) for name in names}
 
 
 def paired_bootstrap(
@@ -362,6 +353,7 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    task: str | None = None,
 ) -> BootstrapResult:
     """Percentile bootstrap interval for ``metric(a) - metric(b)``, resampling rows jointly.
 
@@ -369,14 +361,16 @@ def paired_bootstrap(
     models share, so the interval is far tighter than comparing two separate intervals.
 
     Args:
-        labels: Integer labels ``[N]``.
-        probs_a: Model A probabilities ``[N, K]``.
-        probs_b: Model B probabilities ``[N, K]``.
+        labels: The targets (integer labels ``[N]``; 0/1 ``[N, L]`` or values ``[N]``, see
+            :mod:`pipeline.core.task`); rows are resampled.
+        probs_a: Model A outputs (probabilities ``[N, K]``; ``[N, L]`` or ``[N, 1]``).
+        probs_b: Model B outputs, the same shape.
         metric: Registered name or a :class:`Metric`. For loss-like metrics a negative
             difference means A is better.
         n_boot: Number of resamples.
         seed: Seed of the resampling; the result is deterministic given it.
         alpha: Two-sided miss rate; the interval covers ``1 - alpha``.
+        task: The task kind whose checks the inputs get; None: the kind the metric reads.
 
     Returns:
         The full-data difference and the ``[alpha/2, 1 - alpha/2]`` percentiles.
@@ -387,14 +381,16 @@ def paired_bootstrap(
     BootstrapResult(diff=0.0, low=0.0, high=0.0, n_boot=10)
     """
     metric = get_metric(metric) if isinstance(metric, str) else metric
-    labels, probs_a = _check_inputs(labels, probs_a)
-    _, probs_b = _check_inputs(labels, probs_b)
+    if task is not None and task not in metric.tasks:
+        check_metric_task(metric.name, task)
+    labels, probs_a = metric.check(labels, probs_a, task)
+    _, probs_b = metric.check(labels, probs_b, task)
     if probs_a.shape != probs_b.shape:
         raise ValueError(f"probs_a and probs_b differ in shape: {probs_a.shape} vs {probs_b.shape}")
     if n_boot < 1 or not 0 < alpha < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1; got n_boot={n_boot}, alpha={alpha}")
     diff = metric.fn(labels, probs_a) - metric.fn(labels, probs_b)
-    diffs = _boot_diffs(metric, labels, probs_a, probs_b, n_boot, seed)
+    diffs = boot_diffs(metric, labels, probs_a, probs_b, n_boot, seed)
     diffs = diffs[np.isfinite(diffs)]  # resamples where the metric is undefined (AUC on rows of one class)
     if not len(diffs):
         raise ValueError(f"{metric.name} is undefined on every bootstrap resample of these {len(labels)} rows")

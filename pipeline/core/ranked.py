@@ -1,4 +1,5 @@
-"""Competition metrics that are not a mean over rows: ROC AUC and quadratic weighted kappa; and MAP@k's rows.
+"""Competition metrics that are not a mean over rows: ROC AUC, quadratic weighted kappa, multi-label mean AUC
+and mean average precision; and MAP@k's rows.
 
 Each comes as a *weighted, batched* function ``fn(labels, probs, counts[B, N]) -> [B]``: row ``i`` counts
 ``counts[b, i]`` times (a non-negative integer) in score ``b``. With one row of ones it is the plain metric; with the row counts
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["roc_auc_weighted", "qwk_weighted", "true_class_rank", "map_at_k_rows"]
+__all__ = ["roc_auc_weighted", "qwk_weighted", "true_class_rank", "map_at_k_rows", "mean_auc_weighted",
+           "mean_ap_weighted"]
 
 
 def _auc_one(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -87,3 +89,47 @@ def map_at_k_rows(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
     """Per-row average precision at ``k`` with one true label: ``1 / (rank + 1)`` if it is in the top k, else 0."""
     rank = true_class_rank(labels, probs)
     return np.where(rank < k, 1.0 / (rank + 1.0), 0.0)
+
+
+def _column_mean(per_column: list[np.ndarray]) -> np.ndarray:
+    """Mean over the columns that are defined (not NaN) in each resample; NaN where none is."""
+    stacked = np.stack(per_column, axis=1)
+    defined = ~np.isnan(stacked)
+    count = defined.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(defined, stacked, 0.0).sum(axis=1) / count, np.nan)
+
+
+def mean_auc_weighted(labels: np.ndarray, preds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Multi-label: ROC AUC of each label column (its 0/1 targets against its probabilities), macro-averaged.
+
+    A column of one class (in the resample) has no AUC and is left out; no column with both: NaN. Where every
+    column has both this is ``sklearn.metrics.roc_auc_score(labels, preds, average="macro")``.
+    """
+    positive = labels > 0.5
+    return _column_mean([_auc_one(preds[:, j], positive[:, j], counts) for j in range(labels.shape[1])])
+
+
+def _ap_one(scores: np.ndarray, positive: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct scores, highest first; NaN without positives."""
+    order = np.argsort(-scores, kind="stable")
+    ordered = scores[order]
+    is_pos = positive[order]
+    w = counts[:, order]
+    last = np.r_[ordered[1:] != ordered[:-1], True]  # the last row of each group of tied scores
+    tp = np.cumsum(np.where(is_pos, w, 0), axis=1)[:, last]
+    seen = np.cumsum(w, axis=1)[:, last]
+    new_tp = np.diff(tp, axis=1, prepend=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(seen > 0, tp / np.maximum(seen, 1), 0.0)
+        return np.where(tp[:, -1] > 0, (new_tp * precision).sum(axis=1) / tp[:, -1], np.nan)
+
+
+def mean_ap_weighted(labels: np.ndarray, preds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Multi-label: average precision of each label column, macro-averaged over the columns with a positive row.
+
+    A column without positives (in the resample) has no average precision and is left out, where
+    ``sklearn.metrics.average_precision_score(average="macro")`` warns and scores it; no such column: NaN.
+    """
+    positive = labels > 0.5
+    return _column_mean([_ap_one(preds[:, j], positive[:, j], counts) for j in range(labels.shape[1])])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from pipeline.core.metrics import METRICS, Metric, paired_bootstrap, score_all
+from pipeline.core.metrics import Metric, metric_names, paired_bootstrap, score_all
 from pipeline.core.progress import progress
 from pipeline.predict.fitting import Rule, cross_fit, rule, rule_name
 from pipeline.predict.spec import EnsembleSpec
@@ -162,7 +162,8 @@ def _cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
 
 
 def _metric_names(metric: str) -> list[str]:
-    return [metric, *(name for name in METRICS if name != metric)]
+    # The report scores one label per image so far: the classification metrics (the other tasks' would refuse).
+    return [metric, *(name for name in metric_names("multiclass") if name != metric)]
 
 
 def score_rows(
