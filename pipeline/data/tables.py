@@ -19,16 +19,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError, duplicates, examples
-from pipeline.core.task import Task
 from pipeline.core.io import read_csv_as_text
+from pipeline.core.task import Task
 from pipeline.data.ids import IMAGE_EXTENSIONS, check_sample_ids, strip_image_ext
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
+from pipeline.data.targets import MISSING_LABELS, class_labels, clean_label, complete_task, read_targets, resolve_task
+from pipeline.data.targets import is_missing as _is_missing
+from pipeline.data.targets import line_ids as _rows
+from pipeline.data.targets import resolve_classes as _resolve_classes
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
@@ -36,10 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MISSING_LABELS = frozenset({"", "nan", "none", "null"})
-"""Label strings (stripped, lower-cased) that mean "no label": a spreadsheet's or pandas' missing value."""
-
 
 @dataclass
 class ImageTable:
@@ -70,15 +69,6 @@ class ImageTable:
                           self.max_pixels, self.task)
 
 
-def clean_label(value: Any) -> str:
-    """A label as the pipeline compares it: text without surrounding whitespace (``"Dress "`` → ``"Dress"``)."""
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _is_missing(label: str) -> bool:
-    return label.lower() in MISSING_LABELS
-
-
 def _require_dir(path: Path, key: str) -> None:
     if not path.is_dir():
         raise DataError(f"Data folder {path} does not exist (config key {key}).")
@@ -98,12 +88,6 @@ def _read_csv(path: Path, key: str, required: Sequence[str], what: str) -> pd.Da
     return df
 
 
-def _rows(df: pd.DataFrame, positions: Sequence[int], id_col: str) -> str:
-    """``line N (id X)`` for the first few rows, counting the header as line 1."""
-    shown = [f"line {p + 2} (id {df[id_col].iat[p]!r})" for p in positions[:5]]
-    return ", ".join(shown) + (", ..." if len(positions) > 5 else "")
-
-
 def _check_ids(df: pd.DataFrame, path: Path, id_col: str) -> list[str]:
     ids = df[id_col].tolist()
     empty = [i for i, v in enumerate(ids) if not str(v).strip()]
@@ -113,20 +97,6 @@ def _check_ids(df: pd.DataFrame, path: Path, id_col: str) -> list[str]:
     if dupes := duplicates(ids):
         raise DataError(f"{path}: {len(dupes)} duplicate id(s) in column '{id_col}', e.g. {examples(dupes)}.")
     return ids
-
-
-def _csv_labels(df: pd.DataFrame, path: Path, spec: DataSpec) -> list[str]:
-    """The label column, stripped; empty or missing-value labels are refused, naming their rows."""
-    labels = [clean_label(v) for v in df[spec.label_col]]
-    missing = [i for i, v in enumerate(labels) if _is_missing(v)]
-    if missing:
-        values = sorted({repr(str(df[spec.label_col].iat[i])) for i in missing})
-        raise DataError(
-            f"{path}: {len(missing)} row(s) have an empty or missing label ({', '.join(values[:5])}) in column "
-            f"'{spec.label_col}': {_rows(df, missing, spec.id_col)}. Every training image needs a class: fix or "
-            "drop these rows."
-        )
-    return labels
 
 
 def _outside_root(paths: Sequence[Path], spec: DataSpec) -> list[tuple[int, Path]]:
@@ -195,39 +165,6 @@ def _ext_hint(ids: Sequence[str], spec: DataSpec) -> str:
     )
 
 
-def _class_order(name: str) -> tuple[bool, int, str]:
-    """Numeric labels in numeric order ("2" before "10"), then the others alphabetically."""
-    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
-
-
-def _configured_classes(spec: DataSpec) -> list[str] | None:
-    """``data.classes`` stripped; empty, missing-value or repeated entries are refused."""
-    if not spec.classes:
-        return None
-    classes = [clean_label(c) if isinstance(c, str) else str(c).strip() for c in spec.classes]
-    if bad := [c for c in classes if _is_missing(c)]:
-        raise DataError(f"data.classes has empty or missing-value entries {bad}: {list(spec.classes)}.")
-    if dupes := duplicates(classes):
-        raise DataError(f"data.classes lists {dupes} more than once (after stripping spaces): {list(spec.classes)}.")
-    return classes
-
-
-def _resolve_classes(raw: Sequence[str], spec: DataSpec, source: Path) -> tuple[list[str], np.ndarray]:
-    """Map (stripped) label strings to indices into an explicit class list."""
-    found = sorted(set(raw), key=_class_order)
-    classes = _configured_classes(spec) or found
-    if spec.num_classes is not None and spec.num_classes != len(classes):
-        raise DataError(
-            f"data.num_classes={spec.num_classes} contradicts the data: {source} has "
-            f"{len(classes)} classes {classes[:10]}{'…' if len(classes) > 10 else ''}."
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(raw) - set(index))
-    if unknown:
-        raise DataError(f"{source}: labels {unknown[:5]} are not in data.classes {classes}.")
-    return classes, np.array([index[r] for r in raw], dtype=np.int64)
-
-
 def _imagefolder_table(spec: DataSpec, root: Path) -> ImageTable:
     image_root = root / spec.train_dir
     _require_dir(image_root, "data.train_dir")
@@ -245,18 +182,24 @@ def _imagefolder_table(spec: DataSpec, root: Path) -> ImageTable:
             "rename them to their class."
         )
     _refuse_outside(_outside_root(paths, spec), paths, ids, image_root, spec, "image(s)")
+    task = resolve_task(spec, None, None, image_root)
     classes, labels = _resolve_classes([clean_label(f) for f in folders], spec, image_root)
-    return ImageTable(ids, paths, labels, classes, spec.max_image_pixels)
+    return ImageTable(ids, paths, labels, classes, spec.max_image_pixels, complete_task(task, labels, classes, spec,
+                                                                                       image_root))
 
 
 def read_train_table(spec: DataSpec) -> ImageTable:
-    """Read and check the labelled training images of a competition (CSV or ImageFolder layout).
+    """Read and check the labelled training images of a competition (CSV or ImageFolder layout), and their task.
+
+    The task is ``data.task`` or inferred (:mod:`pipeline.data.targets`); ``labels`` and ``classes`` hold
+    the targets and output columns as the task says.
 
     Raises:
         DataError: naming the file, column, rows or key: a missing folder or file, an unreadable CSV,
             missing columns, empty or duplicate ids, empty or missing-value labels, labels outside
             ``data.classes``, a contradicting ``data.num_classes``, paths outside ``data.root``, or
-            listed images missing on disk.
+            listed images missing on disk; targets the task cannot hold (see
+            :func:`pipeline.data.targets.read_targets`) or task keys that contradict each other or the data.
     """
     root = spec.root_path
     _require_dir(root, "data.root")
@@ -265,16 +208,35 @@ def read_train_table(spec: DataSpec) -> ImageTable:
     if spec.layout != "csv":
         raise DataError(f"Unknown data.layout '{spec.layout}'. Accepted: csv, imagefolder.")
     csv_path = root / spec.train_csv
-    required = [spec.id_col, spec.label_col] + ([spec.path_col] if spec.path_col else [])
+    label_cols = list(spec.label_cols) if spec.label_cols and spec.tag_sep is None else [spec.label_col]
+    required = [spec.id_col, *label_cols] + ([spec.path_col] if spec.path_col else [])
     df = _read_csv(csv_path, "data.train_csv", required, "Training CSV")
     ids = _check_ids(df, csv_path, spec.id_col)
-    labels = _csv_labels(df, csv_path, spec)
+    task = resolve_task(spec, df, _sample_frame(spec), csv_path)
     image_dir = root / spec.train_dir
+    if task.kind not in ("multiclass", "binary"):
+        targets, columns = read_targets(task, df, spec, csv_path)
+    else:  # one label per image, checked in the order it always was: labels, paths, classes
+        labels = class_labels(df, spec, csv_path)
     if not spec.path_col:
         _require_dir(image_dir, "data.train_dir")
     paths = _paths_from_df(df, image_dir, spec, csv_path)
-    classes, indices = _resolve_classes(labels, spec, csv_path)
-    return ImageTable(ids, paths, indices, classes, spec.max_image_pixels)
+    if task.kind in ("multiclass", "binary"):
+        columns, targets = _resolve_classes(labels, spec, csv_path)
+    task = complete_task(task, targets, columns, spec, csv_path)
+    return ImageTable(ids, paths, targets, list(columns), spec.max_image_pixels, task)
+
+
+def _sample_frame(spec: DataSpec) -> pd.DataFrame | None:
+    """The sample submission, when ``data.task=auto`` may need it and it can be read (else None: not consulted)."""
+    if spec.task != "auto" or not spec.sample_submission:
+        return None
+    path = spec.root_path / spec.sample_submission
+    try:
+        return read_csv_as_text(path, what="Sample submission") if path.is_file() else None
+    except DataError as err:  # the submission stage refuses it in its own words
+        log.debug("Task inference ignores the sample submission: %s", err)
+        return None
 
 
 def read_split_columns(spec: DataSpec) -> pd.DataFrame:
