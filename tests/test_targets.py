@@ -52,10 +52,12 @@ LAYOUTS = [
      "multilabel", ["clear", "haze", "primary", "water"],
      "label column 'label' holds space-separated tags (4 distinct), and so does the sample submission's column "
      "'label' → multilabel"),
-    ("tags joined by data.tag_sep", {"tags": cycle(["a|b", "b", "c|a"], 9)}, None, {"label_col": "tags", "tag_sep": "|"},
-     "multilabel", ["a", "b", "c"], "data.tag_sep='|': column 'tags' holds tags joined by it → multilabel"),
+    ("tags joined by data.tag_sep", {"tags": cycle(["a|b", "b", "c|a"], 9)}, None,
+     {"label_col": "tags", "tag_sep": "|"}, "multilabel", ["a", "b", "c"],
+     "data.tag_sep='|': column 'tags' holds tags joined by it → multilabel"),
     ("0/1 columns in data.label_cols", {"cat": cycle("0110", 8), "dog": cycle("1000", 8)}, None,
-     {"label_cols": ["dog", "cat"]}, "multilabel", ["dog", "cat"], "data.label_cols lists 2 0/1 label columns → multilabel"),
+     {"label_cols": ["dog", "cat"]}, "multilabel", ["dog", "cat"],
+     "data.label_cols lists 2 0/1 label columns → multilabel"),
     ("numbers with fractions", {"label": [f"{k / 4:.2f}" for k in range(12)]}, None, {}, "regression", ["label"],
      "label column 'label' holds numbers with fractions (e.g. '0.25') → regression"),
     ("2 integers and probabilities in the sample", {"target": cycle("01", 10)}, {"target": ["0.5", "0.5"]},
@@ -66,8 +68,8 @@ LAYOUTS = [
      ["0", "1"], "label column 'label' holds 2 integer values → multiclass (integers alone do not say ordinal: "
      "declare data.task=ordinal for ordered grades)"),
     ("many distinct integers", {"age": [str(k) for k in range(30)]}, None, {"label_col": "age"}, "regression", ["age"],
-     "label column 'age' holds 30 distinct integers (more than 20) → regression (declare data.task=multiclass for class "
-     "ids, or data.task=ordinal for grades)"),
+     "label column 'age' holds 30 distinct integers (more than 20) → regression (declare data.task=multiclass for "
+     "class ids, or data.task=ordinal for grades)"),
     ("a few integers: never guessed ordinal", {"label": cycle("01234", 10)}, None, {}, "multiclass",
      ["0", "1", "2", "3", "4"], "label column 'label' holds 5 integer values → multiclass (integers alone do not say "
      "ordinal: declare data.task=ordinal for ordered grades)"),
@@ -124,7 +126,8 @@ def test_one_label_per_image_is_read_as_before_with_its_task(demo_slice: Path, t
     folder.mkdir(parents=True)
     Image.new("L", (8, 8)).save(folder / "a.png")
     Image.new("L", (8, 8)).save(tmp_path / "train" / "Bag" / "b.png")
-    assert read(tmp_path, layout="imagefolder").task.reason == "layout imagefolder: one sub-folder per class → multiclass"
+    folder_task = read(tmp_path, layout="imagefolder").task
+    assert folder_task.reason == "layout imagefolder: one sub-folder per class → multiclass"
     binary = read(write_table(tmp_path / "b", {"label": ["dog", "cat", "dog"]}), task="binary")
     assert (binary.task.kind, binary.classes, binary.labels.tolist()) == ("binary", ["cat", "dog"], [1, 0, 1])
 

@@ -268,7 +268,7 @@ def fold_rule(spec: DataSpec, task: Task | None = None) -> str:
         return f"fold_col col={spec.fold_col} k={spec.n_folds}"
     split = f"k={spec.n_folds}" if spec.n_folds >= 2 else f"holdout fraction={spec.holdout_fraction}"
     kind = "stratified_group" if spec.group_col else "stratified"
-    on = f" task={task.kind}" if _kind(task) not in ("multiclass", "binary") else ""
+    on = f" task={_kind(task)}" if _kind(task) not in ("multiclass", "binary") else ""
     return f"{kind} {split}" + (f" group={spec.group_col}" if spec.group_col else "") + f" seed={spec.split_seed}" + on
 
 

@@ -28,10 +28,18 @@ from pipeline.core.io import read_csv_as_text
 from pipeline.core.task import Task
 from pipeline.data.ids import IMAGE_EXTENSIONS, check_sample_ids, strip_image_ext
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
-from pipeline.data.targets import MISSING_LABELS, class_labels, clean_label, complete_task, read_targets, resolve_task
-from pipeline.data.targets import is_missing as _is_missing
-from pipeline.data.targets import line_ids as _rows
-from pipeline.data.targets import resolve_classes as _resolve_classes
+from pipeline.data.targets import (
+    MISSING_LABELS,
+    check_target_keys,
+    class_labels,
+    clean_label,
+    complete_task,
+    is_missing,
+    line_ids,
+    read_targets,
+    resolve_classes,
+    resolve_task,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
@@ -132,7 +140,7 @@ def _paths_from_df(df: pd.DataFrame, image_dir: Path, spec: DataSpec, csv_path: 
         if empty:
             raise DataError(
                 f"{csv_path}: {len(empty)} row(s) with an empty path in column '{spec.path_col}': "
-                f"{_rows(df, empty, spec.id_col)}."
+                f"{line_ids(df, empty, spec.id_col)}."
             )
         paths = [Path(p) if Path(p).is_absolute() else image_dir / p for p in raw]
         what = f"path(s) in column '{spec.path_col}'"
@@ -176,14 +184,14 @@ def _imagefolder_table(spec: DataSpec, root: Path) -> ImageTable:
     if not rows:
         raise DataError(f"No images with extensions {IMAGE_EXTENSIONS} in class sub-folders of {image_root}.")
     ids, paths, folders = (list(x) for x in zip(*rows))
-    if bad := sorted({f for f in folders if _is_missing(clean_label(f))}):
+    if bad := sorted({f for f in folders if is_missing(clean_label(f))}):
         raise DataError(
             f"{image_root}: class folder(s) {bad} have an empty or missing-value name ({sorted(MISSING_LABELS)}); "
             "rename them to their class."
         )
     _refuse_outside(_outside_root(paths, spec), paths, ids, image_root, spec, "image(s)")
     task = resolve_task(spec, None, None, image_root)
-    classes, labels = _resolve_classes([clean_label(f) for f in folders], spec, image_root)
+    classes, labels = resolve_classes([clean_label(f) for f in folders], spec, image_root)
     return ImageTable(ids, paths, labels, classes, spec.max_image_pixels, complete_task(task, labels, classes, spec,
                                                                                        image_root))
 
@@ -203,6 +211,7 @@ def read_train_table(spec: DataSpec) -> ImageTable:
     """
     root = spec.root_path
     _require_dir(root, "data.root")
+    check_target_keys(spec)
     if spec.layout == "imagefolder":
         return _imagefolder_table(spec, root)
     if spec.layout != "csv":
@@ -222,7 +231,7 @@ def read_train_table(spec: DataSpec) -> ImageTable:
         _require_dir(image_dir, "data.train_dir")
     paths = _paths_from_df(df, image_dir, spec, csv_path)
     if task.kind in ("multiclass", "binary"):
-        columns, targets = _resolve_classes(labels, spec, csv_path)
+        columns, targets = resolve_classes(labels, spec, csv_path)
     task = complete_task(task, targets, columns, spec, csv_path)
     return ImageTable(ids, paths, targets, list(columns), spec.max_image_pixels, task)
 
@@ -258,12 +267,12 @@ def read_split_columns(spec: DataSpec) -> pd.DataFrame:
         if col not in df.columns:
             raise DataError(f"{path}: no column '{col}' (data.{name}_col). Columns found: {list(df.columns)}.")
         values = [str(v).strip() for v in df[col]]
-        bad = [i for i, v in enumerate(values) if (_is_missing(v) if name == "group" else not v.isdigit())]
+        bad = [i for i, v in enumerate(values) if (is_missing(v) if name == "group" else not v.isdigit())]
         if bad:
             what = "an empty group" if name == "group" else "a fold that is not a non-negative integer"
             shown = sorted({repr(values[i]) for i in bad})[:5]
             raise DataError(f"{path}: {len(bad)} row(s) have {what} ({', '.join(shown)}) in column '{col}' "
-                            f"(data.{name}_col): {_rows(df, bad, spec.id_col)}.")
+                            f"(data.{name}_col): {line_ids(df, bad, spec.id_col)}.")
         out[name] = np.array(values) if name == "group" else np.array(values, dtype=np.int64)
     return out
 
