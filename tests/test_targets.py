@@ -193,6 +193,6 @@ def test_a_bad_target_is_refused_naming_its_cause_and_nothing_is_written(
 def test_imagefolder_holds_only_class_tasks(tmp_path: Path) -> None:
     (tmp_path / "train" / "a").mkdir(parents=True)
     Image.new("L", (8, 8)).save(tmp_path / "train" / "a" / "x.png")
-    with pytest.raises(DataError, match=r"data\.task=regression: data\.layout=imagefolder holds one class per "
-                                        r"sub-folder \(multiclass or binary\); give a train\.csv"):
+    with pytest.raises(DataError, match=r"/train: data\.task=regression: data\.layout=imagefolder holds one class "
+                                        r"per sub-folder \(multiclass or binary\); give a train\.csv"):
         read(tmp_path, layout="imagefolder", task="regression")

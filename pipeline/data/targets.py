@@ -205,8 +205,8 @@ def resolve_task(spec: DataSpec, df: pd.DataFrame | None, sample: pd.DataFrame |
         labels = [] if spec.label_cols else [v for v in map(clean_label, df[spec.label_col]) if not is_missing(v)]
         kind, reason = _infer(spec, labels, sample) if labels or spec.label_cols else ("multiclass", "no labels")
     if df is None and kind not in ("multiclass", "binary"):
-        raise DataError(f"data.task={kind}: data.layout=imagefolder holds one class per sub-folder (multiclass or "
-                        "binary); give a train.csv (data.layout=csv) for other tasks.")
+        raise DataError(f"{source}: data.task={kind}: data.layout=imagefolder holds one class per sub-folder "
+                        "(multiclass or binary); give a train.csv (data.layout=csv) for other tasks.")
     if kind != "multilabel" and (spec.label_cols or spec.tag_sep is not None):
         key = "data.label_cols" if spec.label_cols else "data.tag_sep"
         raise DataError(f"{key} is set, but the task is {kind} ({reason}): {key} describes multi-label targets; "
