@@ -188,3 +188,25 @@ def test_no_epoch_limit_is_said_in_one_line(capsys: pytest.CaptureFixture[str]) 
 def test_a_sweep_jobs_own_value_is_checked_in_the_job() -> None:
     with pytest.raises(ConfigError, match=r"optimizer.lr=0"):
         validate(composed("train", "optimizer.lr=0"), "train")
+
+
+TASK_KEYS = [
+    ("misspelt task", ["data.task=regresion"],
+     r"data.task='regresion'; accepted: auto \| multiclass \| binary \| multilabel \| regression \| ordinal\."),
+    ("range low above high", ["data.target_range=[4,1]"], r"data.target_range=\[4.0, 1.0\]; accepted: \[low, high\]"),
+    ("range of one number", ["data.target_range=[1]"], r"data.target_range=\[1.0\]; accepted: \[low, high\], two numbers"),
+    ("repeated label column", ["data.label_cols=[a,a]"], r"data.label_cols=\['a', 'a'\]; accepted: a list of distinct"),
+    ("empty tag separator", ["data.tag_sep=''"], r"data.tag_sep=''; accepted: the separator of the tags"),
+    ("both multi-label layouts", ["data.label_cols=[a,b]", "data.tag_sep=' '"],
+     r"data.label_cols and data.tag_sep are both set: .* set one of them\."),
+]
+
+
+@pytest.mark.parametrize(("overrides", "match"), [c[1:] for c in TASK_KEYS], ids=[c[0] for c in TASK_KEYS])
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_bad_task_keys_are_refused_before_anything_runs(command: str, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(composed(command, *overrides), command)
+    validate(composed(command, "data.task=ordinal", "data.target_range=[0,4]"), command)  # the accepted forms pass
+    validate(composed(command, "data.task=multilabel", "data.label_cols=[a,b]"), command)
+    validate(composed(command, "data.tag_sep=' '"), command)

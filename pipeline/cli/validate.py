@@ -9,7 +9,8 @@ hold the swept values. The checks:
   ``trainer`` key must be a ``pytorch_lightning.Trainer`` argument, an ``optimizer``/``scheduler`` key an
   argument of its ``_target_``; ``model.kwargs``, ``callbacks``, ``aug``, ``paths`` and ``hydra`` stay open.
 - values: ``optimizer.lr``, ``trainer.max_epochs`` (``-1``: no epoch limit, said in one line), ``seed``,
-  ``data.image_size``/``crop_size``, ``tta.flip``/``flips``, ``member_chunk_size``, ``ensemble.given_weights``.
+  ``data.image_size``/``crop_size``, the task keys ``data.task``/``label_cols``/``tag_sep``/``target_range``,
+  ``tta.flip``/``flips``, ``member_chunk_size``, ``ensemble.given_weights``.
 - optional extras: ``launcher=ray|slurm|submitit_local``, ``distribute=...`` and ``hparams_search=optuna``
   need packages that ``pip install 'pipeline[<extra>]'`` brings, and SLURM needs ``srun`` on PATH.
 
@@ -210,6 +211,31 @@ def _check_training(get: Getter) -> None:
                               "then cropped, so 1 ≤ data.crop_size ≤ data.image_size.")
 
 
+def _check_task_keys(get: Getter) -> None:
+    """``data.task`` a known task, ``data.target_range`` [low, high], ``label_cols`` names, ``tag_sep`` not empty."""
+    from pipeline.core.task import TASKS
+
+    if (task := get("data.task")) is not _ABSENT and task not in ("auto", *TASKS):
+        raise ConfigError(f"data.task={task!r}; accepted: auto | {' | '.join(TASKS)}.")
+    if (rng := get("data.target_range")) not in (None, _ABSENT):
+        form = "[low, high], two numbers with low < high, e.g. data.target_range=[0,4]"
+        if not isinstance(rng, list) or len(rng) != 2:
+            raise ConfigError(f"data.target_range={rng!r}; accepted: {form}.")
+        low, high = (_number("data.target_range", v, form) for v in rng)
+        if not -math.inf < low < high < math.inf:
+            raise ConfigError(f"data.target_range={rng!r}; accepted: {form}.")
+    cols, sep = get("data.label_cols"), get("data.tag_sep")
+    if cols not in (None, _ABSENT) and (not isinstance(cols, list) or not cols or len(set(cols)) != len(cols)):
+        raise ConfigError(f"data.label_cols={cols!r}; accepted: a list of distinct train.csv column names, one 0/1 "
+                          "column per label (or null).")
+    if sep not in (None, _ABSENT) and (not isinstance(sep, str) or not sep):
+        raise ConfigError(f"data.tag_sep={sep!r}; accepted: the separator of the tags in data.label_col (' ' for "
+                          "'haze primary'), or null.")
+    if cols not in (None, _ABSENT) and sep not in (None, _ABSENT):
+        raise ConfigError("data.label_cols and data.tag_sep are both set: a multi-label train.csv holds either one 0/1 "
+                          "column per label (data.label_cols) or one column of tags (data.tag_sep); set one of them.")
+
+
 def _check_prediction(get: Getter) -> None:
     from pipeline.predict.tta import FLIPS  # torch is only imported once a command runs
 
@@ -245,6 +271,7 @@ def validate(cfg: DictConfig, command: str) -> None:
     get = functools.partial(_value, cfg)
     if (seed := get("seed")) not in (None, _ABSENT):
         _integer("seed", seed, "an integer such as 0")
+    _check_task_keys(get)
     if command == "train":
         _check_training(get)
     if command == "predict":

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,18 @@ from pipeline.core.io import read_csv_as_text
 from pipeline.core.task import Task
 from pipeline.data.ids import IMAGE_EXTENSIONS, check_sample_ids, strip_image_ext
 from pipeline.data.spec import PIL_MAX_IMAGE_PIXELS, DataSpec
+from pipeline.data.targets import (
+    MISSING_LABELS,
+    check_target_keys,
+    class_labels,
+    clean_label,
+    complete_task,
+    is_missing,
+    line_ids,
+    read_targets,
+    resolve_classes,
+    resolve_task,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageTable", "read_train_table", "read_test_table", "read_test_in_sample_order",
@@ -36,10 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MISSING_LABELS = frozenset({"", "nan", "none", "null"})
-"""Label strings (stripped, lower-cased) that mean "no label": a spreadsheet's or pandas' missing value."""
-
 
 @dataclass
 class ImageTable:
@@ -70,15 +77,6 @@ class ImageTable:
                           self.max_pixels, self.task)
 
 
-def clean_label(value: Any) -> str:
-    """A label as the pipeline compares it: text without surrounding whitespace (``"Dress "`` → ``"Dress"``)."""
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _is_missing(label: str) -> bool:
-    return label.lower() in MISSING_LABELS
-
-
 def _require_dir(path: Path, key: str) -> None:
     if not path.is_dir():
         raise DataError(f"Data folder {path} does not exist (config key {key}).")
@@ -98,12 +96,6 @@ def _read_csv(path: Path, key: str, required: Sequence[str], what: str) -> pd.Da
     return df
 
 
-def _rows(df: pd.DataFrame, positions: Sequence[int], id_col: str) -> str:
-    """``line N (id X)`` for the first few rows, counting the header as line 1."""
-    shown = [f"line {p + 2} (id {df[id_col].iat[p]!r})" for p in positions[:5]]
-    return ", ".join(shown) + (", ..." if len(positions) > 5 else "")
-
-
 def _check_ids(df: pd.DataFrame, path: Path, id_col: str) -> list[str]:
     ids = df[id_col].tolist()
     empty = [i for i, v in enumerate(ids) if not str(v).strip()]
@@ -113,20 +105,6 @@ def _check_ids(df: pd.DataFrame, path: Path, id_col: str) -> list[str]:
     if dupes := duplicates(ids):
         raise DataError(f"{path}: {len(dupes)} duplicate id(s) in column '{id_col}', e.g. {examples(dupes)}.")
     return ids
-
-
-def _csv_labels(df: pd.DataFrame, path: Path, spec: DataSpec) -> list[str]:
-    """The label column, stripped; empty or missing-value labels are refused, naming their rows."""
-    labels = [clean_label(v) for v in df[spec.label_col]]
-    missing = [i for i, v in enumerate(labels) if _is_missing(v)]
-    if missing:
-        values = sorted({repr(str(df[spec.label_col].iat[i])) for i in missing})
-        raise DataError(
-            f"{path}: {len(missing)} row(s) have an empty or missing label ({', '.join(values[:5])}) in column "
-            f"'{spec.label_col}': {_rows(df, missing, spec.id_col)}. Every training image needs a class: fix or "
-            "drop these rows."
-        )
-    return labels
 
 
 def _outside_root(paths: Sequence[Path], spec: DataSpec) -> list[tuple[int, Path]]:
@@ -162,7 +140,7 @@ def _paths_from_df(df: pd.DataFrame, image_dir: Path, spec: DataSpec, csv_path: 
         if empty:
             raise DataError(
                 f"{csv_path}: {len(empty)} row(s) with an empty path in column '{spec.path_col}': "
-                f"{_rows(df, empty, spec.id_col)}."
+                f"{line_ids(df, empty, spec.id_col)}."
             )
         paths = [Path(p) if Path(p).is_absolute() else image_dir / p for p in raw]
         what = f"path(s) in column '{spec.path_col}'"
@@ -195,39 +173,6 @@ def _ext_hint(ids: Sequence[str], spec: DataSpec) -> str:
     )
 
 
-def _class_order(name: str) -> tuple[bool, int, str]:
-    """Numeric labels in numeric order ("2" before "10"), then the others alphabetically."""
-    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
-
-
-def _configured_classes(spec: DataSpec) -> list[str] | None:
-    """``data.classes`` stripped; empty, missing-value or repeated entries are refused."""
-    if not spec.classes:
-        return None
-    classes = [clean_label(c) if isinstance(c, str) else str(c).strip() for c in spec.classes]
-    if bad := [c for c in classes if _is_missing(c)]:
-        raise DataError(f"data.classes has empty or missing-value entries {bad}: {list(spec.classes)}.")
-    if dupes := duplicates(classes):
-        raise DataError(f"data.classes lists {dupes} more than once (after stripping spaces): {list(spec.classes)}.")
-    return classes
-
-
-def _resolve_classes(raw: Sequence[str], spec: DataSpec, source: Path) -> tuple[list[str], np.ndarray]:
-    """Map (stripped) label strings to indices into an explicit class list."""
-    found = sorted(set(raw), key=_class_order)
-    classes = _configured_classes(spec) or found
-    if spec.num_classes is not None and spec.num_classes != len(classes):
-        raise DataError(
-            f"data.num_classes={spec.num_classes} contradicts the data: {source} has "
-            f"{len(classes)} classes {classes[:10]}{'…' if len(classes) > 10 else ''}."
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(raw) - set(index))
-    if unknown:
-        raise DataError(f"{source}: labels {unknown[:5]} are not in data.classes {classes}.")
-    return classes, np.array([index[r] for r in raw], dtype=np.int64)
-
-
 def _imagefolder_table(spec: DataSpec, root: Path) -> ImageTable:
     image_root = root / spec.train_dir
     _require_dir(image_root, "data.train_dir")
@@ -239,42 +184,68 @@ def _imagefolder_table(spec: DataSpec, root: Path) -> ImageTable:
     if not rows:
         raise DataError(f"No images with extensions {IMAGE_EXTENSIONS} in class sub-folders of {image_root}.")
     ids, paths, folders = (list(x) for x in zip(*rows))
-    if bad := sorted({f for f in folders if _is_missing(clean_label(f))}):
+    if bad := sorted({f for f in folders if is_missing(clean_label(f))}):
         raise DataError(
             f"{image_root}: class folder(s) {bad} have an empty or missing-value name ({sorted(MISSING_LABELS)}); "
             "rename them to their class."
         )
     _refuse_outside(_outside_root(paths, spec), paths, ids, image_root, spec, "image(s)")
-    classes, labels = _resolve_classes([clean_label(f) for f in folders], spec, image_root)
-    return ImageTable(ids, paths, labels, classes, spec.max_image_pixels)
+    task = resolve_task(spec, None, None, image_root)
+    classes, labels = resolve_classes([clean_label(f) for f in folders], spec, image_root)
+    return ImageTable(ids, paths, labels, classes, spec.max_image_pixels, complete_task(task, labels, classes, spec,
+                                                                                       image_root))
 
 
 def read_train_table(spec: DataSpec) -> ImageTable:
-    """Read and check the labelled training images of a competition (CSV or ImageFolder layout).
+    """Read and check the labelled training images of a competition (CSV or ImageFolder layout), and their task.
+
+    The task is ``data.task`` or inferred (:mod:`pipeline.data.targets`); ``labels`` and ``classes`` hold
+    the targets and output columns as the task says.
 
     Raises:
         DataError: naming the file, column, rows or key: a missing folder or file, an unreadable CSV,
             missing columns, empty or duplicate ids, empty or missing-value labels, labels outside
             ``data.classes``, a contradicting ``data.num_classes``, paths outside ``data.root``, or
-            listed images missing on disk.
+            listed images missing on disk; targets the task cannot hold (see
+            :func:`pipeline.data.targets.read_targets`) or task keys that contradict each other or the data.
     """
     root = spec.root_path
     _require_dir(root, "data.root")
+    check_target_keys(spec)
     if spec.layout == "imagefolder":
         return _imagefolder_table(spec, root)
     if spec.layout != "csv":
         raise DataError(f"Unknown data.layout '{spec.layout}'. Accepted: csv, imagefolder.")
     csv_path = root / spec.train_csv
-    required = [spec.id_col, spec.label_col] + ([spec.path_col] if spec.path_col else [])
+    label_cols = list(spec.label_cols) if spec.label_cols and spec.tag_sep is None else [spec.label_col]
+    required = [spec.id_col, *label_cols] + ([spec.path_col] if spec.path_col else [])
     df = _read_csv(csv_path, "data.train_csv", required, "Training CSV")
     ids = _check_ids(df, csv_path, spec.id_col)
-    labels = _csv_labels(df, csv_path, spec)
+    task = resolve_task(spec, df, _sample_frame(spec), csv_path)
     image_dir = root / spec.train_dir
+    if task.kind not in ("multiclass", "binary"):
+        targets, columns = read_targets(task, df, spec, csv_path)
+    else:  # one label per image, checked in the order it always was: labels, paths, classes
+        labels = class_labels(df, spec, csv_path)
     if not spec.path_col:
         _require_dir(image_dir, "data.train_dir")
     paths = _paths_from_df(df, image_dir, spec, csv_path)
-    classes, indices = _resolve_classes(labels, spec, csv_path)
-    return ImageTable(ids, paths, indices, classes, spec.max_image_pixels)
+    if task.kind in ("multiclass", "binary"):
+        columns, targets = resolve_classes(labels, spec, csv_path)
+    task = complete_task(task, targets, columns, spec, csv_path)
+    return ImageTable(ids, paths, targets, list(columns), spec.max_image_pixels, task)
+
+
+def _sample_frame(spec: DataSpec) -> pd.DataFrame | None:
+    """The sample submission, when ``data.task=auto`` may need it and it can be read (else None: not consulted)."""
+    if spec.task != "auto" or not spec.sample_submission:
+        return None
+    path = spec.root_path / spec.sample_submission
+    try:
+        return read_csv_as_text(path, what="Sample submission") if path.is_file() else None
+    except DataError as err:  # the submission stage refuses it in its own words
+        log.debug("Task inference ignores the sample submission: %s", err)
+        return None
 
 
 def read_split_columns(spec: DataSpec) -> pd.DataFrame:
@@ -296,12 +267,12 @@ def read_split_columns(spec: DataSpec) -> pd.DataFrame:
         if col not in df.columns:
             raise DataError(f"{path}: no column '{col}' (data.{name}_col). Columns found: {list(df.columns)}.")
         values = [str(v).strip() for v in df[col]]
-        bad = [i for i, v in enumerate(values) if (_is_missing(v) if name == "group" else not v.isdigit())]
+        bad = [i for i, v in enumerate(values) if (is_missing(v) if name == "group" else not v.isdigit())]
         if bad:
             what = "an empty group" if name == "group" else "a fold that is not a non-negative integer"
             shown = sorted({repr(values[i]) for i in bad})[:5]
             raise DataError(f"{path}: {len(bad)} row(s) have {what} ({', '.join(shown)}) in column '{col}' "
-                            f"(data.{name}_col): {_rows(df, bad, spec.id_col)}.")
+                            f"(data.{name}_col): {line_ids(df, bad, spec.id_col)}.")
         out[name] = np.array(values) if name == "group" else np.array(values, dtype=np.int64)
     return out
 
