@@ -1,4 +1,4 @@
-"""Submission formats of binary, multi-label, regression and ordinal tasks: inference, the files byte for byte, errors."""
+"""Submission formats of binary, multi-label, regression and ordinal tasks: inference, files byte for byte, errors."""
 
 from __future__ import annotations
 
@@ -33,12 +33,19 @@ def _sample(tmp_path: Path, text: str, name: str = "sample_submission.csv") -> P
     return path
 
 
+def _own(task: Task, sample: Path | None = None, **settings: str) -> TargetFormat:
+    """``target_format`` where it must give a :class:`TargetFormat` (not a multiclass format)."""
+    fmt = target_format(task, sample, **settings)  # type: ignore[arg-type]
+    assert isinstance(fmt, TargetFormat)
+    return fmt
+
+
 def _write(tmp_path: Path, task: Task, fmt: TargetFormat | SubmissionFormat, outputs: list[list[float]],
            decided: list[list[float]] | None = None, ids: list[str] | None = None,
            sample_ids: list[str] | None = None) -> str:
     ids = ids or [chr(ord("a") + i) for i in range(len(outputs))]
     dec = None if decided is None else np.array(decided, dtype=np.float64)
-    path = write_task_submission(tmp_path / "submission.csv", ids, np.array(outputs), dec, task, fmt, sample_ids)
+    path = write_task_submission(ids, np.array(outputs), dec, task, fmt, sample_ids, tmp_path / "submission.csv")
     return path.read_bytes().decode()
 
 
@@ -77,10 +84,17 @@ def test_a_binary_sample_with_one_column_per_class_is_the_class_probabilities_fo
     assert text == "id,malignant,benign\na,0.75,0.25\nb,0.1,0.9\n"
 
 
+def test_a_binary_column_named_after_the_first_class_gets_its_probability(tmp_path: Path) -> None:
+    fmt = _own(BINARY, _sample(tmp_path, "id,Benign\nx,0.5\n"))
+    assert (fmt.kind, fmt.positive) == ("probability", 0)
+    assert _write(tmp_path, BINARY, fmt, [[0.25, 0.75]]) == "id,Benign\na,0.25\n"
+    assert _own(BINARY, _sample(tmp_path, "id,malignant\nx,0.5\n")).positive == 1
+
+
 def test_label_columns_values_follow_the_setting_over_the_sample(tmp_path: Path) -> None:
     sample = _sample(tmp_path, "id,clear,haze,primary\nx,0,0,0\n")
-    assert not target_format(TAGS, sample).probabilities  # type: ignore[union-attr]
-    assert target_format(TAGS, sample, label_values="probabilities").probabilities  # type: ignore[union-attr]
+    assert not _own(TAGS, sample).probabilities
+    assert _own(TAGS, sample, label_values="probabilities").probabilities
 
 
 def test_id_column_from_config_when_not_first(tmp_path: Path) -> None:
@@ -92,7 +106,8 @@ def test_id_column_from_config_when_not_first(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("task", "text", "problem"), [
     (VALUE, "id,cat,dog\nx,0.5,0.5\n", r"2 value columns \['cat', 'dog'\]"),
-    (VALUE, "id,tags\nx,clear haze\n", r"column 'tags' holds space-separated text \(a tags column\), e.g. 'clear haze'"),
+    (VALUE, "id,tags\nx,clear haze\n",
+     r"column 'tags' holds space-separated text \(a tags column\), e.g. 'clear haze'"),
     (VALUE, "id,label\nx,cat\n", r"column 'label' holds text, not numbers, e.g. 'cat'"),
     (GRADE, "id,diagnosis\nx,1\ny,0.5\n", r"column 'diagnosis' holds non-integer values \(e.g. '0.5'\), not integer "
                                           r"grades \(declare data.task=regression"),
@@ -116,7 +131,7 @@ def test_a_sample_that_contradicts_the_task_names_file_columns_and_needs(
     message = str(info.value)
     assert message.startswith(f"{sample}: ") and "\n" not in message
     assert re.search(problem, message), message
-    assert f"the sample's columns are {header}, and a {task.kind} task needs the id column" in message
+    assert f"the sample's columns are {header}, and the {task.kind} task needs the id column" in message
 
 
 def test_each_task_says_what_it_needs(tmp_path: Path) -> None:
@@ -136,23 +151,25 @@ def test_tags_that_are_also_indices_are_never_guessed(tmp_path: Path) -> None:
     task = Task("multilabel", ("1", "2", "0"))
     with pytest.raises(SubmissionError, match=r"both tag names and label indices.*submission.kind=tags.*tag_ids"):
         target_format(task, _sample(tmp_path, "id,tags\nx,0 1\n"))
-    assert target_format(task, _sample(tmp_path, "id,tags\nx,0 1\n"), kind="tags").kind == "tags"  # type: ignore[union-attr]
+    assert _own(task, _sample(tmp_path, "id,tags\nx,0 1\n"), kind="tags").kind == "tags"
 
 
 def test_missing_id_column_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SubmissionError, match=r"sample_submission.csv: id column 'Id' not found; columns are \['id', 'y'\]"):
+    with pytest.raises(SubmissionError, match=r"sample_submission.csv: id column 'Id' not found; columns are "
+                                              r"\['id', 'y'\]"):
         target_format(VALUE, _sample(tmp_path, "id,y\nx,1\n"), id_column="Id")
 
 
 @pytest.mark.parametrize(("task", "settings", "message"), [
-    (VALUE, {"kind": "tags"}, r"submission.kind 'tags' does not fit a regression task; accepted for regression: \['value'\]"),
+    (VALUE, {"kind": "tags"},
+     r"submission.kind 'tags' does not fit the regression task; accepted for regression: \['value'\]"),
     (TAGS, {"kind": "topk"}, r"accepted for multilabel: \['tags', 'tag_ids', 'label_columns'\]"),
     (TAGS, {"label_values": "soft"}, r"submission.label_values 'soft' is not one of \('decisions', 'probabilities'\)"),
     (BINARY, {"label_as": "id"}, r"submission.label_as 'id' is not one of"),
-    (GRADE, {"k": 3}, r"submission.k=3 applies to kind topk, a multiclass format; a ordinal task writes \['grade'\]"),
+    (GRADE, {"k": 3}, r"submission.k=3 applies to kind topk, a multiclass format; the ordinal task writes \['grade'\]"),
     (Task("multilabel", ("clear sky", "haze")), {"kind": "tags"}, r"tags \['clear sky'\] contain spaces; set "
                                                                    r"submission.kind=tag_ids"),
-    (Task("multiclass", ("a", "b", "c")), {}, r"a multiclass task's submission format comes from"),
+    (Task("multiclass", ("a", "b", "c")), {}, r"the multiclass task's submission format comes from"),
     (TAGS, {"kind": "label_columns", "id_column": "haze"}, r"label 'haze' has the name of the id column"),
 ])
 def test_settings_a_task_does_not_accept(task: Task, settings: dict[str, object], message: str) -> None:
@@ -168,16 +185,16 @@ def test_defaults_without_a_sample() -> None:
         "binary": ("probability", ["id", "target"]), "multilabel": ("tags", ["id", "tags"]),
         "regression": ("value", ["id", "Pawpularity"]), "ordinal": ("grade", ["id", "diagnosis"]),
     }
-    cols = target_format(TAGS, kind="label_columns", id_column="image", label_values="probabilities")
-    assert (cols.header, cols.probabilities) == (["image", "clear", "haze", "primary"], True)  # type: ignore[union-attr]
+    cols = _own(TAGS, kind="label_columns", id_column="image", label_values="probabilities")
+    assert (cols.header, cols.probabilities) == (["image", "clear", "haze", "primary"], True)
 
 
 def test_config_kind_keeps_a_fitting_samples_header_else_wins_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sample = _sample(tmp_path, "image_name,target\nx,0\ny,1\n")
-    label = target_format(BINARY, sample, kind="label")
-    assert (label.kind, label.header, label.label_as) == ("label", ["image_name", "target"], "index")  # type: ignore[union-attr]
+    label = _own(BINARY, sample, kind="label")
+    assert (label.kind, label.header, label.label_as) == ("label", ["image_name", "target"], "index")
     tags = _sample(tmp_path, "image_name,tags\nx,clear\n", "tags.csv")
     with caplog.at_level(logging.WARNING, logger="pipeline.submission"):
         cols = target_format(TAGS, tags, kind="label_columns")
@@ -254,7 +271,8 @@ def test_ordinal_grades_from_cut_points_or_rounded_half_up_within_the_range(tmp_
     fmt = _fmt(GRADE, "grade", ["id_code", "diagnosis"])
     outputs = [[0.5], [2.49], [2.5], [-1.2], [7.0]]
     assert _write(tmp_path, GRADE, fmt, outputs) == "id_code,diagnosis\na,1\nb,2\nc,3\nd,0\ne,4\n"
-    assert _write(tmp_path, GRADE, fmt, outputs, [[0], [1], [3], [0], [4]]) == "id_code,diagnosis\na,0\nb,1\nc,3\nd,0\ne,4\n"
+    cut = _write(tmp_path, GRADE, fmt, outputs, [[0], [1], [3], [0], [4]])
+    assert cut == "id_code,diagnosis\na,0\nb,1\nc,3\nd,0\ne,4\n"
 
 
 def test_chunked_writing_is_the_whole_file_byte_for_byte(tmp_path: Path) -> None:
@@ -282,7 +300,7 @@ def test_multiclass_through_the_one_entry_is_todays_file(tmp_path: Path) -> None
         fmt = format_from_config(kind, "id", "label", None, classes)
         today = write_submission(build_submission(["a", "b"], probs, classes, fmt, ["b", "a"]), tmp_path / "t.csv",
                                  fmt, ["b", "a"], classes)
-        entry = write_task_submission(tmp_path / "e.csv", ["a", "b"], probs, None, task, fmt, ["b", "a"])
+        entry = write_task_submission(["a", "b"], probs, None, task, fmt, ["b", "a"], tmp_path / "e.csv")
         assert entry.read_bytes() == today.read_bytes()
 
 
@@ -350,7 +368,7 @@ def _only_previous(folder: Path, previous: Path) -> None:
     (VALUE, _fmt(GRADE, "grade", ["id", "diagnosis"]), [[1.0]], None, ["a"],
      r"the submission format was made for .*'ordinal'.*, not for the members' task .*'regression'"),
     (VALUE, SubmissionFormat("id", "label", "label", "name", None, ["id", "label"]), [[1.0]], None, ["a"],
-     r"a regression task cannot be written as the class format 'label'"),
+     r"the regression task cannot be written as the class format 'label'"),
 ])
 def test_bad_arrays_are_refused_before_anything_is_written(
     tmp_path: Path, task: Task, fmt: TargetFormat | SubmissionFormat, outputs: list[list[float]],
@@ -360,7 +378,7 @@ def test_bad_arrays_are_refused_before_anything_is_written(
     previous.write_text("old good submission\n")
     dec = None if decided is None else np.array(decided)
     with pytest.raises(SubmissionError, match=message):
-        write_task_submission(previous, ids, np.array(outputs), dec, task, fmt)
+        write_task_submission(ids, np.array(outputs), dec, task, fmt, None, previous)
     _only_previous(tmp_path, previous)
 
 
@@ -380,7 +398,7 @@ def test_a_file_that_is_invalid_once_written_is_not_renamed_into_place(tmp_path:
 
 
 def test_hand_built_formats_the_writer_cannot_honour_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"kind 'tags' is not a regression format; accepted: \['value'\]"):
+    with pytest.raises(ValueError, match=r"kind 'tags' is not among the regression formats; accepted: \['value'\]"):
         TargetFormat(VALUE, "id", "tags", ["id", "tags"])
     with pytest.raises(ValueError, match="a value format has one value column"):
         TargetFormat(VALUE, "id", "value", ["id", "a", "b"])

@@ -10,7 +10,8 @@ and validates it, and only then renames it into place; any problem leaves nothin
 
 What each kind writes (``%.6g`` for floats, as the multiclass files):
 
-- ``probability``: P(positive class), the output column of the task's second class;
+- ``probability``: P(positive class), the output column of the task's second class (of the first where the
+  sample's column is named after it);
 - ``label``: the class with the highest decided (or, without decisions, output) value, ties to the
   negative class; its name, or 0/1 with ``label_as: index``;
 - ``tags`` / ``tag_ids``: the labels decided 1, space-separated, in the task's label order (without
@@ -105,6 +106,11 @@ def _clip(values: np.ndarray, task: Task) -> np.ndarray:
     return np.clip(values, low, high)
 
 
+def _grade_range(task: Task) -> tuple[float, float]:
+    """The ordinal task's lowest and highest integer grade (unbounded where the task has no range)."""
+    return (-np.inf if task.low is None else round(task.low)), (np.inf if task.high is None else round(task.high))
+
+
 def _joined(chosen: np.ndarray, names: np.ndarray) -> list[str]:
     return [" ".join(names[row]) for row in chosen]
 
@@ -113,7 +119,7 @@ def _value_cells(fmt: TargetFormat, outputs: np.ndarray, decided: np.ndarray | N
     """The value columns of ``fmt`` for these rows."""
     task, col = fmt.task, fmt.value_columns[0]
     if fmt.kind == "probability":
-        return {col: outputs[:, 1]}
+        return {col: outputs[:, fmt.positive]}
     if fmt.kind == "label":
         top = (outputs if decided is None else decided).argmax(axis=1)
         return {col: top if fmt.label_as == "index" else np.asarray(task.columns, dtype=object)[top]}
@@ -121,8 +127,7 @@ def _value_cells(fmt: TargetFormat, outputs: np.ndarray, decided: np.ndarray | N
         return {col: _clip(outputs[:, 0], task)}
     if fmt.kind == "grade":
         grades = np.floor(outputs[:, 0] + 0.5) if decided is None else decided[:, 0]
-        low, high = (-np.inf if task.low is None else round(task.low)), (np.inf if task.high is None else round(task.high))
-        return {col: np.clip(grades, low, high).astype(np.int64)}
+        return {col: np.clip(grades, *_grade_range(task)).astype(np.int64)}
     chosen = outputs >= DEFAULT_THRESHOLD if decided is None else decided > 0.5
     if fmt.kind == "tags":
         return {col: _joined(chosen, np.asarray(task.columns, dtype=object))}
@@ -197,8 +202,7 @@ def _grade_problems(df: pd.DataFrame, fmt: TargetFormat, ids: Sequence[str], off
     raw = df[col].tolist()
     is_int = text.str.fullmatch(_INT.pattern).to_numpy(dtype=bool)
     grades = pd.to_numeric(text.where(is_int), errors="coerce").to_numpy(dtype=np.float64)
-    low = -np.inf if task.low is None else round(task.low)
-    high = np.inf if task.high is None else round(task.high)
+    low, high = _grade_range(task)
     accepted = "integer grades" + ("" if task.low is None or task.high is None else f" {low}..{high}")
     out = is_int & ((grades < low) | (grades > high))
     return (_problem(col, ~is_int, "values that are not integers", ids, raw, offset, accepted)
@@ -217,7 +221,8 @@ def _target_value_problems(df: pd.DataFrame, fmt: TargetFormat, offset: int = 0)
     if fmt.kind in ("tags", "tag_ids"):
         return _token_problems(df, fmt, ids, offset)
     if fmt.kind == "label":
-        label = SubmissionFormat(fmt.id_column, "label", fmt.value_column, fmt.label_as, None, fmt.header)  # type: ignore[arg-type]
+        label_as: Any = fmt.label_as
+        label = SubmissionFormat(fmt.id_column, "label", fmt.value_column, label_as, None, fmt.header)
         return _label_problems(df[fmt.value_column], label, fmt.task.columns, ids, offset)
     problems = []
     for col in fmt.value_columns:
@@ -302,14 +307,15 @@ def write_target_submission(
 
 
 def write_task_submission(
-    path: str | Path, ids: Sequence[str], outputs: np.ndarray, decided: np.ndarray | None, task: Task,
-    fmt: SubmissionFormat | TargetFormat, sample_ids: Sequence[str] | None = None,
+    ids: Sequence[str], outputs: np.ndarray, decided: np.ndarray | None, task: Task,
+    fmt: SubmissionFormat | TargetFormat, sample_ids: Sequence[str] | None, path: str | Path,
     expected_ids: Sequence[str] | None = None,
 ) -> Path:
-    """Write any task's submission: the one entry for the predict stage.
+    """Write any task's submission, validated, atomically: the one entry for the predict stage.
+
+    >>> write_task_submission(ids, outputs, decided, task, fmt, sample_ids, "submission.csv")  # doctest: +SKIP
 
     Args:
-        path: The file to write.
         ids: Test ids, one per row of ``outputs``.
         outputs: ``[N, K]``: the task's model outputs (:mod:`pipeline.core.task`).
         decided: ``[N, K]`` hard outputs of the decision step (multi-label 0/1, ordinal grades) or None;
@@ -319,12 +325,21 @@ def write_task_submission(
             class-probability files, a :class:`~pipeline.submission.format.SubmissionFormat`, written by
             today's :func:`~pipeline.submission.build.write_submission`).
         sample_ids: The sample's ids: the rows' order; also the expected ids unless ``expected_ids`` is given.
-        expected_ids: The test set's ids.
+            None: the rows stay in ``ids`` order.
+        path: The file to write.
+        expected_ids: The test set's ids (default: ``sample_ids``, else ``ids``).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        SubmissionError: ``fmt`` was made for another task, or the arrays, ids or values are invalid (see
+            :func:`write_target_submission`); nothing new is left at ``path``.
     """
     expected = expected_ids if expected_ids is not None else (sample_ids if sample_ids is not None else ids)
     if isinstance(fmt, SubmissionFormat):
         if task.kind not in ("multiclass", "binary"):
-            raise SubmissionError(f"a {task.kind} task cannot be written as the class format {fmt.kind!r}")
+            raise SubmissionError(f"the {task.kind} task cannot be written as the class format {fmt.kind!r}")
         frame = build_submission(ids, outputs, task.columns, fmt, sample_ids)
         return write_submission(frame, path, fmt, expected, task.columns)
     if not task.same_targets(fmt.task):

@@ -4,17 +4,17 @@ Multiclass formats stay in :mod:`pipeline.submission.format`; this module reads 
 the same way (:func:`target_format`): from ``sample_submission.csv``'s columns and values when
 ``submission.kind`` is not set, else from config. Kinds per task (``submission.kind``):
 
-==========  ================  ==================================================================================
+==========  ================  =================================================================================
 task        kind              file
-==========  ================  ==================================================================================
-binary      ``probability``   ``id,<col>``: P(positive class), the second class's output (SIIM-ISIC ``image_name,target``)
+==========  ================  =================================================================================
+binary      ``probability``   ``id,<col>``: P(positive), the second class's output (SIIM-ISIC ``image_name,target``)
 binary      ``label``         ``id,<col>``: the class, as its name or as 0/1 (``label_as``)
 multilabel  ``tags``          ``id,<col>``: the chosen tag names, space-separated (Planet ``image_name,tags``)
-multilabel  ``tag_ids``       ``id,<col>``: the chosen label indices, space-separated (Human Protein Atlas ``Id,Predicted``)
+multilabel  ``tag_ids``       ``id,<col>``: the chosen label indices, space-separated (Protein Atlas ``Id,Predicted``)
 multilabel  ``label_columns`` ``id,<label 1>,<label 2>…``: 0/1 decisions, or probabilities (``label_values``)
 regression  ``value``         ``id,<col>``: the value, clipped to the task's range (``Id,Pawpularity``)
 ordinal     ``grade``         ``id,<col>``: the integer grade (APTOS ``id_code,diagnosis``)
-==========  ================  ==================================================================================
+==========  ================  =================================================================================
 
 A binary sample with one column per class is today's multiclass ``probabilities`` format (a binary task's
 outputs are a softmax over its 2 classes), and so are ``submission.kind`` ``probabilities`` and
@@ -63,7 +63,7 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
     "regression": ("value",),
     "ordinal": ("grade",),
 }
-"""``submission.kind`` accepted per task (binary ``probabilities`` / ``label+probabilities``: the multiclass formats)."""
+"""``submission.kind`` per task (binary ``probabilities`` and ``label+probabilities``: the multiclass formats)."""
 
 DEFAULT_KIND = {"binary": "probability", "multilabel": "tags", "regression": "value", "ordinal": "grade"}
 """The kind written when there is no sample submission and ``submission.kind`` is not set."""
@@ -88,6 +88,9 @@ class TargetFormat:
         label_columns: ``label_columns``: the label behind each value column, in header order.
         label_as: Binary ``label``: write the class ``"name"`` or its ``"index"`` (0/1).
         probabilities: ``label_columns``: write each label's probability instead of its 0/1 decision.
+        positive: Binary ``probability``: the class whose probability is written, by index: 1 (the positive
+            class), or 0 where the sample's column is named after the first class.
+        reason: Why this format (what the sample showed, or config); logged.
     """
 
     task: Task
@@ -97,12 +100,14 @@ class TargetFormat:
     label_columns: list[str] | None = None
     label_as: str = "name"
     probabilities: bool = False
+    positive: int = 1
     reason: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # Catch hand-built formats that the writer could not honour, before any work is done.
-        if self.kind not in TARGET_KINDS.get(self.task.kind, ()) or self.kind in ("probabilities", "label+probabilities"):
-            raise ValueError(f"kind {self.kind!r} is not a {self.task.kind} format; accepted: {_own_kinds(self.task)}")
+        if self.kind not in _own_kinds(self.task):
+            raise ValueError(f"kind {self.kind!r} is not among the {self.task.kind} formats; accepted: "
+                             f"{_own_kinds(self.task)}")
         if self.id_column not in self.header or len(set(self.header)) != len(self.header):
             raise ValueError(f"the header {self.header} must hold the id column {self.id_column!r} and no repeats")
         if self.kind in _SINGLE and len(self.value_columns) != 1:
@@ -112,6 +117,8 @@ class TargetFormat:
             or sorted(self.label_columns) != sorted(self.task.columns)
         ):
             raise ValueError(f"a label_columns format needs one column per label {list(self.task.columns)}; got {self}")
+        if self.positive not in (0, 1):
+            raise ValueError(f"positive must be the index 0 or 1 of a binary class; got {self.positive!r}")
         if self.label_as not in ("name", "index"):
             raise ValueError(f"label_as must be 'name' or 'index'; got {self.label_as!r}")
 
@@ -127,7 +134,7 @@ class TargetFormat:
 
 
 def _own_kinds(task: Task) -> list[str]:
-    return [k for k in TARGET_KINDS[task.kind] if k not in ("probabilities", "label+probabilities")]
+    return [k for k in TARGET_KINDS.get(task.kind, ()) if k not in ("probabilities", "label+probabilities")]
 
 
 def _needs(task: Task) -> str:
@@ -145,7 +152,7 @@ def _needs(task: Task) -> str:
 
 
 def _contradiction(sample_csv: Path, header: list[str], task: Task, problem: str) -> SubmissionError:
-    return SubmissionError(f"{sample_csv}: {problem}; the sample's columns are {header}, and a {task.kind} task "
+    return SubmissionError(f"{sample_csv}: {problem}; the sample's columns are {header}, and the {task.kind} task "
                            f"{_needs(task)}. Fix data.sample_submission or data.task, or set submission.kind")
 
 
@@ -193,7 +200,9 @@ def _infer_binary(path: Path, sample: pd.DataFrame, header: list[str], id_col: s
     why = ("the sample holds 0/1 values, read as P(positive) (binary image competitions score AUC; "
            "submission.kind=label writes 0/1)" if (nums == np.round(nums)).all() else
            "the sample holds probabilities in [0, 1]")
-    return TargetFormat(task, id_col, "probability", header, reason=why)
+    # A column named after the first class asks for that class's probability (rare, but then 1 - P is wrong).
+    first = _column_key(rest[0]) == _column_key(task.columns[0]) != _column_key(task.columns[1])
+    return TargetFormat(task, id_col, "probability", header, positive=0 if first else 1, reason=why)
 
 
 def _infer_multilabel(path: Path, sample: pd.DataFrame, header: list[str], id_col: str, task: Task,
@@ -211,8 +220,8 @@ def _infer_multilabel(path: Path, sample: pd.DataFrame, header: list[str], id_co
         rest_keys = {_column_key(c) for c in rest}
         missing = [c for c in labels if c not in rest and _column_key(c) not in rest_keys]
         unknown = [c for c in rest if c not in named]
-        raise _contradiction(path, header, task, f"labels {examples(missing)} have no column (columns matching no label: "
-                                                 f"{unknown})" if named else f"{len(rest)} value columns {rest}")
+        problem = f"labels {examples(missing)} have no column (columns matching no label: {unknown})"
+        raise _contradiction(path, header, task, problem if named else f"{len(rest)} value columns {rest}")
     cells = _cells(sample[rest[0]])
     tokens = [t for c in cells for t in c.split()]
     nums = _numbers(tokens)
@@ -223,7 +232,7 @@ def _infer_multilabel(path: Path, sample: pd.DataFrame, header: list[str], id_co
     if not tokens or nums is None or not ((nums >= 0) & (nums < len(labels))).all():
         _check_spaceless(task, "tags")
         return TargetFormat(task, id_col, "tags", header, reason="the sample holds text: tag names")
-    if all(t in labels for t in tokens) and any(labels[int(t)] != t for t in tokens):
+    if all(t in labels for t in tokens) and any(labels[int(float(t))] != t for t in tokens):
         raise SubmissionError(
             f"{path}: the values {examples(sorted(set(tokens)))} of column {rest[0]!r} are both tag names and label "
             "indices; the submission cannot tell which to write. Set submission.kind=tags (tag names) or "
@@ -282,17 +291,17 @@ def _check_settings(task: Task, kind: str | None, label_as: str | None, label_va
                     k: int | None) -> None:
     """The config values alone: a kind this task can write, and accepted encodings."""
     if task.kind not in TARGET_KINDS:
-        raise SubmissionError(f"a {task.kind} task's submission format comes from pipeline.submission.format "
+        raise SubmissionError(f"the {task.kind} task's submission format comes from pipeline.submission.format "
                               "(submission_format), not target_format")
     if kind is not None and kind not in TARGET_KINDS[task.kind]:
-        raise SubmissionError(f"submission.kind {kind!r} does not fit a {task.kind} task; accepted for "
+        raise SubmissionError(f"submission.kind {kind!r} does not fit the {task.kind} task; accepted for "
                               f"{task.kind}: {list(TARGET_KINDS[task.kind])}")
     if label_as is not None and label_as not in ("name", "index"):
         raise SubmissionError(f"submission.label_as {label_as!r} is not one of ('name', 'index')")
     if label_values is not None and label_values not in LABEL_VALUES:
         raise SubmissionError(f"submission.label_values {label_values!r} is not one of {LABEL_VALUES}")
     if k is not None:
-        raise SubmissionError(f"submission.k={k!r} applies to kind topk, a multiclass format; a {task.kind} task "
+        raise SubmissionError(f"submission.k={k!r} applies to kind topk, a multiclass format; the {task.kind} task "
                               f"writes {list(TARGET_KINDS[task.kind])}")
     if kind is not None:
         _check_spaceless(task, kind)
@@ -327,7 +336,8 @@ def _fit_sample(path: Path, task: Task, kind: str, id_column: str | None, label_
         return None
     if kind == "label" and label_as is None:
         label_as = _infer_label_as(sample[rest[0]], list(task.columns), path)
-    return TargetFormat(task, id_col, kind, header, label_as=label_as or "name", reason="config, with the sample's header")
+    return TargetFormat(task, id_col, kind, header, label_as=label_as or "name",
+                        reason="config, with the sample's header")
 
 
 def target_format(
