@@ -29,6 +29,7 @@ from pipeline.core.errors import duplicates, examples, id_differences
 from pipeline.core.io import atomic_path, read_csv_as_text
 from pipeline.member.predictions import PROB_PREFIX, check_probabilities, read_predictions
 from pipeline.submission.format import INDEX_PATTERN, SubmissionError, SubmissionFormat
+from pipeline.submission.target_format import TargetFormat
 
 __all__ = ["CHUNK_CELLS", "FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission",
            "write_submission_from_predictions"]
@@ -241,17 +242,23 @@ def _label_problems(
 
 
 def validate_submission(
-    df: pd.DataFrame, fmt: SubmissionFormat, expected_ids: Sequence[str], classes: Sequence[str]
+    df: pd.DataFrame, fmt: SubmissionFormat | TargetFormat, expected_ids: Sequence[str], classes: Sequence[str]
 ) -> None:
     """Check everything Kaggle checks, and a little more, before the file is written.
 
     Checks: the header equals ``fmt.header`` (order too); the row count and the id set equal the
     test set's, with no duplicates; probabilities are finite, in ``[0, 1]`` and sum to 1 within
     :data:`PROB_TOL`; labels are valid class names or indices. Rows are reported 0-based, with id.
+    A binary, multi-label, regression or ordinal :class:`TargetFormat` is checked per kind against its
+    own task (``classes`` unused) by :func:`~pipeline.submission.target_build.validate_target_submission`.
 
     Raises:
         SubmissionError: Listing every problem found (a wrong header stops the checks early).
     """
+    if isinstance(fmt, TargetFormat):
+        from pipeline.submission.target_build import validate_target_submission  # it builds on this module
+
+        return validate_target_submission(df, fmt, expected_ids)
     problem = _header_problem([str(c) for c in df.columns], fmt.header)
     if problem is not None:
         raise SubmissionError(problem)

@@ -13,12 +13,16 @@ class SubmissionOptions:
 
     Attributes:
         filename: The submission file, in the predict folder.
-        kind: ``label``, ``probabilities``, ``label+probabilities`` or ``topk``; null: inferred from
-            ``data.sample_submission``, or ``label+probabilities`` when there is no sample.
+        kind: ``label``, ``probabilities``, ``label+probabilities`` or ``topk``; binary: ``probability`` or
+            ``label``; multi-label: ``tags``, ``tag_ids`` or ``label_columns``; regression ``value``; ordinal
+            ``grade`` (:mod:`pipeline.submission.target_format`). Null: inferred from ``data.sample_submission``,
+            or, without a sample, ``label+probabilities`` (binary ``probability``, multi-label ``tags``).
         id_column: The id column (default: the sample's first column, or ``data.id_col``).
         label_column: The label column without a sample (default ``label``).
         label_as: ``name`` or ``index``.
         k: ``topk``: how many classes per row (1 to the number of classes).
+        label_values: ``label_columns``: ``decisions`` (0/1) or ``probabilities``; null: from the sample's
+            values (non-integer numbers: probabilities), else decisions.
     """
 
     filename: str = "submission.csv"
@@ -27,3 +31,4 @@ class SubmissionOptions:
     label_column: str | None = None
     label_as: str | None = None
     k: int | None = None
+    label_values: str | None = None
