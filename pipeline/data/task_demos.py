@@ -125,8 +125,8 @@ def make_grades(n_train: int, n_test: int, seed: int) -> TaskData:
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    images = np.stack([np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR))
-                       for im in digits.images])
+    grey = (digits.images * 255 / 16).astype(np.uint8)
+    images = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.Resampling.BILINEAR)) for im in grey])
     tr, te = train_test_split(np.arange(len(digits.target)), train_size=n_train, test_size=n_test,
                               stratify=digits.target, random_state=seed)
     return TaskData(images[tr], digits.target[tr].astype(np.int64), images[te], digits.target[te].astype(np.int64))
