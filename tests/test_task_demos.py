@@ -191,6 +191,9 @@ def test_a_folder_of_another_competition_is_refused(tmp_path: Path) -> None:
 
 
 def test_command_line_writes_the_task_and_prints_its_balance(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.cli import demo
+
+    assert demo._TASKS == tuple(TASK_DEMOS)  # the command line lists the tasks without importing the writers
     main(["--task", "ordinal", "--out", str(tmp_path / "o"), "--n-train", "50", "--n-test", "20", "--seed", "1"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("train: 50 rows; grades 0: 5, 1: 5") and out[1].startswith("test (hidden): 20 rows;")
