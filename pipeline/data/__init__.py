@@ -28,6 +28,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "match_channels", "resolve_normalization", "normalize_batch", "center_offset", "center_crop",
             "transform_to_dict", "transform_from_dict", "resize_settings", "resize_image",
         ],
-        "demo": ["CLASSES", "DEFAULT_OUT", "SUBSET_FILE", "SUBSET_SHA256", "prepare_demo"],
+        "demo": ["CLASSES", "DEFAULT_OUT", "SUBSET_FILE", "SUBSET_SHA256", "load_subset", "prepare_demo"],
+        "task_demos": ["TASK_DEMOS", "write_task_demo", "task_demo_out", "describe_targets"],
     },
 )

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline.core.io import atomic_path
 
-__all__ = ["CLASSES", "DEFAULT_OUT", "SUBSET_FILE", "SUBSET_SHA256", "prepare_demo"]
+__all__ = ["CLASSES", "DEFAULT_OUT", "SUBSET_FILE", "SUBSET_SHA256", "load_subset", "prepare_demo"]
 
 CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -44,6 +44,20 @@ def _write_split(images: np.ndarray, prefix: str, folder: Path) -> list[str]:
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def load_subset(subset: str | Path = SUBSET_FILE) -> dict[str, np.ndarray]:
+    """The bundled subset's arrays (``train_images``, ``train_labels``, ``test_images``, ``test_labels``...),
+    after checking its SHA-256 against :data:`SUBSET_SHA256`."""
+    subset = Path(subset)
+    if not subset.exists():
+        raise FileNotFoundError(f"Demo subset {subset} is missing; regenerate it with scripts/make_demo_subset.py "
+                                "(from a clone)")
+    digest = hashlib.sha256(subset.read_bytes()).hexdigest()
+    if digest != SUBSET_SHA256:
+        raise ValueError(f"{subset}: sha256 {digest} does not match the recorded {SUBSET_SHA256}")
+    with np.load(subset) as data:
+        return {key: data[key] for key in data.files}
 
 
 def prepare_demo(
@@ -68,12 +82,7 @@ def prepare_demo(
     out_dir, subset = Path(out_dir), Path(subset)
     if (out_dir / "solution.csv").exists() and not force:
         return out_dir
-    if not subset.exists():
-        raise FileNotFoundError(f"Demo subset {subset} is missing; regenerate it with scripts/make_demo_subset.py (from a clone)")
-    digest = hashlib.sha256(subset.read_bytes()).hexdigest()
-    if digest != SUBSET_SHA256:
-        raise ValueError(f"{subset}: sha256 {digest} does not match the recorded {SUBSET_SHA256}")
-    data = np.load(subset)
+    data = load_subset(subset)
     train_x, train_y = data["train_images"][:n_train], data["train_labels"][:n_train]
     test_x, test_y = data["test_images"][:n_test], data["test_labels"][:n_test]
     train_ids = _write_split(train_x, "tr", out_dir / "train")
