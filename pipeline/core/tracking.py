@@ -261,7 +261,7 @@ def use_files_artifact(run: Any, logged: dict[str, Any], folder: Path, aliases: 
     artifact = _artifact(str(logged["name"]), str(logged["type"]), files, logged.get("metadata"))
     if artifact.digest != logged.get("digest"):
         return f"the files {logged['files']} in {folder} changed since artifact {logged['name']} was logged"
-    if getattr(run.settings, "_offline", False):
+    if getattr(run.settings, "_offline", False) or getattr(run.settings, "mode", "") == "offline":
         run._log_artifact(artifact, aliases=list(aliases), is_user_created=True, use_after_commit=True)
     else:
         run.use_artifact(artifact, aliases=list(aliases))
