@@ -22,7 +22,7 @@ from pipeline.core.io import read_json
 from pipeline.core.metrics import get_metric
 from pipeline.core.tracking import is_disabled, use_files_artifact
 from pipeline.member.folder import find_members
-from pipeline.member.manifest import MemberManifest
+from pipeline.member.manifest import MemberManifest, read_manifest
 from pipeline.report.load import PredictRun, load_predict_run
 from pipeline.report.score import submitted_oof, submitted_policies
 from pipeline.train.sweep import ARTIFACTS_KEY, RUNTIME
@@ -59,7 +59,8 @@ def log_predict_run(run: Any, summary: dict[str, Any], out_dir: Path) -> None:
     if summary["leaderboard"]:
         run.summary["leaderboard/" + summary["leaderboard"]["metric"]] = summary["leaderboard"]["score"]
     pr = _oof_run(out_dir)
-    best = _log_scores(run, pr, summary["metric"]) if pr is not None else None
+    one_label = {_task_kind(read_manifest(Path(f))) for f in summary["members"].values()} <= {"multiclass", "binary"}
+    best = _log_scores(run, pr, summary["metric"], one_label) if pr is not None else None
     _use_member_artifacts(run, summary["members"], set(pr.models.get(best, [])) if pr is not None and best else set())
     artifact = wandb.Artifact("submission", type="submission")
     artifact.add_file(summary["submission"])
@@ -74,12 +75,14 @@ def _oof_run(out_dir: Path) -> PredictRun | None:
         return None
 
 
-def _log_scores(run: Any, pr: PredictRun, metric_name: str) -> str | None:
-    """Per-model OOF scores (table and summary), the submission's score and confusion matrix; the best model."""
+def _log_scores(run: Any, pr: PredictRun, metric_name: str, one_label: bool) -> str | None:
+    """Per-model OOF scores (table and summary), the submission's score and confusion matrix; the best model.
+
+    Log loss and the confusion matrix only where each image has one label (multiclass, binary).
+    """
     import wandb
 
-    metric, task = get_metric(metric_name), str((pr.info.get("task") or {}).get("kind", "multiclass"))
-    one_label = task in ("multiclass", "binary")
+    metric = get_metric(metric_name)
     rows, scores = [], {}
     for model, key in submitted_policies(pr).items():
         if (model, key) not in pr.oof:
