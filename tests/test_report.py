@@ -11,10 +11,8 @@ import glob
 import logging
 import os
 import shutil
-import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,25 +354,6 @@ def test_missing_images_skip_only_that_plot(tmp_path: Path, caplog: pytest.LogCa
 # --------------------------------------------------------------------------- W&B
 
 
-def _wandb_records(path: Path) -> Iterator[Any]:
-    """Records of a ``run-<id>.wandb`` file (LevelDB log blocks of protobuf records; wandb 0.31)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # FULL or LAST fragment
-            record = pb.Record()  # type: ignore[attr-defined]
-            record.ParseFromString(buf)
-            buf = b""
-            yield record
-
-
 def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import wandb
 
@@ -386,33 +365,27 @@ def test_wandb_offline_run_receives_the_report(tmp_path: Path, monkeypatch: pyte
     run_id = run.id
     run.finish()
     info = read_json(out / "predict.json")
-    write_json(out / "predict.json", {**info, "wandb": {"run_id": run_id, "dir": str(out)}})
+    write_json(out / "predict.json", {**info, "wandb": {"run_id": run_id, "dir": str(out), "group": "e/s",
+                                                        "tags": ["e", "lenet5"]}})
 
-    build_report(out, n_boot=50, wandb_spec=LoggerSpec(mode="offline"))
+    build_report(out, n_boot=50, wandb_spec=LoggerSpec(mode="offline", tags=["mine"]))
     wandb.teardown()  # finish() can return before the service has flushed the run file; teardown waits
 
-
-    runs = sorted(glob.glob(str(out / "wandb" / f"offline-run-*-{run_id}")))
-    assert len(runs) == 2  # the predict run, then the report's resumption of the same id
-    summary: dict[str, str] = {}
-    history: set[str] = set()
-    for record in _wandb_records(Path(runs[-1]) / f"run-{run_id}.wandb"):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            assert record.run.run_id == run_id
-        if kind == "summary":
-            summary.update({u.key: u.value_json for u in record.summary.update if u.key})
-        if kind == "history":
-            history.update(item.nested_key[0] for item in record.history.item if item.nested_key)
+    # The report's own run next to the predict run (offline W&B cannot resume one): a new id, the same group.
+    runs = {logged(Path(d))["job_type"]: Path(d) for d in glob.glob(str(out / "wandb" / "offline-run-*"))}
+    assert sorted(runs) == ["predict", "report"]
+    rec = logged(runs["report"])
+    assert rec["run_id"] != run_id and rec["group"] == "e/s" and rec["tags"] == ["mine", "e", "lenet5"]
+    summary, history = rec["summary"], {key.rsplit("/", 1)[0] for key in rec["history"]}
     gains = read_json(out / "report.json")
-    assert float(summary["ensemble_gain"]) == pytest.approx(gains["ensemble_gain"]["diff"])
-    assert float(summary["tta_gain"]) == pytest.approx(gains["tta_gain"]["diff"])
-    assert float(summary["report/nested_gain"]) == pytest.approx(gains["nested_best"]["diff"])
+    assert summary["ensemble_gain"] == pytest.approx(gains["ensemble_gain"]["diff"])
+    assert summary["tta_gain"] == pytest.approx(gains["tta_gain"]["diff"])
+    assert summary["report/nested_gain"] == pytest.approx(gains["nested_best"]["diff"])
     assert {"report/table", "report/score_vs_cost", "report/confusion_matrix", "report/member_correlation",
             "report/per_class", "report/reliability"} <= history
-    assert glob.glob(os.path.join(runs[-1], "files", "media", "table", "report", "*.table.json"))
-    # the report's files, as one artifact of the predict run (W&B stores the logged table as a run_table artifact)
-    artifacts = [a for a in logged(Path(runs[-1]))["artifacts"] if a["type"] != "run_table"]
+    assert glob.glob(os.path.join(runs["report"], "files", "media", "table", "report", "*.table.json"))
+    # the report's files, as one artifact of the report run (W&B stores the logged table as a run_table artifact)
+    artifacts = [a for a in rec["artifacts"] if a["type"] != "run_table"]
     assert [(a["name"], a["type"]) for a in artifacts] == [("report", "report")]
     assert {"report.md", "report.csv", "report.json", "score_vs_cost.png", "confusion_matrix.png"} <= set(artifacts[0]["files"])
 

@@ -55,10 +55,11 @@ def _nested_row(items: Any) -> dict[str, Any]:
 
 
 def logged(run_dir: Path) -> dict[str, Any]:
-    """History keys and rows, summary values, config keys, group, job type and artifacts of one offline run folder.
+    """History keys and rows, summary values, config keys, id, group, job type, tags and artifacts of one offline run.
 
-    ``rows`` holds every history row (key → decoded value); ``artifacts`` every logged artifact as
-    ``{"name", "type", "files"}`` (the files' names inside the artifact).
+    ``rows`` holds every history row (key → decoded value); ``artifacts`` every artifact record as
+    ``{"name", "type", "files", "aliases", "digest", "used"}`` (``files``: the names inside the artifact; ``used``:
+    recorded as an input of the run, not an output). Group, job type and tags are the last run record's.
     """
     (log_file,) = run_dir.glob("run-*.wandb")
     history: set[str] = set()
@@ -66,7 +67,8 @@ def logged(run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     config: set[str] = set()
     artifacts: list[dict[str, Any]] = []
-    group = job_type = ""
+    group = job_type = run_id = ""
+    tags: list[str] = []
     for rec in records(log_file):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -78,10 +80,12 @@ def logged(run_dir: Path) -> dict[str, Any]:
         elif kind == "config":
             config.update(item.key or "/".join(item.nested_key) for item in rec.config.update)
         elif kind == "run":
-            group, job_type = rec.run.run_group, rec.run.job_type
+            group, job_type, run_id, tags = rec.run.run_group, rec.run.job_type, rec.run.run_id, list(rec.run.tags)
             config.update(item.key for item in rec.run.config.update)
         elif kind == "artifact":
             files = sorted(entry.path for entry in rec.artifact.manifest.contents)
-            artifacts.append({"name": rec.artifact.name, "type": rec.artifact.type, "files": files})
+            artifacts.append({"name": rec.artifact.name, "type": rec.artifact.type, "files": files,
+                              "aliases": list(rec.artifact.aliases), "digest": rec.artifact.digest,
+                              "used": rec.artifact.use_after_commit})
     return {"history": history, "rows": rows, "summary": summary, "config": config, "group": group,
-            "job_type": job_type, "artifacts": artifacts}
+            "job_type": job_type, "run_id": run_id, "tags": tags, "artifacts": artifacts}

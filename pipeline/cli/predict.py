@@ -1,6 +1,6 @@
 """``pipeline-predict``: the composed config → policies and options → :func:`pipeline.submission.stage.submit`.
 
-Runs inside one W&B run (``job_type=predict``), which the report later logs into as well.
+Runs inside one W&B run (``job_type=predict``, :mod:`pipeline.cli.wandb_runs`); the report's run joins its group.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.cli.config import metric_name, register, to_container, to_dataclas
 from pipeline.cli.errors import PREDICT_PATHS, compact_errors
 from pipeline.cli.validate import check_extras_or_exit, validate
 from pipeline.core.errors import ConfigError
-from pipeline.core.tracking import LoggerSpec, init_wandb
+from pipeline.core.tracking import LoggerSpec, init_wandb, run_tags
 from pipeline.data.spec import DataSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions, TTASpec
 from pipeline.submission.spec import SubmissionOptions
@@ -57,6 +57,7 @@ def options(cfg: DictConfig, spec: DataSpec, tta: TTASpec) -> PredictOptions:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Config → plain options → :func:`~pipeline.submission.stage.submit`, inside one W&B run."""
+    from pipeline.cli.wandb_runs import log_predict_run, predict_tags
     from pipeline.predict.choose import candidate_policies
     from pipeline.predict.distributed import distribute_spec
     from pipeline.predict.tta import create_policy
@@ -81,17 +82,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(cfg.metric, DictConfig):  # so that pipeline-report can import the user's metric again
             run_info["metric_target"] = to_container(cfg.metric)
         if logger.kind == "wandb":
-            run = init_wandb(logger, out_dir, "predict", f"{cfg.experiment_name}/{cfg.sweep_name}", "predict", to_container(cfg))
-            # The report stage logs its table and plots into this same run.
+            group, tags = f"{cfg.experiment_name}/{cfg.sweep_name}", predict_tags(to_container(cfg.members),
+                                                                                    cfg.experiment_name)
+            run = init_wandb(logger, out_dir, "predict", group, "predict", to_container(cfg), tags)
+            # The report stage logs into a run of its own in the same group, with the same tags.
             run_info["wandb"] = {"run_id": run.id, "dir": str(out_dir), "project": logger.project,
-                                 "mode": run.settings.mode}
+                                 "entity": logger.entity, "mode": run.settings.mode, "group": group,
+                                 "tags": run_tags(logger, *tags)}
         summary = submit(
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
             to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), metric,
             candidates, tta.max_passes, distribute_spec(to_container(cfg.get("distribute"))), tta.margin, run_info,
         )
         if run is not None:
-            _log_wandb(run, summary)
+            log_predict_run(run, summary, out_dir)
     finally:
         if run is not None:
             run.finish()
@@ -101,18 +105,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if lb:
         print(f"Demo leaderboard ({lb['metric']}, {lb['rows']} test images): {lb['score']:.4f}")
     return summary
-
-
-def _log_wandb(run: Any, summary: dict[str, Any]) -> None:
-    import wandb
-
-    run.config.update({"members": list(summary["members"]), "policy": summary["submission_policy"],
-                       "weights": summary["weights"][summary["submission_policy"]]}, allow_val_change=True)
-    if summary["leaderboard"]:
-        run.summary["leaderboard/" + summary["leaderboard"]["metric"]] = summary["leaderboard"]["score"]
-    artifact = wandb.Artifact("submission", type="submission")
-    artifact.add_file(summary["submission"])
-    run.log_artifact(artifact)
 
 
 def main() -> None:

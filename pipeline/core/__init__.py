@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "roc_auc", "qwk", "map_at_k", "register_custom_metric", "check_metric_task", "metric_names",
         ],
         "reduce": ["REDUCTIONS", "check_weights", "merge_members", "reduce_probs", "stack_members"],
-        "tracking": ["LoggerSpec", "init_wandb", "resume_wandb", "default_mode", "log_files_artifact"],
+        "tracking": ["LoggerSpec", "init_wandb", "default_mode", "log_files_artifact", "use_files_artifact", "run_tags",
+                     "is_disabled"],
     },
 )

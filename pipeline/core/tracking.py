@@ -27,9 +27,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-__all__ = ["LoggerSpec", "init_wandb", "resume_wandb", "default_mode", "log_files_artifact"]
+__all__ = ["LoggerSpec", "init_wandb", "default_mode", "log_files_artifact", "use_files_artifact", "run_tags",
+           "is_disabled"]
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,23 @@ def _go_online(spec: LoggerSpec) -> tuple[str | None, float]:
     return problem, time.monotonic() - start
 
 
+def run_tags(spec: LoggerSpec, *extra: str | None) -> list[str]:
+    """``logger.tags``, then ``extra`` (experiment, model names, task): blanks and repeats dropped, 64 characters each.
+
+    >>> run_tags(LoggerSpec(tags=["baseline"]), "demo", "lenet5", None, "lenet5")
+    ['baseline', 'demo', 'lenet5']
+    """
+    out: list[str] = []
+    for tag in [*spec.tags, *extra]:
+        text = str(tag or "").strip()[:64]  # W&B refuses longer tags
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
 def init_wandb(
-    spec: LoggerSpec, run_dir: Path, name: str, group: str, job_type: str, config: dict[str, Any]
+    spec: LoggerSpec, run_dir: Path, name: str, group: str, job_type: str, config: dict[str, Any],
+    tags: Sequence[str | None] = (),
 ) -> Any:
     """Start one W&B run whose files live under ``run_dir/wandb``.
 
@@ -151,8 +167,9 @@ def init_wandb(
         run_dir: member or predict folder.
         name: run name (the member name).
         group: the sweep (``<experiment>/<sweep_name>``).
-        job_type: ``train`` or ``predict``.
+        job_type: ``train``, ``predict`` or ``report``.
         config: plain-dict config to log.
+        tags: tags after ``logger.tags`` (:func:`run_tags`): the experiment, the model names, the task.
 
     Returns:
         The ``wandb`` run. The caller must call ``run.finish()`` in a ``finally`` block.
@@ -166,7 +183,7 @@ def init_wandb(
         mode = "offline"
     kwargs: dict[str, Any] = dict(
         project=spec.project, entity=spec.entity, name=name, group=group, job_type=job_type,
-        dir=str(run_dir), config=config, tags=list(spec.tags), reinit="finish_previous",
+        dir=str(run_dir), config=config, tags=run_tags(spec, *tags), reinit="finish_previous",
     )
     if mode == "online":
         start = time.monotonic()
@@ -187,49 +204,65 @@ def init_wandb(
     return wandb.init(mode=mode, settings=_settings(spec), **kwargs)  # type: ignore[arg-type]
 
 
-def resume_wandb(run_id: str, run_dir: str | Path, spec: LoggerSpec, project: str | None = None,
-                 entity: str | None = None) -> Any:
-    """Resume an earlier stage's run (the report logs into the predict run); online falls back to offline."""
+def is_disabled(run: Any) -> bool:
+    """Whether ``run`` logs nothing: None, or a run of ``mode=disabled``."""
+    return run is None or getattr(run, "disabled", False) or getattr(run.settings, "mode", "") == "disabled"
+
+
+def _artifact(name: str, kind: str, files: Sequence[Path], metadata: dict[str, Any] | None) -> Any:
     import wandb
 
-    def init(mode: str, settings: Any) -> Any:
-        return wandb.init(
-            id=run_id, resume="allow", dir=str(run_dir), reinit="finish_previous",
-            project=project or spec.project, entity=entity or spec.entity, mode=cast(Any, mode), settings=settings,
-        )
-
-    mode = _checked_mode(spec.mode)
-    if mode == "online":
-        problem, spent = _go_online(spec)
-        if problem is None:
-            try:
-                return init("online", _settings(spec, spec.init_timeout - spent))
-            except Exception as err:  # wandb raises several error types for an unreachable service
-                problem = str(err).splitlines()[0]
-                wandb.teardown()
-        log.warning("W&B online resume unavailable (%s); logging offline.", problem)
-        _no_network_telemetry()
-        return init("offline", _settings(spec))
-    _no_network_telemetry()
-    return init(mode, _settings(spec))
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:128]
+    artifact = wandb.Artifact(clean, type=kind, metadata=metadata or {})
+    for path in files:
+        artifact.add_file(str(path), name=path.name)
+    return artifact
 
 
 def log_files_artifact(
     run: Any, name: str, kind: str, files: Sequence[str | Path], metadata: dict[str, Any] | None = None
-) -> None:
+) -> dict[str, Any] | None:
     """Log ``files`` (those that exist) as one W&B artifact ``name`` of type ``kind`` in ``run``.
 
     Artifact names allow letters, digits, ``-``, ``_`` and ``.``; anything else in ``name`` becomes ``-``.
     A disabled run (``mode=disabled``) logs nothing. Offline, the files are recorded in the run and
-    uploaded by ``wandb sync``.
-    """
-    import wandb
+    uploaded by ``wandb sync``. W&B gives the new version the alias ``latest``.
 
+    Returns:
+        What a later run needs to declare the same version its input (:func:`use_files_artifact`):
+        ``{name, type, files (names in the folder), metadata, digest}``; None when nothing was logged.
+    """
     present = [Path(f) for f in files if Path(f).is_file()]
-    if run is None or not present or getattr(run, "disabled", False) or getattr(run.settings, "mode", "") == "disabled":
-        return
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:128]
-    artifact = wandb.Artifact(clean, type=kind, metadata=metadata or {})
-    for path in present:
-        artifact.add_file(str(path), name=path.name)
-    run.log_artifact(artifact)
+    if is_disabled(run) or not present:
+        return None
+    artifact = _artifact(name, kind, present, metadata)
+    run.log_artifact(artifact, aliases=["latest"])
+    return {"name": artifact.name, "type": kind, "files": [p.name for p in present], "metadata": metadata or {},
+            "digest": artifact.digest}
+
+
+def use_files_artifact(run: Any, logged: dict[str, Any], folder: Path, aliases: Sequence[str] = ()) -> str | None:
+    """Declare what :func:`log_files_artifact` logged (``logged``; its files now in ``folder``) an input of ``run``.
+
+    The same files make the same digest, so W&B resolves the draft to the version training logged and
+    records the use (``aliases``, and ``latest``, go to that version). Online this is ``run.use_artifact``;
+    offline wandb refuses ``use_artifact``, so the draft is recorded as ``use_artifact`` records it online
+    (logged with *use after commit*), and ``wandb sync`` records the use.
+
+    Returns:
+        None when recorded, else why not (a file is missing or its contents changed since it was logged).
+    """
+    if is_disabled(run):
+        return "W&B is disabled"
+    files = [folder / name for name in logged["files"]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        return f"{missing[0]} is missing"
+    artifact = _artifact(str(logged["name"]), str(logged["type"]), files, logged.get("metadata"))
+    if artifact.digest != logged.get("digest"):
+        return f"the files {logged['files']} in {folder} changed since artifact {logged['name']} was logged"
+    if getattr(run.settings, "_offline", False) or getattr(run.settings, "mode", "") == "offline":
+        run._log_artifact(artifact, aliases=list(aliases), is_user_created=True, use_after_commit=True)
+    else:
+        run.use_artifact(artifact, aliases=list(aliases))
+    return None

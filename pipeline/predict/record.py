@@ -60,7 +60,8 @@ class PredictRecord:
         submission: The submission file written.
         leaderboard: The score of the submission file on the hidden solution (the demo), or None.
         metric_target: A user metric's ``{_target_, greater_is_better}`` so the report can import it again.
-        wandb: ``{run_id, dir, project, mode}`` of the predict run (the report logs into it), or None.
+        wandb: ``{run_id, dir, project, entity, mode, group, tags}`` of the predict run (the report run joins its
+            group and tags), or None.
     """
 
     members: dict[str, str]

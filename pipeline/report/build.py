@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
-from pipeline.core.tracking import LoggerSpec, log_files_artifact, resume_wandb
+from pipeline.core.tracking import LoggerSpec, init_wandb, log_files_artifact
 from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.groups import group_warnings
 from pipeline.report.load import PredictRun, load_predict_run
@@ -128,8 +129,8 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
         metric: Competition metric; None uses ``predict.json``'s.
         n_boot: Bootstrap resamples for the intervals.
         seed: Seed of the bootstrap and of the cross-fitting split.
-        wandb_spec: When given (and ``predict.json`` records its W&B run under ``wandb``), the
-            predict run is resumed and the table, plots and gains are logged to it.
+        wandb_spec: When given (and ``predict.json`` records its W&B run under ``wandb``), the table, plots
+            and gains are logged to a ``report`` run in the predict run's group.
 
     Returns:
         The report frame, one row per (model or ensemble, policy).
@@ -167,17 +168,25 @@ def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title
 
 def _log_wandb(info: dict[str, Any], spec: LoggerSpec, df: pd.DataFrame, summary: dict[str, Any],
                files: list[Path]) -> None:
-    """Log the table, the plots and the gains to the predict stage's W&B run; every file as the ``report`` artifact."""
+    """Log the table, the plots and the gains to a report run in the predict run's group; every file as ``report``.
+
+    The report gets a run of its own (``job_type=report``, the predict run's group and tags, a new id) next
+    to the predict run's in the predict folder: offline W&B cannot resume a run, and two run folders with
+    one id would overwrite each other at ``wandb sync``.
+    """
     run = info.get("wandb") or {}
     if not run.get("run_id") or not run.get("dir"):
         log.info("predict.json records no W&B run (wandb.run_id, wandb.dir); not logging to W&B.")
         return
     import wandb
 
-    wb = resume_wandb(str(run["run_id"]), run["dir"], spec, run.get("project"), run.get("entity"))
+    spec = replace(spec, project=run.get("project") or spec.project, entity=run.get("entity") or spec.entity)
+    group = str(run.get("group") or "")
+    config = {"predict_run": run["run_id"], "metric": summary["metric"]}
+    wb = init_wandb(spec, Path(run["dir"]), "report", group, "report", config, list(run.get("tags") or []))
     try:
         wb.log({"report/table": wandb.Table(dataframe=df),
-                 **{f"report/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})
+                **{f"report/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})
         for name in ("ensemble_gain", "tta_gain"):
             wb.summary[name] = summary[name]["diff"] if summary[name] else None
         wb.summary["report/best_row"] = summary["best_row"]  # the nested pick

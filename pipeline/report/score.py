@@ -34,7 +34,7 @@ from pipeline.predict.spec import EnsembleSpec
 from pipeline.report.load import AUTO, PredictRun
 
 __all__ = ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "ensemble_spec", "kind_of", "score_rows",
-           "submitted_name", "submitted_row"]
+           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies"]
 
 KINDS = ("single", "ensemble-equal", "ensemble-fitted", "ensemble-given", "ensemble-bagged", "ensemble-optimize",
          "ensemble-rank", "ensemble-stack", "ensemble-temperature")
@@ -137,6 +137,32 @@ def submitted_row(pr: PredictRun, rows: list[Row]) -> int | None:
     else:
         hits = [i for i, r in enumerate(rows) if r.rule == name and r.key == key and r.kind != "single"]
     return hits[0] if hits else None
+
+
+def submitted_policies(pr: PredictRun) -> dict[str, str]:
+    """Model → the policy key of its OOF rows in the submission (``tta=auto``: each model its own choice)."""
+    key = _submit_key(pr)
+    return {m: pr.model_key(m, key) for m in pr.models}
+
+
+def submitted_oof(pr: PredictRun, metric: Metric) -> np.ndarray | None:
+    """The OOF rows of what was submitted, as :func:`candidate_rows` makes its row (cross-fitted when fitted).
+
+    Only that one row is built, for a caller that needs the submitted prediction without the whole report
+    (the predict run's confusion matrix). None when the OOF files lack its policy (an inference-only run).
+    """
+    name, key = submitted_name(pr), _submit_key(pr)
+    models = list(pr.models)
+    single = name in ("single", "single+tta") or len(models) < 2
+    if single:
+        models = [next(iter((pr.info.get("submitted") or {}).get("models") or pr.models))]
+    if any((m, pr.model_key(m, key)) not in pr.oof for m in models):
+        return None
+    if single:
+        return pr.oof[(models[0], pr.model_key(models[0], key))]
+    spec = ensemble_spec(pr)
+    r = rule(name, spec, metric.name) if name in ("mean", "caruana", "given") else pr_rule(pr, name, spec, metric)
+    return _merge_row(pr, r, key, models).probs
 
 
 def baseline_row(pr: PredictRun, rows: list[Row], metric: Metric) -> Row:

@@ -20,10 +20,11 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "recipe": ["training_loss", "create_mixup", "resolve_precision", "check_recipe", "describe_recipe", "AUTO_MIXED"],
         "schedules": ["WarmupCosine", "warmup_cosine_factor", "schedule_interval"],
         "snapshots": ["SnapshotCheckpoint", "snapshot_name", "write_snapshot_members"],
-        "loggers": ["create_lightning_logger", "log_sample_grid", "log_member_artifacts", "sample_grid", "SAMPLES_KEY"],
+        "loggers": ["create_lightning_logger", "log_sample_grid", "log_member_artifacts", "sample_grid", "SAMPLES_KEY",
+                    "member_tags"],
         "sweep": [
-            "SUMMARY_CSV", "SUMMARY_JSON", "RUNTIME", "MemberRow", "scan_sweep", "write_summary", "print_summary",
-            "in_ray_task", "limit_threads_to_assigned_cpus", "runtime_info",
+            "SUMMARY_CSV", "SUMMARY_JSON", "RUNTIME", "ARTIFACTS_KEY", "MemberRow", "scan_sweep", "write_summary",
+            "print_summary", "in_ray_task", "limit_threads_to_assigned_cpus", "runtime_info",
         ],
     },
 )

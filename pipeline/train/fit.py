@@ -43,7 +43,7 @@ from pipeline.train.checks import ProgressGuard, check_image_sizes, check_progre
 from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.ddp import distributed_scope, fit_other_rank
 from pipeline.train.identity import check_weights_source, member_hash, with_weights_hash
-from pipeline.train.loggers import create_lightning_logger, log_member_artifacts
+from pipeline.train.loggers import create_lightning_logger, log_member_artifacts, member_tags
 from pipeline.train.module import ClassifierModule, optimizer_lr
 from pipeline.train.recipe import (
     AUTO_MIXED,
@@ -55,7 +55,7 @@ from pipeline.train.recipe import (
 from pipeline.train.snapshots import check_snapshot_folders, snapshot_scheduler, write_snapshot_members
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
-from pipeline.train.sweep import RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
+from pipeline.train.sweep import ARTIFACTS_KEY, RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
 from pipeline.train.targets import resolve_task_recipe, val_scores
 
 __all__ = ["train_member", "MemberConflict"]
@@ -295,7 +295,7 @@ def _fit(
     run = None
     try:
         if spec.logger.kind == "wandb" and is_zero:
-            run = init_wandb(spec.logger, member_dir, manifest.name, manifest.sweep, "train", config)
+            run = init_wandb(spec.logger, member_dir, manifest.name, manifest.sweep, "train", config, member_tags(manifest))
         make_trainer = spec.trainer or functools.partial(pl.Trainer, max_epochs=10)
         trainer: pl.Trainer = make_trainer(
             callbacks=callbacks, logger=create_lightning_logger(spec.logger, member_dir, run),
@@ -380,7 +380,7 @@ def _finish(
         write_manifest(member_dir, manifest)
         raise
     if run is not None:
-        log_member_artifacts(run, member_dir, manifest.name, manifest.sweep, metrics)
+        _record_runtime(member_dir, **{ARTIFACTS_KEY: log_member_artifacts(run, member_dir, manifest, metrics)})
     shown = " ".join(f"{k}={v:.4f}" for k, v in scores.items())
     log.info("Member %s completed: %s → %s", manifest.name, shown, member_dir)
     return metrics  # type: ignore[return-value]

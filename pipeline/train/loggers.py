@@ -13,12 +13,22 @@ from typing import Any
 import torch
 
 from pipeline.core.tracking import LoggerSpec, log_files_artifact
+from pipeline.member.manifest import MemberManifest
 from pipeline.member.weights import META, WEIGHTS
 
-__all__ = ["create_lightning_logger", "sample_grid", "log_sample_grid", "log_member_artifacts", "SAMPLES_KEY"]
+__all__ = ["create_lightning_logger", "sample_grid", "log_sample_grid", "log_member_artifacts", "member_tags",
+           "SAMPLES_KEY"]
 
 SAMPLES_KEY = "train/samples"
 """The W&B key of the grid of augmented training images (first batch of the first epoch)."""
+
+
+def member_tags(manifest: MemberManifest) -> list[str]:
+    """A member run's tags beyond ``logger.tags``: the experiment (the sweep's first part), the model, the task kind.
+
+    A member recorded without a task predicts one class per image: multiclass.
+    """
+    return [manifest.sweep.split("/")[0], manifest.model_name, str((manifest.task or {}).get("kind", "multiclass"))]
 
 
 def create_lightning_logger(spec: LoggerSpec, run_dir: Path, wandb_run: Any | None) -> Any:
@@ -64,13 +74,22 @@ def log_sample_grid(logger: Any, images: torch.Tensor, mean: Sequence[float], st
     return True
 
 
-def log_member_artifacts(run: Any, member_dir: Path, name: str, sweep: str, metrics: dict[str, Any]) -> None:
+def log_member_artifacts(run: Any, member_dir: Path, manifest: MemberManifest,
+                         metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Log a completed member's ``model.safetensors`` (+ ``model.json``) and ``val_predictions.csv`` to ``run``.
 
     Artifacts ``model-<sweep>-<member>`` (type ``model``, with the member's metrics as metadata) and
-    ``oof-<sweep>-<member>`` (type ``predictions``); ``/`` in the sweep becomes ``-``.
+    ``oof-<sweep>-<member>`` (type ``predictions``), each aliased ``latest``; ``/`` in the sweep becomes ``-``.
+
+    Returns:
+        ``{"model": ..., "oof": ...}``: what :func:`pipeline.core.tracking.log_files_artifact` returned for each
+        artifact logged, for ``runtime.json``'s ``wandb_artifacts`` (from which the predict run declares the
+        model artifact its input).
     """
+    name, sweep = manifest.name, manifest.sweep
     tag = f"{sweep}-{name}".replace("/", "-")
     meta = {"member": name, "sweep": sweep, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
-    log_files_artifact(run, f"model-{tag}", "model", [member_dir / WEIGHTS, member_dir / META], meta)
-    log_files_artifact(run, f"oof-{tag}", "predictions", [member_dir / "val_predictions.csv"], meta)
+    weights = [member_dir / WEIGHTS, member_dir / META]
+    logged = {"model": log_files_artifact(run, f"model-{tag}", "model", weights, meta),
+              "oof": log_files_artifact(run, f"oof-{tag}", "predictions", [member_dir / "val_predictions.csv"], meta)}
+    return {kind: record for kind, record in logged.items() if record is not None}

@@ -28,6 +28,7 @@ __all__ = [
     "SUMMARY_CSV",
     "SUMMARY_JSON",
     "RUNTIME",
+    "ARTIFACTS_KEY",
     "MemberRow",
     "scan_sweep",
     "write_summary",
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 RUNTIME = "runtime.json"  # where and on what a member ran: host, pid, devices, threads, start/end time
+ARTIFACTS_KEY = "wandb_artifacts"  # runtime.json: the W&B artifacts the member logged (train.loggers), for lineage
 
 
 @dataclass
