@@ -23,21 +23,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import Metric, get_metric
 from pipeline.core.task import Task
+from pipeline.member.predictions import frame_labels, frame_outputs
 from pipeline.predict.ensemble import SOFTMAX_ONLY
 from pipeline.predict.fitting import Margin, beats, cross_fit, rule
 from pipeline.predict.merge import Combiner
 from pipeline.predict.plan import policy_names
 from pipeline.predict.spec import EnsembleSpec
-from pipeline.predict.tta import TTAPolicy, create_policy
+from pipeline.predict.tta import TTAPolicy, create_policy, views_per_image
 
 __all__ = ["METHODS_RULE", "SINGLE", "SINGLE_TTA", "SMOOTH", "candidate_policies", "choose_ensemble", "choose_policies",
+           "choose_tta",
            "flip_harms", "margin_of"]
 
 log = logging.getLogger(__name__)
@@ -299,3 +303,16 @@ def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oo
 METHODS_RULE = {"mean": "mean", "caruana": "caruana", "optimize": "optimize", "stack": "stack", "rank": "rank",
                 "bagged": "bagged", "temperature": "temperature", SINGLE: SINGLE, SINGLE_TTA: SINGLE}
 """``ensemble.candidates`` (and the single-model candidates) → :data:`pipeline.predict.fitting.RULES` names."""
+
+
+def choose_tta(frames: Mapping[str, Mapping[str, pd.DataFrame]], templates: Mapping[str, TTAPolicy], keys: list[str],
+               models: list[str], metric: str, margin: Margin, max_passes: int | None,
+               task: Task | None = None) -> dict[str, dict[str, Any]]:
+    """``tta=auto`` from the predict stage's OOF frames (policy → model → frame): each model's policy among the
+    candidate ``keys`` that have OOF rows (:func:`choose_policies`)."""
+    if not keys:
+        raise ConfigError("tta=auto needs out-of-fold predictions under its candidates; none has them (mode=submit "
+                          "without cached OOF predictions). Use mode=full with the training data, or a fixed tta=...")
+    views = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in keys}
+    oof = {g: {k: (frame_labels(frames[k][g]), frame_outputs(frames[k][g], np.float64)) for k in keys} for g in models}
+    return choose_policies(oof, views, metric, margin, max_passes, task)

@@ -62,6 +62,9 @@ class PredictRecord:
         metric_target: A user metric's ``{_target_, greater_is_better}`` so the report can import it again.
         wandb: ``{run_id, dir, project, entity, mode, group, tags}`` of the predict run (the report run joins its
             group and tags), or None.
+        task: The members' task (:class:`pipeline.core.task.Task` as a dict); None: one class per image.
+        decision: Thresholds or cut points fitted on the OOF rows, with their in-sample and cross-fitted scores
+            (:func:`pipeline.submission.task_stage.decide`), or None.
     """
 
     members: dict[str, str]
@@ -96,6 +99,8 @@ class PredictRecord:
     leaderboard: dict[str, Any] | None = None
     metric_target: dict[str, Any] | None = None
     wandb: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

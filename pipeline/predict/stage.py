@@ -45,10 +45,10 @@ from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_tra
 from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
 from pipeline.member.predictions import file_layout, frame_labels, frame_outputs, write_predictions
-from pipeline.predict.choose import METHODS_RULE, SINGLE, SINGLE_TTA, choose_ensemble, choose_policies, margin_of
+from pipeline.predict.choose import METHODS_RULE, SINGLE, SINGLE_TTA, choose_ensemble, choose_tta, margin_of
 from pipeline.predict.distributed import DistributeSpec, Runner, distributed, task_summary
 from pipeline.predict.ensemble import check_ensemble, group_models, merge_files, model_oof, resolve_weights
-from pipeline.predict.fitting import Margin, Rule, cross_fit, rule_name, submitted_rule
+from pipeline.predict.fitting import Rule, cross_fit, rule_name, submitted_rule
 from pipeline.predict.merge import Combiner
 from pipeline.predict.offline import cached_oof_sets
 from pipeline.predict.options import check_member_chunk_sizes, check_options
@@ -76,6 +76,9 @@ class PredictResult:
         sample_ids: The sample submission's ids, or None.
         stage: The staging folder holding ``oof/``, ``test/`` and ``ensemble_test.csv`` until the submission
             stage promotes them into the predict folder (:mod:`pipeline.core.staging`).
+        task: What the members predict.
+        oof_merged: Tasks other than class probabilities: the OOF targets and the submitted merge's OOF outputs
+            (where thresholds and cut points are fitted); None otherwise.
     """
 
     record: PredictRecord
@@ -84,6 +87,8 @@ class PredictResult:
     test: ImageTable
     sample_ids: list[str] | None
     stage: Path
+    task: Task | None = None
+    oof_merged: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _validation_rows(members: Sequence[Member], train: ImageTable) -> dict[str, np.ndarray]:
@@ -122,7 +127,8 @@ def _oof(members: Sequence[Member], spec: DataSpec, classes: list[str], template
     if opts.mode == "submit":
         files, sources = cached_oof_sets(members, templates, opts, check_options(opts), out_dir)
         return files, sources, None
-    train = read_train_table(DataSpec(**{**asdict(spec), "classes": classes}))
+    task = members_task(members)  # the members' own task and columns, not a new inference from the files
+    train = read_train_table(DataSpec(**{**asdict(spec), "task": task.kind, "classes": None if task.is_value else classes}))
     val = run(members, train, "val", templates, opts, _validation_rows(members, train), out_dir)
     files = {k: {m.name: val[(m.name, k)] for m in members} for k in templates}
     return files, {k: dict.fromkeys(files[k], "predicted") for k in templates}, train.ids
@@ -280,18 +286,6 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
     return combiner, model_keys, out
 
 
-def _choose_tta(frames: dict[str, dict[str, pd.DataFrame]], templates: dict[str, TTAPolicy], keys: list[str],
-                models: list[str], metric: str, margin: Margin, max_passes: int | None,
-                task: Task | None = None) -> dict[str, dict[str, Any]]:
-    """``tta=auto``: each model's policy among the candidate ``keys`` that have OOF rows."""
-    if not keys:
-        raise ConfigError("tta=auto needs out-of-fold predictions under its candidates; none has them (mode=submit "
-                          "without cached OOF predictions). Use mode=full with the training data, or a fixed tta=...")
-    views = {k: {**asdict(templates[k]), "views": views_per_image(templates[k])} for k in keys}
-    oof = {g: {k: (frame_labels(frames[k][g]), frame_outputs(frames[k][g], np.float64)) for k in keys} for g in models}
-    return choose_policies(oof, views, metric, margin, max_passes, task)
-
-
 def _policy_notes(policies: Sequence[TTAPolicy]) -> list[str]:
     """Why a configured policy is missing from the keys: ten_crop without a flip is five_crop's views."""
     return [f"{p.name} with flip none makes five_crop's views: predicted and reported once, as five_crop"
@@ -350,7 +344,7 @@ def predict(
         frames = _write_oof(stage, models, oof, task, order)
         tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
         if auto:
-            tta_choice = _choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames],
+            tta_choice = choose_tta(frames, templates, [k for k in map(policy_key, auto) if k in frames],
                                      list(models), metric, margin_of(tta_margin, ens.seed), max_passes,
                                      task_or_none(task))
             model_keys = {g: c["key"] for g, c in tta_choice.items()}
@@ -414,4 +408,10 @@ def predict(
                           for m in members},
         distributed=task_summary(tasks, dist) if tasks else None,
     )
-    return PredictResult(record, ens_path, classes, test, sample_ids, stage)
+    merged = None
+    if not task.softmax and fit_key is not None:  # the merge's OOF outputs: where decisions are fitted
+        labels, probs = _oof_arrays(frames, {g: fit_key if k == submit_key else k for g, k in model_keys.items()})
+        merge = combiner or Combiner("weighted", np.array([weights[submit_key][g] for g in probs]), ens.method,
+                                     normalize=False)
+        merged = (labels, merge.apply(list(probs.values())))
+    return PredictResult(record, ens_path, classes, test, sample_ids, stage, task, merged)

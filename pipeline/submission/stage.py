@@ -17,15 +17,18 @@ import numpy as np
 from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
 from pipeline.core.staging import discard, promote
+from pipeline.core.task import Task
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
 from pipeline.predict.distributed import DistributeSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
+from pipeline.predict.targets import members_task
 from pipeline.predict.tta import TTAPolicy
 from pipeline.submission.build import write_submission_from_predictions
 from pipeline.submission.format import SubmissionError, SubmissionFormat, format_from_config, infer_format
 from pipeline.submission.spec import SubmissionOptions
+from pipeline.submission.task_stage import check_task_metric, decide, task_format, task_solution_score, write_task
 
 __all__ = ["submission_format", "solution_score", "submit", "default_metric"]
 
@@ -128,6 +131,10 @@ def submit(
     members, skipped = find_members(members_spec)
     for folder, why in skipped.items():
         log.warning("Skipping %s: %s", folder, why)
+    task = members_task(members)
+    if task.kind != "multiclass":
+        return _submit_task(members, skipped, task, spec, (policies, submit_policy, candidates, max_passes), out_dir,
+                            opts, ens, sub, metric, dist, tta_margin, run_info)
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
     metric, reason = (metric, "set by the metric setting") if metric else default_metric(fmt, spec.sample_submission)
@@ -154,4 +161,35 @@ def submit(
         return record.as_dict()
     except BaseException:
         discard(out_dir)  # the staged results of this failed run; the previous ones are untouched
+        raise
+
+
+def _submit_task(members: Any, skipped: dict[str, str], task: Task, spec: DataSpec, tta: tuple[Any, ...],
+                 out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None,
+                 dist: DistributeSpec | None, tta_margin: float | None, run_info: dict[str, Any] | None,
+                 ) -> dict[str, Any]:
+    """:func:`submit` for binary, multi-label, regression and ordinal members (:mod:`pipeline.submission.task_stage`)."""
+    policies, submit_policy, candidates, max_passes = tta
+    fmt = task_format(spec, sub, task)
+    metric, reason = check_task_metric(metric, task)
+    log.info("Task: %s (%s). Metric: %s (%s).", task.kind, task.reason or "recorded by the members", metric, reason)
+    try:
+        result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates,
+                         max_passes, dist, tta_margin)
+        record = result.record
+        record.metric_reason = reason
+        record.task = task.to_dict()
+        decision, record.decision = decide(result, metric, ens)
+        staged = write_task(result, fmt, decision, result.stage / sub.filename)
+        record.submission = str(Path(out_dir) / sub.filename)
+        record.leaderboard = task_solution_score(spec, staged, fmt, task, metric)
+        if record.leaderboard:
+            record.leaderboard["file"] = record.submission
+        for key, value in (run_info or {}).items():
+            setattr(record, key, value)
+        record.write(result.stage)
+        promote(result.stage, out_dir, ["oof", "test", "ensemble_test.csv", sub.filename, "predict.json"])
+        return record.as_dict()
+    except BaseException:
+        discard(out_dir)
         raise
