@@ -38,6 +38,7 @@ from pipeline.report.nested import NESTED_PARTS, nested_pick
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost, save_figure
 from pipeline.report.savings import droppable_models, flip_effects, redundant_policies
 from pipeline.report.score import Row, baseline_row, candidate_rows, score_rows, submitted_row
+from pipeline.report.targets import needs_decision, plot_task
 from pipeline.report.text import in_sample_summary, markdown, nested_summary, paragraph, summarize
 
 __all__ = ["compute_report", "build_report"]
@@ -63,6 +64,7 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
     df.attrs.update(metric=m.name, baseline=f"{base.model} / {pr.policy_names[base.key]}",
                     baseline_index=next(i for i, r in enumerate(rows) if r is base))
     df.attrs["final"] = _final_probs(pr, df, rows)  # the "final ensemble" plots show the submitted merge
+    df.attrs["row_outputs"] = [r.probs for r in rows]
     # Candidates cheapest first, so ties in score or in votes go to the cheaper row.
     order = sorted(range(len(rows)), key=lambda i: (int(df.loc[i, "forward_passes_per_image"]), i))
     parts = min(NESTED_PARTS, len(pr.labels))  # a handful of OOF rows: as many parts as rows
@@ -88,11 +90,18 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
 
 def _savings(pr: PredictRun, df: pd.DataFrame, rows: list[Row], summary: dict[str, Any], m: Metric, n_boot: int,
              seed: int) -> dict[str, Any]:
-    """Flip effects, policies no better than cheaper ones, and members the submitted ensemble could drop."""
+    """Flip effects, policies no better than cheaper ones, and members the submitted ensemble could drop.
+
+    Tasks other than class probabilities: flips and policies are compared on the outputs as they are, so not
+    for a metric that needs fitted thresholds or cut points; dropping models is not computed for them yet.
+    """
+    task = pr.task
+    if needs_decision(task, m):
+        return {"flips": [], "redundant_policies": [], "note": f"not computed: {m.name} needs fitted decisions"}
     out: dict[str, Any] = {"flips": flip_effects(pr, m, n_boot, seed),
                            "redundant_policies": redundant_policies(pr, m, n_boot, seed)}
     final = summary["final_gain"]
-    if final and len(pr.models) > 1:
+    if final and len(pr.models) > 1 and (task is None or task.softmax):
         index = int(df.index[df["row"] == final["row"]][0])
         out["droppable"] = {"row": final["row"], "models": droppable_models(pr, rows[index], m, n_boot, seed)}
     return out
@@ -139,11 +148,18 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     out = pr.path
     plots = [plot_score_vs_cost(df, summary["metric"], out / "score_vs_cost.png")]
     final, title = df.attrs["final"]
-    plots.append(plot_confusion(pr.labels, final, pr.classes, f"{title}, {len(pr.labels)} OOF rows",
-                                out / "confusion_matrix.png"))
-    plots += _diagnostic_plots(pr, df, final, title, out)
-    wrong = plot_most_wrong(pr, final, out / "most_wrong.png")
-    plots += [wrong] if wrong else []
+    if pr.task is not None and not pr.task.softmax:  # the task's own plot (pipeline.report.targets)
+        base = df.loc[df.attrs["baseline_index"]]
+        best_rows = df.index[(df["model"] == base["model"]) & (df["policy_key"] == base["policy_key"])]
+        best = (f"best single: {df.attrs['baseline']}", df.attrs["row_outputs"][int(best_rows[0])])
+        plots.append(plot_task(pr.task, pr.labels, best, (f"submission: {title}", final), get_metric(summary["metric"]),
+                               out / f"{pr.task.kind}.png"))
+    else:
+        plots.append(plot_confusion(pr.labels, final, pr.classes, f"{title}, {len(pr.labels)} OOF rows",
+                                    out / "confusion_matrix.png"))
+        plots += _diagnostic_plots(pr, df, final, title, out)
+        wrong = plot_most_wrong(pr, final, out / "most_wrong.png")
+        plots += [wrong] if wrong else []
     records = [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
     write_json(out / "report.json", {**summary, "rows": records})
     with atomic_path(out / "report.csv") as tmp:

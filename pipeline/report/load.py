@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.io import safe_name
+from pipeline.core.task import Task
 from pipeline.member.predictions import read_predictions
 from pipeline.predict.plan import policy_names
 from pipeline.predict.record import PredictRecord
@@ -30,7 +31,7 @@ class PredictRun:
         info: ``predict.json`` as written by ``pipeline-predict``.
         classes: Class names, in probability-column order.
         ids: OOF row ids shared by every model and policy, in file order.
-        labels: ``[N]`` integer labels of those rows.
+        labels: ``[N]`` integer labels of those rows (other tasks: their targets, :mod:`pipeline.core.task`).
         oof: ``(model, policy key) → [N, K]`` probabilities, rows aligned with ``ids``.
         policy_names: Readable name of each policy key (its name, plus the settings that tell apart policies
             sharing it; never the file key's hash).
@@ -43,6 +44,12 @@ class PredictRun:
     labels: np.ndarray
     oof: dict[tuple[str, str], np.ndarray]
     policy_names: dict[str, str]
+
+    @property
+    def task(self) -> Task | None:
+        """The members' task; None for one class per image (multiclass), whose report is as it always was."""
+        task = Task.from_dict(self.info.get("task"), self.classes)
+        return None if task.kind == "multiclass" else task
 
     @property
     def models(self) -> dict[str, list[str]]:

@@ -27,11 +27,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from pipeline.core.metrics import Metric, metric_names, paired_bootstrap, score_all
+from pipeline.core.metrics import Metric, paired_bootstrap, score_all
 from pipeline.core.progress import progress
+from pipeline.predict.ensemble import SOFTMAX_ONLY
 from pipeline.predict.fitting import Rule, cross_fit, rule, rule_name
 from pipeline.predict.spec import EnsembleSpec
 from pipeline.report.load import AUTO, PredictRun
+from pipeline.report.targets import decided, needs_decision, task_metric_names
 
 __all__ = ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "ensemble_spec", "kind_of", "score_rows",
            "submitted_name", "submitted_row", "submitted_oof", "submitted_policies"]
@@ -55,6 +57,7 @@ class Row:
     probs: np.ndarray
     weights: dict[str, float]
     rule: str = ""
+    raw: np.ndarray | None = None  # a decided row's outputs before its thresholds or cut points (probs: decided)
 
 
 def kind_of(rule_name: str) -> str:
@@ -95,24 +98,38 @@ def candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[Row]:
     # tta=auto with a policy per model: the submitted mix is one more key (each model under its own choice)
     keys = [*pr.policies, *([AUTO] if pr.mixed else [])]
     for base in ("mean", "caruana"):
-        rows += [_merge_row(pr, rule(base, spec, metric.name), key, models) for key in keys]
+        rows += [_merge_row(pr, rule(base, spec, metric.name, pr.task), key, models) for key in keys]
     focus = list(dict.fromkeys(k for k in (_submit_key(pr), _base_key(pr)) if k in keys))
     others = [n for n in (*OTHER_RULES, name) if n not in ("mean", "caruana", "given", "single", "single+tta")]
     if metric.name == "log_loss" and name != "rank":
         others = [n for n in others if n != "rank"]  # rank averages orders, not probabilities: no log loss
+    if pr.task is not None and not pr.task.softmax:
+        others = [n for n in others if n not in SOFTMAX_ONLY]  # merges of class probabilities only
     for other in dict.fromkeys(others):
         r = pr_rule(pr, other, spec, metric)
         rows += [_merge_row(pr, r, key, models) for key in focus]
     if spec.weights == "given":
-        rows += [_merge_row(pr, rule("given", spec, metric.name), key, models) for key in pr.policies]
+        rows += [_merge_row(pr, rule("given", spec, metric.name, pr.task), key, models) for key in pr.policies]
+    return _decide(pr, rows, metric)
+
+
+def _decide(pr: PredictRun, rows: list[Row], metric: Metric) -> list[Row]:
+    """Rows of a metric that needs thresholds or cut points, each decided cross-fitted (:mod:`pipeline.report.targets`)."""
+    task = pr.task
+    if task is None or not needs_decision(task, metric):
+        return rows
+    spec = ensemble_spec(pr)
+    parts = min(spec.cross_fit_parts, len(pr.labels))
+    for r in rows:
+        r.raw, r.probs = r.probs, decided(task, pr.labels, r.probs, metric, parts, spec.seed)
     return rows
 
 
 def pr_rule(pr: PredictRun, name: str, spec: EnsembleSpec, metric: Metric) -> Rule:
     """The rule ``name``; the submitted one exactly as predict fitted it (its recorded settings)."""
     if name == submitted_name(pr) and spec.combine != "auto":
-        return Rule(name, spec, metric.name)
-    return rule(name, spec, metric.name)
+        return Rule(name, spec, metric.name, pr.task)
+    return rule(name, spec, metric.name, pr.task)
 
 
 def _submit_key(pr: PredictRun) -> str:
@@ -161,7 +178,7 @@ def submitted_oof(pr: PredictRun, metric: Metric) -> np.ndarray | None:
     if single:
         return pr.oof[(models[0], pr.model_key(models[0], key))]
     spec = ensemble_spec(pr)
-    r = rule(name, spec, metric.name) if name in ("mean", "caruana", "given") else pr_rule(pr, name, spec, metric)
+    r = rule(name, spec, metric.name, pr.task) if name in ("mean", "caruana", "given") else pr_rule(pr, name, spec, metric)
     return _merge_row(pr, r, key, models).probs
 
 
@@ -187,11 +204,6 @@ def _cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
     return members, passes, math.nan if None in seconds else float(sum(seconds))
 
 
-def _metric_names(metric: str) -> list[str]:
-    # The report scores one label per image so far: the classification metrics (the other tasks' would refuse).
-    return [metric, *(name for name in metric_names("multiclass") if name != metric)]
-
-
 def score_rows(
     pr: PredictRun, rows: list[Row], base: Row, metric: Metric, n_boot: int, seed: int
 ) -> pd.DataFrame:
@@ -199,12 +211,16 @@ def score_rows(
     records = []
     for r in progress(rows, len(rows), f"Bootstrapping {len(rows)} rows ({n_boot} resamples each)", unit="row"):
         members, passes, seconds = _cost(pr, r)
-        boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed)
+        boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed,
+                                task=None if pr.task is None else pr.task.kind)
+        names = task_metric_names(pr.task, metric.name)
+        scores = score_all(pr.labels, r.probs if r.raw is None else r.raw, names, **_task_kw(pr))
+        scores[metric.name] = float(metric(pr.labels, r.probs))  # a decided row: on its decisions
         weights = ", ".join(f"{m}={w:.2f}" for m, w in r.weights.items() if w > 0)
         records.append({
             "row": f"{r.model} / {pr.policy_names[r.key]}", "kind": r.kind, "rule": r.rule, "model": r.model,
             "policy": pr.policy_names[r.key], "policy_key": r.key, "members": members, "weights": weights,
-            **score_all(pr.labels, r.probs, _metric_names(metric.name)),
+            **scores,
             "diff_vs_best_single": boot.diff, "ci_low": boot.low, "ci_high": boot.high,
             "forward_passes_per_image": passes, "sec_per_1000_images": seconds,
         })
@@ -212,3 +228,7 @@ def score_rows(
     column = df[metric.name]
     df["best"] = df.index == (column.idxmax() if metric.greater_is_better else column.idxmin())
     return df
+
+
+def _task_kw(pr: PredictRun) -> dict[str, str]:
+    return {} if pr.task is None else {"task": pr.task.kind}

@@ -11,6 +11,7 @@ import pandas as pd
 from pipeline.core.metrics import BootstrapResult, Metric
 from pipeline.report.load import PredictRun
 from pipeline.report.score import kind_of, submitted_name
+from pipeline.report.targets import needs_decision
 
 __all__ = [
     "relative_error_reduction", "nested_summary", "in_sample_summary", "summarize", "paragraph", "render_table",
@@ -113,7 +114,7 @@ def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, see
     spec = pr.info["ensemble"]
     return {
         "metric": metric.name, "greater_is_better": gib, "n_rows": len(pr.labels),
-        "n_classes": len(pr.classes), "n_boot": n_boot, "seed": seed,
+        "n_classes": len(pr.classes), "n_boot": n_boot, "seed": seed, "task": _task_words(pr, metric),
         "baseline": {"row": base_row["row"], "score": float(base_row[metric.name]),
                      "rule": "best single model without TTA (policy 'none', else the fewest views)"},
         "ensemble_gain": None if ens is None else _gain(ens, base_row, metric),
@@ -123,7 +124,7 @@ def summarize(pr: PredictRun, df: pd.DataFrame, metric: Metric, n_boot: int, see
         "best_row": str(df.loc[df["best"], "row"].iloc[0]),
         "fitted_ensemble": {"scoring": "cross-fitted", "parts": int(spec.get("cross_fit_parts", 5)),
                             "seed": int(spec.get("seed", 0)), "caruana_rounds": int(spec.get("caruana_rounds", 50)),
-                            "method": pr.method, "fit_metric": spec.get("fit_metric") or metric.name},
+                            "method": pr.method, "fit_metric": _fit_metric(pr, spec, metric)},
         "submitted": {"rule": rule, "row": None if final is None else final["row"],
                       "cross_fitted": pr.info.get("cross_fitted")},
         "leaderboard": pr.info.get("leaderboard"),
@@ -271,7 +272,8 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str
     lines = [
         "# Ensemble and TTA report", "",
         f"**Metric:** {m} ({'higher' if summary['greater_is_better'] else 'lower'} is better), on "
-        f"{summary['n_rows']} out-of-fold rows, {summary['n_classes']} classes. Why this metric: "
+        f"{summary['n_rows']} out-of-fold rows, {summary.get('task') or str(summary['n_classes']) + ' classes'}. "
+        "Why this metric: "
         f"{summary.get('metric_reason', 'as recorded in predict.json')}.", "",
         *(f"**Warning:** {w}\n" for w in summary.get("warnings", [])),
         "**Baseline:** the best single model without TTA (policy `none`, or the policy with the fewest "
@@ -311,3 +313,23 @@ def _per_model_section(summary: dict[str, Any]) -> list[str]:
             lines.append(f"- `{model}`: tta=auto chose **{c.get('chosen')}**{reason}")
     lines += [f"- {f['sentence']}" for f in flips]
     return [*lines, ""]
+
+
+def _task_words(pr: PredictRun, metric: Metric) -> str | None:
+    """The task in words for a task other than one class per image (None: the classes are counted instead)."""
+    task = pr.task
+    if task is None:
+        return None
+    what = {"binary": f"binary ({' vs '.join(task.columns)})", "multilabel": f"multi-label ({len(task.columns)} labels)",
+            "regression": f"regression of {task.columns[0]}", "ordinal": f"ordinal grades {task.low}-{task.high}"}
+    decided = {"multilabel": "per-label thresholds", "ordinal": "cut points"}.get(task.kind)
+    how = (f"; each row scored on {decided} fitted cross-fitted on the same parts as the ensemble"
+           if decided and needs_decision(task, metric) else "")
+    return what[task.kind] + how
+
+
+def _fit_metric(pr: PredictRun, spec: dict[str, Any], metric: Metric) -> str:
+    """What Caruana weights were fitted for: the task's smooth loss stands in for log loss beyond class probabilities."""
+    name = spec.get("fit_metric") or metric.name
+    task = pr.task
+    return task.smooth_loss if task is not None and not task.softmax and name == "log_loss" else str(name)
