@@ -83,6 +83,8 @@ def _predict_record(predict_dir: Path, members: list[Member]) -> tuple[dict[str,
     record = {k: info[k] for k in _FROM_PREDICT}
     record["submission_policy_spec"] = info.get("submission_policy_spec")
     record["view_reduce"] = (info.get("options") or {}).get("view_reduce", "prob_mean")
+    if info.get("decision"):  # thresholds or cut points fitted on OOF rows: the kit decides test rows with them
+        record["decision"] = info["decision"]
     return record, caches
 
 

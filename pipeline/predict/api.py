@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.reduce import merge_members
+from pipeline.core.task import Task
 from pipeline.data.fingerprint import split_tag
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_table
@@ -24,6 +25,7 @@ from pipeline.predict.ensemble import caruana_bagged, group_models, resolve_weig
 from pipeline.predict.plan import policy_key
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import PredictOptions
+from pipeline.predict.targets import members_task
 from pipeline.predict.tta import TTAPolicy, create_policy
 
 __all__ = ["Prediction", "predict_images", "fit_ensemble_weights"]
@@ -36,12 +38,15 @@ class Prediction:
     Attributes:
         ids: One id per row (file stems for a folder).
         probs: ``[N, K]`` probabilities, rows summing to one.
-        classes: The K class names, in column order.
+        classes: The K class names, in column order (other tasks: their output columns).
+        task: The members' task when it is not one class per image (``probs`` then holds its outputs:
+            independent probabilities per label, or values).
     """
 
     ids: list[str]
     probs: np.ndarray
     classes: list[str]
+    task: Task | None = None  # None: one class per image; else the members' task (probs: its outputs)
 
     def labels(self) -> list[str]:
         """The top-1 class name of each row (ties to the lower class index)."""
@@ -93,6 +98,8 @@ def predict_images(
     else:
         found, _ = find_members(members)  # type: ignore[arg-type]
     classes = list(found[0].manifest.classes)
+    task = members_task(found)
+    normalize = task.softmax  # multi-label probabilities and values are averaged as they are
     if isinstance(policy, str):
         policy = create_policy(policy)
     opts = options or PredictOptions()
@@ -112,10 +119,11 @@ def predict_images(
     model_probs = []
     for name in active:
         per_member = [read_predictions(files[(m.name, key)], classes)[1] for m in models[name]]
-        model_probs.append(merge_members(per_member, method=method).numpy())
+        model_probs.append(merge_members(per_member, method=method, normalize=normalize).numpy())
     ids = read_predictions(files[(todo[0].name, key)], classes)[0]
     kept = [float(weight) for weight in w if weight > 0]
-    return Prediction(ids, merge_members(model_probs, weights=kept, method=method).numpy(), classes)
+    merged = merge_members(model_probs, weights=kept, method=method, normalize=normalize).numpy()
+    return Prediction(ids, merged, classes, None if task.kind == "multiclass" else task)
 
 
 def fit_ensemble_weights(

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         pred = pipeline.predict_images(members, test_set(args.images, args.sample), policy=policy, weights=weights,
                                        options=options, method=method)
         path = pipeline.write_submission_file(pred, args.out, sample=args.sample, kind=args.kind, k=args.k,
-                                              label_as=args.label_as)
+                                              label_as=args.label_as, decision=ens.get("decision"))
     except PipelineError as err:
         sys.exit(f"predict.py: {err}")
     print(f"Submission written: {path} ({len(pred.ids)} rows, policy {policy.name}, weights {weights or 'equal'})")
