@@ -59,6 +59,7 @@ class MemberRow:
     wall_time_s: float | None
     current: bool  # changed by the command that wrote the summary (False: left by an earlier command)
     path: str
+    val_rmse: float | None = None  # regression and ordinal members (no accuracy or log loss)
 
 
 def _first_line(path: Path) -> str:
@@ -79,6 +80,7 @@ def _row(folder: Path, since: float | None) -> MemberRow:
         member=folder.name, status=status, error=error, val_acc=metrics.get("val_acc"),
         val_log_loss=metrics.get("val_log_loss"), epochs=metrics.get("epochs"), wall_time_s=metrics.get("wall_time_s"),
         current=since is None or (bool(marks) and max(marks) >= since), path=str(folder),
+        val_rmse=metrics.get("val_rmse"),
     )
 
 
@@ -126,12 +128,15 @@ def print_summary(rows: list[MemberRow], title: str) -> None:
 
     colour = {"completed": "green", "failed": "red", "running": "yellow"}
     table = Table(title=title, title_justify="left")
-    for name in ("member", "status", "val_acc", "val_log_loss", "epochs", "error"):
+    values = any(r.val_rmse is not None for r in rows)  # regression or ordinal members: their RMSE instead
+    scores = ("val_rmse",) if values else ("val_acc", "val_log_loss")
+    for name in ("member", "status", *scores, "epochs", "error"):
         table.add_column(name, overflow="fold", max_width=70 if name == "error" else None)
     for r in rows:
         status = r.status if r.current else f"{r.status} (earlier run)"
+        shown = [_fmt(r.val_rmse)] if values else [_fmt(r.val_acc), _fmt(r.val_log_loss)]
         table.add_row(
-            r.member, f"[{colour.get(r.status, 'white')}]{status}[/]", _fmt(r.val_acc), _fmt(r.val_log_loss),
+            r.member, f"[{colour.get(r.status, 'white')}]{status}[/]", *shown,
             "" if r.epochs is None else str(r.epochs), r.error,
         )
     Console(width=max(120, Console().width)).print(table)
