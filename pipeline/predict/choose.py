@@ -36,7 +36,7 @@ from pipeline.predict.spec import EnsembleSpec
 from pipeline.predict.tta import TTAPolicy, create_policy
 
 __all__ = ["METHODS_RULE", "SINGLE", "SINGLE_TTA", "SMOOTH", "candidate_policies", "choose_ensemble", "choose_policies",
-           "flip_harms", "margin_of"]
+           "flip_harms", "margin_of", "margin_text", "passes_margin", "pick_best"]
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +289,10 @@ def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oo
 METHODS_RULE = {"mean": "mean", "caruana": "caruana", "optimize": "optimize", "stack": "stack", "rank": "rank",
                 "bagged": "bagged", "temperature": "temperature", SINGLE: SINGLE, SINGLE_TTA: SINGLE}
 """``ensemble.candidates`` (and the single-model candidates) → :data:`pipeline.predict.fitting.RULES` names."""
+
+passes_margin = _passes
+"""The margin test of one candidate against the baseline (also the time budget's, :mod:`pipeline.predict.budget`)."""
+pick_best = _pick
+"""Among the passing candidates (simplest first), the best metric score; ties: the lower log loss, then the first."""
+margin_text = _level
+"""A margin in words, for reasons."""
