@@ -114,11 +114,12 @@ def test_zero_negative_or_nan_budget_is_refused_by_the_config_validation(value: 
 # ----------------------------------------------------------------------------- end to end, tiny real members
 
 
-def _submit(members: Path, comp: Path, out: Path, budget: BudgetSpec | None) -> dict:
+def _submit(members: Path, comp: Path, out: Path, budget: BudgetSpec | None, auto: bool = False) -> dict:
     spec = DataSpec(root=str(comp), in_chans=1, solution="solution.csv")
     opts = PredictOptions(device="cpu", num_workers=0, batch_size=16, chunk_size=None)
-    return submit(str(members), spec, [create_policy("none"), create_policy("hflip")], create_policy("ten_crop"), out,
-                  opts, CARUANA, SubmissionOptions(), "accuracy", budget=budget)
+    policies = [create_policy("none"), create_policy("hflip")]
+    return submit(str(members), spec, policies, create_policy("ten_crop"), out, opts, CARUANA, SubmissionOptions(),
+                  "accuracy", [*policies, create_policy("ten_crop")] if auto else (), budget=budget)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +161,17 @@ def test_a_budget_that_fits_part_gives_the_best_cross_fitted_plan_that_fits(budg
     # Only the plan is predicted on the test set.
     assert sorted(p.name for p in (out / "test").iterdir()) == sorted(f"{g}__{k}.csv" for g, k in record["keys"].items())
     assert tight["submitted"]["models"] == record["keys"]
+
+
+def test_tta_auto_respects_the_budget(budgeted: dict) -> None:
+    costs = budgeted["ample"]["budget"]["costs"]
+    limit = 1.01 * min(per["none"]["seconds"] for per in costs.values())  # one model under none fits, not two
+    out = budgeted["root"] / "auto"
+    summary = _submit(budgeted["members"], budgeted["comp"], out, BudgetSpec(seconds=limit), auto=True)
+    record = summary["budget"]
+    assert summary["tta_choice"] is not None and not record["configured"]["fits"]
+    assert len(record["keys"]) == 1 and record["submitted_cost_seconds"] <= limit
+    assert sorted(p.name for p in (out / "test").iterdir()) == [f"{g}__{k}.csv" for g, k in record["keys"].items()]
 
 
 def test_a_budget_below_the_cheapest_plan_fails_before_anything_is_written(budgeted: dict) -> None:
