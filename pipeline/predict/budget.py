@@ -213,7 +213,8 @@ def choose_plan(oof: Mapping[str, Mapping[str, np.ndarray]], labels: np.ndarray,
         The chosen plan, and ``{plan, cost_seconds, score, baseline, reason, plans_compared, frontier, notes}``
         (``frontier``: every plan no cheaper plan scores as well as, cheapest first, with its fitted weights).
     """
-    m, models, notes = get_metric(metric), list(oof), []
+    m, models = get_metric(metric), list(oof)
+    notes: list[str] = []
     sign = 1.0 if m.greater_is_better else -1.0
     own = {g: {k: float(m(labels, oof[g][k])) for k in costs[g]} for g in costs}
     plans = list(_plans(_options(costs, own, sign, notes)))

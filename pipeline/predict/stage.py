@@ -374,7 +374,7 @@ def predict(
         # merge skips it; stacking, ranks and temperatures take every model as an input).
         plain = combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None)
         counted = {g: k for g, k in model_keys.items() if not plain or weights[submit_key].get(g, 0.0) > 0}
-        if budget_record is not None:
+        if budget_record is not None and priced is not None:
             budget_record["submitted_cost_seconds"] = sum(priced["costs"][g][k] for g, k in counted.items())
         test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
                      else {g: [k] for g, k in counted.items()})
