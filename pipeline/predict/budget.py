@@ -142,6 +142,10 @@ def too_small(budget: BudgetSpec, limit: float, cheapest: tuple[str, str], cost:
               names: Mapping[str, str]) -> ConfigError:
     """The error of a budget below the cheapest plan: names the plan and its cost."""
     g, k = cheapest
+    if math.isinf(cost):
+        return ConfigError(f"{budget.setting()}: no model has a recorded timing on this device and "
+                           f"budget.probe_images={budget.probe_images}; set budget.probe_images (e.g. 32) to time a "
+                           "few test images first.")
     return ConfigError(f"{budget.setting()}: no plan fits in {limit:.3g} s; the cheapest plan, model {g} under "
                        f"{names.get(k, k)} alone, costs {cost:.3g} s on the test set ({source}). Raise the budget "
                        "to at least that, or set budget.seconds=null.")
