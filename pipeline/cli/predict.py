@@ -20,7 +20,7 @@ from pipeline.cli.validate import check_extras_or_exit, validate
 from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import LoggerSpec, init_wandb, run_tags
 from pipeline.data.spec import DataSpec
-from pipeline.predict.spec import EnsembleSpec, PredictOptions, TTASpec
+from pipeline.predict.spec import BudgetSpec, EnsembleSpec, PredictOptions, TTASpec
 from pipeline.submission.spec import SubmissionOptions
 
 __all__ = ["run", "main", "options"]
@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             to_container(cfg.members), spec, extra, submit_policy, out_dir, opts,
             to_dataclass(EnsembleSpec, cfg.ensemble), to_dataclass(SubmissionOptions, cfg.submission), metric,
             candidates, tta.max_passes, distribute_spec(to_container(cfg.get("distribute"))), tta.margin, run_info,
+            to_dataclass(BudgetSpec, cfg.get("budget") or {}),
         )
         if run is not None:
             log_predict_run(run, summary, out_dir)
@@ -102,6 +103,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     lb = summary["leaderboard"]
     print(f"Submission written: {summary['submission']}")
     print(f"Metric: {summary['metric']} ({summary['metric_reason']})")
+    if plan := summary.get("budget"):
+        print(f"Time budget ({plan['setting']}): {', '.join(f'{g} under {k}' for g, k in plan['plan'].items())}, "
+              f"{plan['submitted_cost_seconds']:.3g} s of {plan['limit_seconds']:.3g} s ({plan['reason']})")
     if lb:
         print(f"Demo leaderboard ({lb['metric']}, {lb['rows']} test images): {lb['score']:.4f}")
     return summary

@@ -10,7 +10,8 @@ hold the swept values. The checks:
   argument of its ``_target_``; ``model.kwargs``, ``callbacks``, ``aug``, ``paths`` and ``hydra`` stay open.
 - values: ``optimizer.lr``, ``trainer.max_epochs`` (``-1``: no epoch limit, said in one line), ``seed``,
   ``data.image_size``/``crop_size``, the task keys ``data.task``/``label_cols``/``tag_sep``/``target_range``,
-  ``tta.flip``/``flips``, ``member_chunk_size``, ``ensemble.given_weights``.
+  ``tta.flip``/``flips``, ``member_chunk_size``, ``ensemble.given_weights``, ``budget.seconds``/``per_1000``
+  (positive, one of them).
 - optional extras: ``launcher=ray|slurm|submitit_local``, ``distribute=...`` and ``hparams_search=optuna``
   need packages that ``pip install 'pipeline[<extra>]'`` brings, and SLURM needs ``srun`` on PATH.
 
@@ -250,6 +251,11 @@ def _check_prediction(get: Getter) -> None:
                           "e.g. member_chunk_size='{resnet50-s0: 256}' (or null).")
     if get("ensemble.weights") == "given" and (given := get("ensemble.given_weights")) not in (None, _ABSENT):
         _check_given_weights(given)
+    budget = get("budget")
+    if isinstance(budget, Mapping):
+        from pipeline.predict.spec import check_budget
+
+        check_budget(budget.get("seconds"), budget.get("per_1000"), budget.get("probe_images", 32))
 
 
 def _check_given_weights(given: Any) -> None:

@@ -82,6 +82,7 @@ def _predict_record(predict_dir: Path, members: list[Member]) -> tuple[dict[str,
     caches = {m: [Path(p) for p in dirs] for m, dirs in (info.get("prediction_cache") or {}).items()}
     record = {k: info[k] for k in _FROM_PREDICT}
     record["submission_policy_spec"] = info.get("submission_policy_spec")
+    record["budget"] = info.get("budget")  # the cross-fitted plans the kit's --time-budget chooses among
     record["view_reduce"] = (info.get("options") or {}).get("view_reduce", "prob_mean")
     if info.get("decision"):  # thresholds or cut points fitted on OOF rows: the kit decides test rows with them
         record["decision"] = info["decision"]

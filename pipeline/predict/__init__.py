@@ -9,7 +9,7 @@ from pipeline.core.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "spec": ["MODES", "TTASpec", "EnsembleSpec", "PredictOptions", "crop_override_allowed"],
+        "spec": ["MODES", "TTASpec", "EnsembleSpec", "PredictOptions", "BudgetSpec", "check_budget", "crop_override_allowed"],
         "tta": [
             "CROPS", "FLIPS", "POLICIES", "PolicySpec", "TTAPolicy", "create_policy", "list_policies", "make_views",
             "merge_views", "predict_with_tta", "register_policy", "views_per_image",
@@ -27,6 +27,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "fitting": ["RULES", "Margin", "Rule", "beats", "cross_fit", "rule", "rule_name", "split", "submitted_rule"],
         "thresholds": ["DECISIONS", "Decision", "cross_fit_decision", "decision_kind", "fit_decision"],
         "choose": ["candidate_policies", "choose_ensemble", "choose_policies", "flip_harms", "margin_of"],
+        "budget": ["MAX_PLANS", "choose_plan", "plan_probs", "price", "probe_timings", "costs_of", "timings", "within"],
+        "timed": ["kit_plans", "predict_within"],
         "record": ["PREDICT_JSON", "PredictRecord"],
         "stage": ["PredictResult", "predict"],
         "distributed": ["BACKENDS", "DistributeSpec", "distribute_spec", "distributed", "run_task"],

@@ -28,7 +28,7 @@ from pipeline.predict.spec import PredictOptions
 from pipeline.predict.targets import members_task
 from pipeline.predict.tta import TTAPolicy, create_policy
 
-__all__ = ["Prediction", "predict_images", "fit_ensemble_weights"]
+__all__ = ["Prediction", "image_table", "predict_images", "fit_ensemble_weights"]
 
 
 @dataclass
@@ -53,7 +53,8 @@ class Prediction:
         return [self.classes[i] for i in self.probs.argmax(axis=1)]
 
 
-def _table(images: str | Path | ImageTable | DataSpec, classes: Sequence[str]) -> ImageTable:
+def image_table(images: str | Path | ImageTable | DataSpec, classes: Sequence[str]) -> ImageTable:
+    """The images :func:`predict_images` takes, as a table: a folder, an :class:`ImageTable` or a :class:`DataSpec`."""
     if isinstance(images, ImageTable):
         return images
     if isinstance(images, DataSpec):
@@ -109,7 +110,7 @@ def predict_images(
             raise ConfigError(f"weights name the models {sorted(weights)}, but the members form the models {sorted(models)}")
         weights = [float(weights[name]) for name in models]
     w = resolve_weights("equal" if weights is None else "given", len(models), weights)
-    table = _table(images, classes)
+    table = image_table(images, classes)
     tag = split_tag("test", table)
     key = policy_key(policy)
     # A model of weight 0 costs nothing: its members are never predicted (the kit runs this under a time limit).

@@ -41,8 +41,7 @@ from pipeline.predict.spec import EnsembleSpec
 from pipeline.predict.tta import TTAPolicy, create_policy, views_per_image
 
 __all__ = ["METHODS_RULE", "SINGLE", "SINGLE_TTA", "SMOOTH", "candidate_policies", "choose_ensemble", "choose_policies",
-           "choose_tta",
-           "flip_harms", "margin_of"]
+           "choose_tta", "flip_harms", "margin_of", "margin_text", "passes_margin", "pick_best"]
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +303,12 @@ METHODS_RULE = {"mean": "mean", "caruana": "caruana", "optimize": "optimize", "s
                 "bagged": "bagged", "temperature": "temperature", SINGLE: SINGLE, SINGLE_TTA: SINGLE}
 """``ensemble.candidates`` (and the single-model candidates) → :data:`pipeline.predict.fitting.RULES` names."""
 
+passes_margin = _passes
+"""The margin test of one candidate against the baseline (also the time budget's, :mod:`pipeline.predict.budget`)."""
+pick_best = _pick
+"""Among the passing candidates (simplest first), the best metric score; ties: the lower log loss, then the first."""
+margin_text = _level
+"""A margin in words, for reasons."""
 
 def choose_tta(frames: Mapping[str, Mapping[str, pd.DataFrame]], templates: Mapping[str, TTAPolicy], keys: list[str],
                models: list[str], metric: str, margin: Margin, max_passes: int | None,

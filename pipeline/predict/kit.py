@@ -154,7 +154,8 @@ Made by `pipeline-export --kit`. Upload this folder as a Kaggle data set, attach
 
 `predict.py` installs `wheels/pipeline-*.whl` with `pip install --no-index --no-deps` (the notebook image
 has torch, timm, albumentations and pandas) and predicts with the members in `members/` at their
-recorded image and crop sizes, merged with the weights in `members/ensemble.json`. Without `--sample` it
+recorded image and crop sizes, merged with the weights in `members/ensemble.json`. `--time-budget SECONDS`
+times each model on a few test images first and predicts only the plan that fits. Without `--sample` it
 writes `id,label,<one probability column per class>`; `--kind topk --k 5` writes the five best class
 names per row. `python predict.py --help` lists every option.
 """
@@ -163,10 +164,12 @@ _SCRIPT = '''"""Offline prediction with a pipeline kit (made by `pipeline-export
 
     python predict.py --images TEST_FOLDER --out submission.csv [--sample sample_submission.csv]
                       [--kind label|probabilities|label+probabilities|topk] [--k K] [--device auto]
+                      [--time-budget SECONDS]
 
 It installs the kit's wheel (pip install --no-index --no-deps --find-links <kit>/wheels), then runs
 pipeline.predict_images on the members in <kit>/members with the weights and TTA policy in
-members/ensemble.json, and pipeline.write_submission_file.
+members/ensemble.json, and pipeline.write_submission_file. With --time-budget it first times each model on a
+few test images and predicts only the plan that fits (pipeline.predict.timed), and prints the plan.
 """
 
 from __future__ import annotations
@@ -230,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--cache-dir", default=None, help="prediction cache (default: the system temporary folder)")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds the whole test set may take here: "
+                        "each model is timed on a few test images first, and only the plan that fits is predicted")
+    parser.add_argument("--probe-images", type=int, default=16, help="test images each model is timed on")
     args = parser.parse_args(argv)
     install()
 
@@ -260,8 +266,15 @@ def main(argv: list[str] | None = None) -> None:
                              view_reduce=ens.get("view_reduce", "prob_mean"), prediction_cache_dir=args.cache_dir)
     method = (ens.get("ensemble") or {}).get("method", "prob_mean")
     try:
-        pred = pipeline.predict_images(members, test_set(args.images, args.sample), policy=policy, weights=weights,
-                                       options=options, method=method)
+        if args.time_budget is not None:
+            from pipeline.predict.timed import predict_within
+
+            pred, plan = predict_within(members, test_set(args.images, args.sample), ens, key or policy.name, policy,
+                                        weights, args.time_budget, options, method, args.probe_images)
+            print(plan)
+        else:
+            pred = pipeline.predict_images(members, test_set(args.images, args.sample), policy=policy, weights=weights,
+                                           options=options, method=method)
         path = pipeline.write_submission_file(pred, args.out, sample=args.sample, kind=args.kind, k=args.k,
                                               label_as=args.label_as, decision=ens.get("decision"))
     except PipelineError as err:

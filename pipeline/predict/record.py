@@ -49,7 +49,12 @@ class PredictRecord:
         submitted: ``{models: model → policy key, combine: the fitted merge's info}``.
         weights_fitted_on: Submission policy → the policy whose OOF rows fitted its merge.
         oof_source: Policy → member → where its OOF predictions came from.
-        timings: Model → policy → seconds per 1,000 images and forward passes per image.
+        timings: Model → policy → seconds per 1,000 images, the device they were measured on, forward passes
+            per image.
+        budget: The time budget's plan (:mod:`pipeline.predict.budget`), None without a budget:
+            ``{setting, limit_seconds, n_test, configured: {plan, cost_seconds, fits}, plan (model → policy
+            name), keys, cost_seconds, submitted_cost_seconds, reason, left_out, estimated, estimated_from,
+            costs (model → policy → {seconds, source}), frontier, ...}``.
         classes: Class names, in probability-column order.
         n_test: Test images.
         policy_notes: Why a configured policy is missing from the keys.
@@ -88,6 +93,7 @@ class PredictRecord:
     weights_fitted_on: dict[str, str | None] = field(default_factory=dict)
     oof_source: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
     n_test: int | None = None
     policy_notes: list[str] = field(default_factory=list)
     member_detail: dict[str, Any] = field(default_factory=dict)

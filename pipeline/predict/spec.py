@@ -16,8 +16,8 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError
 
-__all__ = ["COMBINES", "ENSEMBLE_CANDIDATES", "MODES", "TTASpec", "EnsembleSpec", "PredictOptions",
-           "check_margin", "crop_override_allowed"]
+__all__ = ["COMBINES", "ENSEMBLE_CANDIDATES", "MODES", "TTASpec", "EnsembleSpec", "PredictOptions", "BudgetSpec",
+           "check_budget", "check_margin", "crop_override_allowed"]
 
 COMBINES = ("weighted", "rank", "stack", "auto")
 """Accepted ``ensemble.combine`` values (see :mod:`pipeline.predict.merge`)."""
@@ -173,6 +173,54 @@ class PredictOptions:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+@dataclass
+class BudgetSpec:
+    """The ``budget`` keys of ``conf/predict.yaml``: inference within a time limit (:mod:`pipeline.predict.budget`).
+
+    Attributes:
+        seconds: Seconds the whole test set may take on the device at hand (model compute). null: no budget.
+        per_1000: Or seconds per 1,000 test images. At most one of the two is set.
+        probe_images: Test images a quick timing runs on, for a model and policy whose recorded timing is
+            missing or was measured on another device (0: no timing; such costs stay estimates).
+    """
+
+    seconds: float | None = None
+    per_1000: float | None = None
+    probe_images: int = 32
+
+    @property
+    def active(self) -> bool:
+        """Whether a budget is set."""
+        return self.seconds is not None or self.per_1000 is not None
+
+    def limit(self, n_images: int) -> float:
+        """The budget in seconds for ``n_images`` test images."""
+        return float(self.seconds) if self.seconds is not None else float(self.per_1000 or 0) * n_images / 1000.0
+
+    def setting(self) -> str:
+        """The key and value as the user wrote them (``budget.seconds=60``), for messages."""
+        return f"budget.seconds={self.seconds}" if self.seconds is not None else f"budget.per_1000={self.per_1000}"
+
+
+def check_budget(seconds: Any, per_1000: Any, probe_images: Any = 32, task: Any = None) -> None:
+    """Refuse a budget that is not a positive finite number of seconds, or both keys set, naming the key; and a
+    budget for members of a task other than class probabilities (``task``: its plans merge class probabilities)."""
+    if task is not None and not task.softmax and (seconds is not None or per_1000 is not None):
+        raise ConfigError(f"budget.seconds / budget.per_1000: a time budget plans merges of class probabilities, and "
+                          f"these members are a {task.kind} task; set budget.seconds=null and budget.per_1000=null.")
+    for key, value in (("budget.seconds", seconds), ("budget.per_1000", per_1000)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"{key}={value!r}: a time budget must be a positive number of seconds, e.g. {key}=600 "
+                              "(or null: no budget).")
+    if seconds is not None and per_1000 is not None:
+        raise ConfigError(f"budget.seconds={seconds} and budget.per_1000={per_1000} are both set; set one of them "
+                          "(the whole test set, or seconds per 1,000 images).")
+    if isinstance(probe_images, bool) or not isinstance(probe_images, int) or probe_images < 0:
+        raise ConfigError(f"budget.probe_images={probe_images!r}: accepted: an integer ≥ 0 (0: no quick timing).")
 
 
 def check_margin(key: str, value: Any) -> None:

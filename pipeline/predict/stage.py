@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import ConfigError, MemberError
-from pipeline.core.io import read_csv_as_text, read_json, safe_name, short_hash
+from pipeline.core.io import read_csv_as_text, safe_name, short_hash
 from pipeline.core.metrics import get_metric
 from pipeline.core.staging import staging_dir
 from pipeline.core.task import Task
@@ -45,6 +45,7 @@ from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_tra
 from pipeline.member.cache import cache_dirs
 from pipeline.member.folder import Member
 from pipeline.member.predictions import file_layout, frame_labels, frame_outputs, write_predictions
+from pipeline.predict.budget import plan_spec, price, timings, within_frames
 from pipeline.predict.choose import METHODS_RULE, SINGLE, SINGLE_TTA, choose_ensemble, choose_tta, margin_of
 from pipeline.predict.distributed import DistributeSpec, Runner, distributed, task_summary
 from pipeline.predict.ensemble import check_ensemble, group_models, merge_files, model_oof, resolve_weights
@@ -55,7 +56,7 @@ from pipeline.predict.options import check_member_chunk_sizes, check_options
 from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_names
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
-from pipeline.predict.spec import EnsembleSpec, PredictOptions, check_margin
+from pipeline.predict.spec import BudgetSpec, EnsembleSpec, PredictOptions, check_budget, check_margin
 from pipeline.predict.targets import check_task_options, members_task, task_or_none
 from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
 
@@ -151,34 +152,6 @@ def _fit_key(submit_key: str, oof_keys: Sequence[str], templates: dict[str, TTAP
     return None
 
 
-def _sidecar(path: Path | None) -> dict[str, Any] | None:
-    """A prediction file's timing sidecar (``val_predictions.csv`` from training has none)."""
-    side = None if path is None else path.with_suffix(".json")
-    return read_json(side) if side is not None and side.is_file() else None
-
-
-def _timings(models: dict[str, list[Member]], templates: dict[str, TTAPolicy], oof: dict[str, dict[str, Path]],
-             test: dict[tuple[str, str], Path]) -> dict[str, dict[str, Any]]:
-    """Seconds per 1,000 images per model and policy, and forward passes per image.
-
-    Seconds are measured on the OOF rows, where every policy runs; a policy without OOF timings (inference-
-    only mode) uses the test run's, and one with neither has ``None`` (the report then compares passes).
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for g, ms in models.items():
-        for key, policy in templates.items():
-            measured, where = None, None
-            for source, files in (("oof", {m.name: oof.get(key, {}).get(m.name) for m in ms}),
-                                  ("test", {m.name: test.get((m.name, key)) for m in ms})):
-                sides = [_sidecar(files[m.name]) for m in ms]
-                if all(sides):
-                    measured, where = sum(float(s["seconds_per_1000"]) for s in sides if s), source
-                    break
-            out.setdefault(g, {})[key] = {"seconds_per_1000": measured, "measured_on": where,
-                                          "forward_passes_per_image": len(ms) * views_per_image(policy)}
-    return out
-
-
 def _write_oof(out_dir: Path, models: dict[str, list[Member]], oof: dict[str, dict[str, Path]], task: Task,
                order: list[str] | None) -> dict[str, dict[str, pd.DataFrame]]:
     """``oof/`` model-level files; returns the OOF frames per policy and model."""
@@ -260,7 +233,8 @@ def _fit_merge(frames: dict[str, dict[str, pd.DataFrame]], model_keys: dict[str,
         return combiner, model_keys, {"rule": rule.name, "cross_fitted": None, "choice": None}
     labels, probs = _oof_arrays(frames, model_keys)
     if ens.combine != "auto":
-        combiner = fitted[next(iter(keys))] if len(keys) == 1 else rule.fit(list(probs.values()), labels)
+        one = next(iter(keys)) if len(keys) == 1 else None
+        combiner = fitted[one] if one in fitted else rule.fit(list(probs.values()), labels)
         key = next(iter(keys)) if len(keys) == 1 else "auto"
         return combiner, model_keys, {"rule": rule.name, "cross_fitted": _cross_fitted(rule, probs, labels, ens, metric,
                                                                                        key), "choice": None}
@@ -296,7 +270,7 @@ def predict(
     members: Sequence[Member], skipped: dict[str, str], spec: DataSpec, policies: Sequence[TTAPolicy],
     submit_policy: TTAPolicy, out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, metric: str = "accuracy",
     candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None,
-    dist: DistributeSpec | None = None, tta_margin: float | None = 0.05,
+    dist: DistributeSpec | None = None, tta_margin: float | None = 0.05, budget: BudgetSpec | None = None,
 ) -> PredictResult:
     """OOF rows under every policy, the test set under the submission policy, model files, weights, the ensemble.
 
@@ -309,6 +283,7 @@ def predict(
     policy that beats it by ``tta_margin``) and ``submit_policy`` is not used; ``ens.combine`` other than
     ``weighted`` fits the merge of :mod:`pipeline.predict.merge` (:mod:`pipeline.predict.fitting`). With
     ``dist`` (:mod:`pipeline.predict.distributed`) the members' predictions run as one task per member.
+    With ``budget`` (:mod:`pipeline.predict.budget`) the submission keeps within a time limit on the test set.
 
     Raises:
         ConfigError: A run option, ensemble setting, metric or crop override is invalid (before any work).
@@ -323,6 +298,9 @@ def predict(
     models = group_models(members)
     check_ensemble(ens, list(models), metric, task_or_none(task))
     check_margin("tta.margin", tta_margin)
+    budget = budget if budget is not None and budget.active else None
+    if budget is not None:
+        check_budget(budget.seconds, budget.per_1000, budget.probe_images, task)
     need_none = opts.mode == "submit" or ens.combine == "auto"
     extra = [create_policy("none")] if need_none and not any(p.name == "none" for p in policies) else []
     auto = [canonical_policy(p) for p in candidates]
@@ -340,6 +318,8 @@ def predict(
 
     with distributed(dist, out_dir) as (run, tasks):  # one task per member on Ray or SLURM, else in process
         oof, sources, order = _oof(members, spec, classes, templates, opts, out_dir, run)
+        # A budget below the cheapest plan fails here, before the staging folder exists.
+        priced = None if budget is None else price(budget, models, templates, oof, test, opts, run, names)
         stage = staging_dir(out_dir)  # results go aside; the submission stage swaps them in when all succeeded
         frames = _write_oof(stage, models, oof, task, order)
         tta_choice, model_keys = None, dict.fromkeys(models, submit_key)
@@ -370,10 +350,24 @@ def predict(
                 fit_key = submit_key
             weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
 
+        budget_record = None
+        if priced is not None:
+            plan, budget_record = within_frames(priced, frames, model_keys, weights[submit_key], combiner, ens, metric,
+                                                 names)
+            if plan is not None:  # the configured submission does not fit: the chosen plan, its merge fitted on it
+                ens_plan = plan_spec(ens, plan, list(models))
+                combiner, model_keys, fit_record = _fit_merge(frames, plan, ens_plan, metric, {})
+                keys = set(model_keys.values())
+                submit_key = fit_key = keys.pop() if len(keys) == 1 else "auto"
+                names.setdefault("auto", "each model its own policy (budget plan)")
+                weights[submit_key] = dict.fromkeys(models, 0.0) | dict(zip(model_keys, combiner.weights.tolist()))
+
         # A model the fitted weights give 0 costs nothing: its test rows are never predicted (a plain weighted
         # merge skips it; stacking, ranks and temperatures take every model as an input).
         plain = combiner is None or (combiner.kind == "weighted" and combiner.temperatures is None)
         counted = {g: k for g, k in model_keys.items() if not plain or weights[submit_key].get(g, 0.0) > 0}
+        if budget_record is not None and priced is not None:
+            budget_record["submitted_cost_seconds"] = sum(priced["costs"][g][k] for g, k in counted.items())
         test_keys = ({g: list(templates) for g in models} if opts.test_all_policies
                      else {g: [k] for g, k in counted.items()})
         test_tag = "test-" + short_hash(table_fingerprint(test, out_dir), 10)
@@ -402,7 +396,7 @@ def predict(
         tta_choice=tta_choice, ensemble_choice=fit_record["choice"],
         submitted={"models": model_keys, "combine": None if combiner is None else combiner.info},
         weights_fitted_on={submit_key: fit_key}, oof_source=sources,
-        timings=_timings(models, templates, oof, test_files), classes=classes, n_test=len(test),
+        timings=timings(models, templates, oof, test_files), budget=budget_record, classes=classes, n_test=len(test),
         policy_notes=_policy_notes([*policies, *candidates]), member_detail=detail, options=asdict(opts),
         prediction_cache={m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
                           for m in members},

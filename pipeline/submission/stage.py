@@ -21,7 +21,7 @@ from pipeline.core.task import Task
 from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
 from pipeline.predict.distributed import DistributeSpec
-from pipeline.predict.spec import EnsembleSpec, PredictOptions
+from pipeline.predict.spec import BudgetSpec, EnsembleSpec, PredictOptions
 from pipeline.predict.stage import predict
 from pipeline.predict.targets import members_task
 from pipeline.predict.tta import TTAPolicy
@@ -113,7 +113,7 @@ def submit(
     members_spec: str | Sequence[str], spec: DataSpec, policies: Sequence[TTAPolicy], submit_policy: TTAPolicy,
     out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None = None,
     candidates: Sequence[TTAPolicy] = (), max_passes: int | None = None, dist: DistributeSpec | None = None,
-    tta_margin: float | None = 0.05, run_info: dict[str, Any] | None = None,
+    tta_margin: float | None = 0.05, run_info: dict[str, Any] | None = None, budget: BudgetSpec | None = None,
 ) -> dict[str, Any]:
     """Run the whole inference stage and write the submission; return the summary written to ``predict.json``.
 
@@ -122,7 +122,8 @@ def submit(
     ``max_passes`` are ``tta=auto``'s (see :func:`pipeline.predict.stage.predict`). ``dist`` runs the members'
     predictions as one task per member on Ray or SLURM (:mod:`pipeline.predict.distributed`); None or
     ``backend: none`` runs them in this process. ``tta_margin`` is ``tta.margin``; ``run_info`` sets record
-    fields only the command line knows (``wandb``, ``metric_target``).
+    fields only the command line knows (``wandb``, ``metric_target``). ``budget`` keeps the submission within a
+    time limit (:mod:`pipeline.predict.budget`).
 
     >>> summary = submit("outputs/demo/demo", DataSpec(root="data/fashion-mnist-demo"), [],  # doctest: +SKIP
     ...                  create_policy("ten_crop"), Path("outputs/demo/demo/predict"), PredictOptions(),
@@ -142,7 +143,7 @@ def submit(
     log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
     try:
         result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates, max_passes,
-                         dist, tta_margin)
+                         dist, tta_margin, budget)
         record = result.record
         record.metric_reason = reason
         expected = result.sample_ids or result.test.ids
