@@ -67,9 +67,13 @@ LAYOUTS = [
     ("2 integers, the sample unsure: multiclass", {"label": cycle("01", 10)}, {"label": ["0", "1"]}, {}, "multiclass",
      ["0", "1"], "label column 'label' holds 2 integer values → multiclass (integers alone do not say ordinal: "
      "declare data.task=ordinal for ordered grades)"),
-    ("many distinct integers", {"age": [str(k) for k in range(30)]}, None, {"label_col": "age"}, "regression", ["age"],
-     "label column 'age' holds 30 distinct integers (more than 20) → regression (declare data.task=multiclass for "
-     "class ids, or data.task=ordinal for grades)"),
+    ("many distinct integers, the sample a value", {"age": [str(k) for k in range(30)]}, {"age": ["31.5", "2"]},
+     {"label_col": "age"}, "regression", ["age"],
+     "label column 'age' holds 30 distinct integers and the sample submission's column 'age' holds a number with a "
+     "fraction ('31.5') → regression (declare data.task=multiclass for class ids, or data.task=ordinal for grades)"),
+    ("many distinct integers: class ids as before", {"label": [str(k) for k in range(30)]}, None, {}, "multiclass",
+     sorted((str(k) for k in range(30)), key=int), "label column 'label' holds 30 integer values → multiclass "
+     "(integers alone do not say ordinal: declare data.task=ordinal for ordered grades)"),
     ("a few integers: never guessed ordinal", {"label": cycle("01234", 10)}, None, {}, "multiclass",
      ["0", "1", "2", "3", "4"], "label column 'label' holds 5 integer values → multiclass (integers alone do not say "
      "ordinal: declare data.task=ordinal for ordered grades)"),

@@ -10,7 +10,8 @@ target range. Inference (``data.task=auto``), first rule that fits:
    lists too → multilabel;
 3. numbers with fractions → regression;
 4. two integer values, and probabilities (``0.5``) in the sample submission → binary;
-5. integers with more than 20 distinct values → regression;
+5. integers with more than 20 distinct values, and the sample submission's target column holds a number with a
+   fraction → regression (integer class ids stay classes: without that sign, they are multiclass as before);
 6. anything else → multiclass (ordinal is never guessed: integers alone do not say it; declare it).
 
 Every bad target is refused here, before any stage writes a file, naming the file, column and rows.
@@ -40,7 +41,8 @@ MISSING_LABELS = frozenset({"", "nan", "none", "null"})
 """Label strings (stripped, lower-cased) that mean "no label": a spreadsheet's or pandas' missing value."""
 
 MAX_INTEGER_CLASSES = 20
-"""``data.task=auto``: integer labels with more distinct values than this are regression targets, not classes."""
+"""``data.task=auto``: integer labels with more distinct values than this, and a sample submission holding numbers
+with fractions, are regression targets, not classes."""
 
 
 def clean_label(value: Any) -> str:
@@ -153,6 +155,15 @@ def _sample_probabilities(sample: pd.DataFrame | None, col: str | None) -> str |
     return next((v for v in values if "." in v), None)
 
 
+def _sample_value(sample: pd.DataFrame | None, col: str | None) -> str | None:
+    """A value of the sample's target column that is a number with a fraction (``67.75``), when all are numbers."""
+    if sample is None or col is None:
+        return None
+    values = [clean_label(v) for v in sample[col]]
+    numbers = _numbers(values)
+    return None if numbers is None else next((v for v, x in zip(values, numbers) if not float(x).is_integer()), None)
+
+
 def _infer(spec: DataSpec, labels: list[str], sample: pd.DataFrame | None) -> tuple[str, str]:
     """``data.task=auto``: the task kind and why (see the module's rules)."""
     col = spec.label_col
@@ -175,10 +186,11 @@ def _infer(spec: DataSpec, labels: list[str], sample: pd.DataFrame | None) -> tu
     if numbers is not None and len(distinct) == 2 and (prob := _sample_probabilities(sample, target)):
         return "binary", (f"label column '{col}' holds 2 integer values {distinct} and the sample submission's column "
                           f"'{target}' holds probabilities (e.g. {prob!r}) → binary")
-    if numbers is not None and len(set(numbers.tolist())) > MAX_INTEGER_CLASSES:
-        return "regression", (f"label column '{col}' holds {len(set(numbers.tolist()))} distinct integers (more than "
-                              f"{MAX_INTEGER_CLASSES}) → regression (declare data.task=multiclass for class ids, or "
-                              "data.task=ordinal for grades)")
+    if numbers is not None and len(set(numbers.tolist())) > MAX_INTEGER_CLASSES and (
+            value := _sample_value(sample, target)):
+        return "regression", (f"label column '{col}' holds {len(set(numbers.tolist()))} distinct integers and the "
+                              f"sample submission's column '{target}' holds a number with a fraction ({value!r}) → "
+                              "regression (declare data.task=multiclass for class ids, or data.task=ordinal for grades)")
     if numbers is not None:
         return "multiclass", (f"label column '{col}' holds {len(distinct)} integer values → multiclass (integers "
                               "alone do not say ordinal: declare data.task=ordinal for ordered grades)")
