@@ -71,8 +71,7 @@ def test_one_split_stratifies_multilabel_rows_and_regression_values() -> None:
 
 
 def test_merges_made_for_class_probabilities_are_refused_for_other_tasks() -> None:
-    for settings, match in (({"combine": "stack"}, "ensemble.combine=stack merges class probabilities"),
-                            ({"combine": "rank"}, "ensemble.combine=rank"),
+    for settings, match in (({"combine": "rank"}, "ensemble.combine=rank merges class probabilities"),
                             ({"temperature": True}, "ensemble.temperature=true"),
                             ({"method": "geo_mean"}, "ensemble.method=geo_mean")):
         with pytest.raises(ConfigError, match=match):
@@ -100,3 +99,20 @@ def test_members_of_different_tasks_or_labels_are_not_merged() -> None:
     for other in (TAGS, Task("regression", ("size",), 0.0, 12.0), Task("ordinal", ("size",), 4.0, 12.0)):
         with pytest.raises(MemberError, match="predict different things; one predict merges members of one task"):
             members_task([_Member("a", VALUE), _Member("b", other)])  # type: ignore[list-item]
+
+
+def test_stacking_beyond_class_probabilities() -> None:
+    rng = np.random.default_rng(2)
+    y = rng.normal(8, 2, 300)
+    biased, noisy = 0.5 * y + 1.0, y + rng.normal(0, 2.0, 300)  # a linear meta-model undoes the bias
+    spec = EnsembleSpec(combine="stack", stack_c=100.0)
+    stack = fit_combiner([biased[:, None], noisy[:, None]], y, spec, "rmse", task=VALUE)
+    pred = stack.apply([biased[:, None], noisy[:, None]])[:, 0]
+    assert np.sqrt(np.mean((pred - y) ** 2)) < 0.1 and stack.info["meta_model"].startswith("Ridge")
+    tags = (rng.random((300, 3)) < 0.4).astype(float)
+    sure = np.clip(tags * 0.6 + 0.2 + rng.normal(0, 0.05, (300, 3)), 0.01, 0.99)
+    flat = np.full((300, 3), 0.5)
+    ml = fit_combiner([sure, flat], tags, spec, "mean_auc", task=TAGS).apply([sure, flat])
+    assert ml.shape == (300, 3) and ((ml > 0.5) == (tags > 0.5)).mean() > 0.95
+    crossed = cross_fit(rule("stack", spec, "rmse", VALUE), [biased[:, None], noisy[:, None]], y, 5, 0)
+    assert np.sqrt(np.mean((crossed[:, 0] - y) ** 2)) < 0.2  # honest too: a linear map needs few rows

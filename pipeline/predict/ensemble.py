@@ -35,7 +35,7 @@ __all__ = [
 
 WEIGHT_KINDS = ("equal", "given", "caruana", "optimize")
 
-SOFTMAX_ONLY = ("rank", "stack", "temperature")
+SOFTMAX_ONLY = ("rank", "temperature")
 """Merges (``ensemble.combine`` values and ``ensemble=auto`` candidates) made for class probabilities only: not yet
 for multi-label, regression or ordinal outputs."""
 """Accepted ``ensemble.weights`` values; ``fitted`` is accepted as another name for ``caruana``."""
@@ -368,7 +368,7 @@ def _check_task_merge(opts: EnsembleSpec, task: Task) -> None:
     what = f"this is a {task.kind} task ({task.reason or 'data.task'})"
     if opts.combine in SOFTMAX_ONLY:
         raise ConfigError(f"ensemble.combine={opts.combine} merges class probabilities; {what}. Accepted for "
-                          f"{task.kind}: ensemble=mean|caruana|optimize|weighted|auto.")
+                          f"{task.kind}: ensemble=mean|caruana|optimize|stack|weighted|auto.")
     if opts.temperature:
         raise ConfigError(f"ensemble.temperature=true rescales class probabilities; {what}. Set it to false.")
     if opts.method != "prob_mean":

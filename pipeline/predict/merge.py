@@ -170,6 +170,48 @@ def _stack_proba(meta: Any, probs: Sequence[np.ndarray], n_classes: int) -> np.n
     return out / out.sum(axis=1, keepdims=True)
 
 
+class TaskStack:
+    """Stacking beyond class probabilities: per label, a logistic regression on the models' logits of that label
+    (multi-label); for values, a ridge regression on the models' values (regression, ordinal). ``C`` is
+    ``ensemble.stack_c`` (the ridge's ``alpha`` is ``1 / C``)."""
+
+    def __init__(self, task: Task, c: float) -> None:
+        self.task, self.c = task, c
+        self.models: list[Any] = []
+
+    def _features(self, probs: Sequence[np.ndarray], j: int) -> np.ndarray:
+        columns = np.stack([p[:, j] for p in _f32(probs)], axis=1).astype(np.float64)
+        if self.task.kind != "multilabel":
+            return columns
+        clipped = np.clip(columns, _EPS, 1 - _EPS)
+        return np.log(clipped) - np.log1p(-clipped)
+
+    def fit(self, probs: Sequence[np.ndarray], labels: np.ndarray) -> TaskStack:
+        from sklearn.linear_model import LogisticRegression, Ridge
+
+        y = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
+        for j in range(y.shape[1]):
+            x = self._features(probs, j)
+            if self.task.kind != "multilabel":
+                self.models.append(Ridge(alpha=1.0 / self.c).fit(x, y[:, j]))
+            elif len(np.unique(y[:, j])) < 2:  # a label that is always (never) on in these rows: its rate
+                self.models.append(float(y[0, j]))
+            else:
+                self.models.append(LogisticRegression(C=self.c, max_iter=2000).fit(x, y[:, j]))
+        return self
+
+    def predict(self, probs: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(probs[0]), len(self.models)), np.float32)
+        for j, model in enumerate(self.models):
+            if isinstance(model, float):
+                out[:, j] = model
+            elif self.task.kind == "multilabel":
+                out[:, j] = model.predict_proba(self._features(probs, j))[:, 1]
+            else:
+                out[:, j] = model.predict(self._features(probs, j))
+        return out
+
+
 @dataclass
 class Combiner:
     """A fitted merge of models (see the module docstring).
@@ -207,6 +249,8 @@ class Combiner:
         if self.kind == "rank":
             return rank_average(arrays, self.weights)
         if self.kind == "stack":
+            if isinstance(self.meta, TaskStack):
+                return self.meta.predict(arrays)
             return _stack_proba(self.meta, arrays, arrays[0].shape[1])
         return _weighted(arrays, self.weights, self.method, self.normalize)
 
@@ -272,6 +316,11 @@ def _fit_task_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: En
         scores = [m(labels, p) for p in arrays]
         w = np.eye(len(arrays))[int(np.argmax(scores) if m.greater_is_better else np.argmin(scores))]
         return Combiner("single", w, spec.method, None, None, info, normalize=False)
+    if kind == "stack":
+        meta = TaskStack(task, spec.stack_c).fit(arrays, labels)
+        model = "LogisticRegression per label on logits" if task.kind == "multilabel" else "Ridge on values"
+        return Combiner("stack", np.full(len(arrays), 1.0 / len(arrays)), spec.method, None, meta,
+                        {**info, "meta_model": f"{model} (C={spec.stack_c})"}, normalize=False)
     if weights in ("caruana", "fitted"):
         fit_metric = spec.fit_metric if spec.fit_metric not in (None, "log_loss") else task.smooth_loss
         w = caruana_bagged(arrays, labels, spec.bags, spec.bag_fraction, spec.seed, spec.caruana_rounds,
