@@ -34,7 +34,7 @@ from pipeline.core.metrics import Metric, get_metric
 from pipeline.core.task import Task
 from pipeline.member.predictions import frame_labels, frame_outputs
 from pipeline.predict.ensemble import SOFTMAX_ONLY
-from pipeline.predict.fitting import Margin, beats, cross_fit, rule
+from pipeline.predict.fitting import Margin, beats, cross_fit, row_strata, rule
 from pipeline.predict.merge import Combiner
 from pipeline.predict.plan import policy_names
 from pipeline.predict.spec import EnsembleSpec
@@ -183,11 +183,11 @@ def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]
                 passing += [k] if ok else []
         chosen = _pick(m, scores, smooth, passing)
         if chosen == base:
-            reason = f"no policy beat {names[base]} beyond noise ({_level(margin)}), so the cheapest"
+            reason = f"no policy beat {names[base]} beyond noise ({_level(margin, smooth_name)}), so the cheapest"
         else:
             beaten = len(passing) - 1
             reason = (f"best {m.name} of the {beaten} polic{'y' if beaten == 1 else 'ies'} that beat {names[base]} "
-                      f"beyond noise ({_level(margin)})")
+                      f"beyond noise ({_level(margin, smooth_name)})")
         over = [names[k] for k in order if k not in allowed]
         if over:
             reason += f"; over the budget of {max_passes} passes: {over}"
@@ -202,12 +202,12 @@ def choose_policies(oof: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]
     return out
 
 
-def _level(margin: Margin) -> str:
+def _level(margin: Margin, smooth: str = SMOOTH) -> str:
     if margin.level is None:
         return "no margin: the best score wins"
     if margin.score != SMOOTH:
         return f"paired bootstrap of the metric's gain, one-sided {1 - margin.level:.0%}"
-    return f"paired bootstrap of the {SMOOTH} gain, one-sided {1 - margin.level:.0%}, and a better metric"
+    return f"paired bootstrap of the {smooth} gain, one-sided {1 - margin.level:.0%}, and a better metric"
 
 
 def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.ndarray, parts: int) -> list[str]:
@@ -220,10 +220,12 @@ def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.n
             if np.array_equal(probs[i], probs[j]):
                 notes.append(f"models {models[i]} and {models[j]} are identical (same OOF predictions): "
                              "merging them adds nothing")
-    smallest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min()) if len(labels) else 0
-    if len(labels) < 2 * parts or smallest < 2:
-        notes.append(f"{len(labels)} OOF rows (smallest class {smallest}): too few to cross-fit a merge over "
-                     f"{parts} parts, so no method is compared")
+    classes = np.asarray(labels).ndim == 1 and np.asarray(labels).dtype.kind in "iub"  # not tags, not values
+    smallest = int(np.bincount(np.unique(row_strata(labels), return_inverse=True)[1]).min()) if len(labels) else 0
+    if len(labels) < 2 * parts or (classes and smallest < 2):
+        where = f" (smallest class {smallest})" if classes else ""
+        notes.append(f"{len(labels)} OOF rows{where}: too few to cross-fit a merge over {parts} parts, so no method "
+                     "is compared")
     return notes
 
 
@@ -259,7 +261,7 @@ def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oo
     smooth_name = task.smooth_loss if task is not None else SMOOTH
     if task is not None and not task.softmax and (left := [n for n in names if n in SOFTMAX_ONLY]):
         names = [n for n in names if n not in SOFTMAX_ONLY]
-        notes.append(f"{', '.join(left)} left out: they merge class probabilities, and this is a {task.kind} task")
+        notes.append(f"{', '.join(left)} left out: made for class probabilities, and this is a {task.kind} task")
     with_tta = not too_few and any(not np.array_equal(a, b) for a, b in zip(probs, singles))
     crossed: dict[str, np.ndarray] = {}
     if not too_few:
@@ -283,18 +285,18 @@ def choose_ensemble(oof: Mapping[str, np.ndarray], labels: np.ndarray, single_oo
     if chosen in (SINGLE, SINGLE_TTA):
         best = models[int(np.argmax(combiner.weights))]
         what = "without TTA, one view" if chosen == SINGLE else "under its tta=auto policy"
-        why = "; ".join(notes) if notes else f"no method beat it beyond noise ({_level(margin)})"
+        why = "; ".join(notes) if notes else f"no method beat it beyond noise ({_level(margin, smooth_name)})"
         reason = f"the best single model {best}, {what}, is submitted: {why}"
         if chosen == SINGLE_TTA:
             reason = (f"the best single model {best} under its tta=auto policy beat it without TTA beyond noise, "
                       "and no merge beat that")
     else:
         reason = (f"{chosen} has the best cross-fitted {metric} ({scores[chosen]:.4f}) of the candidates that beat "
-                  f"the best single model without TTA ({scores[SINGLE]:.4f}) beyond noise ({_level(margin)})")
+                  f"the best single model without TTA ({scores[SINGLE]:.4f}) beyond noise ({_level(margin, smooth_name)})")
     log.info("ensemble=auto: %s", reason)
     record = {"chosen": chosen, "scores": scores, "gains": gains,
               "scoring": f"cross-fitted over {spec.cross_fit_parts} parts (seed {spec.seed})",
-              "margin": _level(margin), "reason": reason, "notes": notes, "fit": combiner.info,
+              "margin": _level(margin, smooth_name), "reason": reason, "notes": notes, "fit": combiner.info,
               "models": [best] if chosen in (SINGLE, SINGLE_TTA) else models}
     return combiner, record
 
