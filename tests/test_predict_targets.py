@@ -116,3 +116,19 @@ def test_stacking_beyond_class_probabilities() -> None:
     assert ml.shape == (300, 3) and ((ml > 0.5) == (tags > 0.5)).mean() > 0.95
     crossed = cross_fit(rule("stack", spec, "rmse", VALUE), [biased[:, None], noisy[:, None]], y, 5, 0)
     assert np.sqrt(np.mean((crossed[:, 0] - y) ** 2)) < 0.2  # honest too: a linear map needs few rows
+
+
+def test_ensemble_auto_for_values_compares_merges_on_the_tasks_smooth_loss() -> None:
+    from pipeline.predict.choose import choose_ensemble
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(8, 2, 400)
+    a, b = y + rng.normal(0, 1.0, 400), y + rng.normal(0, 1.0, 400)  # independent errors: the mean halves the MSE
+    oof = {"a": a[:, None], "b": b[:, None]}
+    spec = EnsembleSpec(combine="auto", candidates=["mean", "caruana", "stack"])
+    combiner, record = choose_ensemble(oof, y, oof, spec, "rmse", task=VALUE)
+    assert record["chosen"] in ("mean", "caruana", "stack") and "mse gain" in record["margin"]
+    assert not combiner.normalize
+    same = {"a": a[:, None], "b": a[:, None]}
+    _, record = choose_ensemble(same, y, same, spec, "rmse", task=VALUE)
+    assert any("identical" in note for note in record["notes"])  # said; a ridge may still shrink the one model
