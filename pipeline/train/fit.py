@@ -252,6 +252,8 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     check_fold_index(spec.data.fold, spec.data.n_folds)
     table = read_train_table(spec.data)
     task = table.task or Task("multiclass", tuple(table.classes))
+    if task.kind != "multiclass" or spec.data.task == "auto":
+        log.info("Task: %s (%s)", task.kind, task.reason or "one class per image")
     spec = resolve_task_recipe(spec, task)
     check_recipe(spec)
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
