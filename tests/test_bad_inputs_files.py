@@ -3,20 +3,31 @@
 Run through the console scripts on copies of two real members (:func:`tests.conftest.mixed_sweep`): a text
 file as ``checkpoints/best.ckpt``, a truncated ``model.safetensors`` in an export, NaN in an export's
 ``ensemble.json`` (read by the offline kit's ``predict.py``), an undecodable test image, a repeated header
-name in ``train.csv``; and two members holding the same weights, which predict warns about by name.
+name in ``train.csv``; and two members holding the same weights, which predict warns about by name. A disk
+that fills up while a file is written (:class:`FullDisk`) leaves no temporary file, and says so in one line.
 """
 
 from __future__ import annotations
 
+import errno
+import inspect
 import json
+import os
 import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from pipeline.cli.errors import explain
+from pipeline.core.errors import OutputError
+from pipeline.core.io import _HOST, write_json
+from pipeline.member import predictions
+from pipeline.member.predictions import write_predictions
 from tests.conftest import copy_members
 from tests.helpers import copy_competition, write_competition
 from tests.test_bad_inputs_config import cli, refused
@@ -128,3 +139,107 @@ def test_two_members_with_the_same_weights_are_named_in_a_warning(tmp_path: Path
     assert proc.returncode == 0, failure_message(proc)
     warnings = [x for x in (proc.stdout + proc.stderr).splitlines() if "identical weights" in x]  # Hydra logs to stdout
     assert len(warnings) == 1 and f"Members {S0} and lenet5-s2-holdout hold identical weights" in warnings[0], warnings
+
+
+# ----------------------------------------------------------------------------- a disk that fills up
+
+
+class FullDisk:
+    """A file on a disk that fills up: writing past ``room`` characters fails with ENOSPC, and so does closing,
+    which flushes what is buffered (the case that left ``oof/.*.tmp`` behind). Paths without ``where`` work."""
+
+    where = ""
+    room = 0
+
+    def __init__(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        self._fh = open(path, *args, **kwargs)  # noqa: SIM115
+        self._full = self.where in str(path)
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        self._size += len(text)
+        if self._full and self._size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._fh.write(text)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def full_disk(where: str, room: int) -> type[FullDisk]:
+    return type("FullDisk", (FullDisk,), {"where": where, "room": room})
+
+
+def _disk_full_line(path: Path) -> str:
+    return rf"Cannot write {path}: disk full \(ENOSPC: No space left on device\)\. Free space on the disk that holds " \
+           rf"{path.parent} \(or write to another disk\) and run the command again; the partial file was removed\."
+
+
+@pytest.mark.parametrize("room", [200, 10**9], ids=["a write fails, then closing fails again", "closing fails"])
+def test_disk_full_while_writing_predictions_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      room: int) -> None:
+    target = tmp_path / "oof" / "m__none.csv"
+    target.parent.mkdir()
+    target.write_text("earlier\n")
+    monkeypatch.setattr(predictions, "open", full_disk("/oof/", room), raising=False)
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match=_disk_full_line(target)):
+        write_predictions(target, [f"i{k}" for k in range(100)], np.full((100, 2), 0.5), ["a", "b"], np.zeros(100, int))
+    assert snapshot(tmp_path) == before  # no .tmp left, the earlier file whole
+
+
+def test_disk_full_in_an_atomic_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_then_full(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        with open(self, "w") as fh:
+            fh.write(text[:5])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    (tmp_path / "predict.json").write_text("{}\n")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OutputError, match=_disk_full_line(tmp_path / "predict.json")):
+        write_json(tmp_path / "predict.json", {"a": 1})
+    assert snapshot(tmp_path) == before
+
+
+def test_disk_full_in_a_library_write_is_one_line_naming_the_file() -> None:
+    """A full disk under code that is not ours (a Lightning checkpoint, a log): the command lines say it in one line."""
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/m/checkpoints/last.ckpt")
+    assert explain(err) == ("Cannot write /runs/m/checkpoints/last.ckpt: disk full (ENOSPC: No space left on device). "
+                            "Free space on the disk that holds /runs/m/checkpoints (or write to another disk) and run "
+                            "the command again.")
+
+
+def test_a_predict_rerun_on_a_full_disk_keeps_the_earlier_results_and_leaves_no_temporary_file(
+    tmp_path: Path, mixed_sweep: Path, demo_slice: Path
+) -> None:
+    """The disk fills up while the rerun writes ``oof/``: exit 1, one line naming the file, and no ``.tmp`` anywhere.
+
+    A temporary file a dead writer left in ``oof/`` (as runs before this fix did) is removed by the rerun.
+    """
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    out = tmp_path / "p"
+    proc = cli("predict", predict_args(members, demo_slice, out), tmp_path)
+    assert proc.returncode == 0, failure_message(proc)
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True, check=True).stdout)
+    stale = out / "oof" / f".lenet5-s0__none.0.csv.{_HOST}.{dead_pid}.0a1b2c3d.tmp"
+    stale.write_text("id,label\n")
+    results = {k: v for k, v in snapshot(tmp_path).items() if "/.hydra/" not in k and not k.endswith(".log")
+               and k != str(stale)}
+    python = (f"import errno, os\nfrom typing import Any\n{inspect.getsource(FullDisk)}\nFullDisk.where = '/oof/'\n"
+              "FullDisk.room = 10**9\nimport pipeline.member.predictions\npipeline.member.predictions.open = FullDisk\n")
+    proc = cli("predict", predict_args(members, demo_slice, out), tmp_path, python)
+    assert proc.returncode == 1, failure_message(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout, failure_message(proc)
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("Error: ")]
+    assert len(errors) == 1 and "/oof/lenet5-s" in errors[0] and "disk full (ENOSPC" in errors[0], failure_message(proc)
+    assert "Free space on the disk" in errors[0] and f"The folder is set by predict_dir={out}" in errors[0], errors[0]
+    after = {k: v for k, v in snapshot(tmp_path).items() if "/.hydra/" not in k and not k.endswith(".log")}
+    assert after == results  # the earlier results byte for byte; the stale file gone; nothing new
+    assert not list(tmp_path.rglob("*.tmp")) and not list(out.glob(".staging-*"))

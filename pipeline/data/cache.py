@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.core.io import atomic_path, read_json, short_hash, write_json
+from pipeline.core.io import atomic_path, clean_stale_temps, read_json, short_hash, write_json
 from pipeline.core.progress import progress
 from pipeline.data.augment import resize_image, resize_settings
 from pipeline.data.decode import load_image
@@ -177,6 +177,7 @@ def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: in
     stem = folder / f"{table_key}-{key}"
     if not (stem.with_suffix(".json").is_file() and stem.with_suffix(".npy").is_file()):
         folder.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(folder)  # a half-built cache of a killed or disk-full run
         _build(paths, list(table.ids), stem, size, in_chans, workers, table.max_pixels, resize)
         _remove_stale(folder, table_key, stem.name)
     index = read_json(stem.with_suffix(".json"))
