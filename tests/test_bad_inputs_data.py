@@ -306,6 +306,10 @@ CASES = [
          reader="folds"),
     Case("fold_column_contradicts_n_folds", r"holds 3 folds \(0\.\.2\), but data\.n_folds=2\. Set data\.n_folds=3",
          column("kfold", lambda i: str(i % 3)), {"fold_col": "kfold", "n_folds": 2}, reader="folds"),
+    Case("fold_column_holding_a_whole_class", r"train\.csv: fold 0 of the fold column 'kfold' \(data\.fold_col\) holds "
+         r"every row of 1 class\(es\): 'Bag' \(8 rows\)\. Its member would train without them and never predict them"
+         r".*Spread each class over at least two folds", column("kfold", lambda i: "0" if i >= 16 else str(i % 2)),
+         {"fold_col": "kfold", "n_folds": 2}, reader="folds"),
     Case("group_values_empty", r"train\.csv: 2 row\(s\) have an empty group \('', 'nan'\) in column 'patient' "
          r"\(data\.group_col\): line 3 \(id 'tr0001'\), line 6 \(id 'tr0004'\)",
          column("patient", lambda i: {1: "", 4: "nan"}.get(i, f"p{i // 2}")), {"group_col": "patient", "n_folds": 2},

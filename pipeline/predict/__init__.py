@@ -25,6 +25,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "check_ensemble",
         ],
         "fitting": ["RULES", "Margin", "Rule", "beats", "cross_fit", "rule", "rule_name", "split", "submitted_rule"],
+        "splits": ["check_same_oof_rows", "validation_ids"],
         "choose": ["candidate_policies", "choose_ensemble", "choose_policies", "flip_harms", "margin_of"],
         "record": ["PREDICT_JSON", "PredictRecord"],
         "stage": ["PredictResult", "predict"],

@@ -55,6 +55,7 @@ from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import EnsembleSpec, PredictOptions, check_margin
+from pipeline.predict.splits import check_same_oof_rows
 from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
 
 __all__ = ["PredictResult", "predict"]
@@ -319,6 +320,7 @@ def predict(
     check_member_chunk_sizes(opts, members)  # a misspelt member name would be ignored
     models = group_models(members)
     check_ensemble(ens, list(models), metric)
+    check_same_oof_rows(models, ens, metric)  # members of other splits, before any prediction
     check_margin("tta.margin", tta_margin)
     need_none = opts.mode == "submit" or ens.combine == "auto"
     extra = [create_policy("none")] if need_none and not any(p.name == "none" for p in policies) else []

@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "format_from_config",
         ],
         "build": ["FLOAT_FORMAT", "PROB_TOL", "build_submission", "validate_submission", "write_submission"],
-        "stage": ["submission_format", "solution_score", "submit"],
+        "stage": ["submission_format", "read_solution", "solution_score", "submit"],
         "api": ["write_submission_file"],
     },
 )
