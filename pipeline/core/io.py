@@ -93,9 +93,10 @@ def disk_full_error(path: str | Path, err: OSError, removed: bool = True) -> Out
     'Cannot write out/a.csv: disk full (ENOSPC'
     """
     path = Path(path)
-    what = "disk full" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    code = err.errno or errno.ENOSPC
+    what = "disk full" if code == errno.ENOSPC else "disk quota exceeded"
     return OutputError(
-        f"Cannot write {path}: {what} ({errno.errorcode[err.errno]}: {err.strerror or os.strerror(err.errno)}). "
+        f"Cannot write {path}: {what} ({errno.errorcode[code]}: {err.strerror or os.strerror(code)}). "
         f"Free space on the disk that holds {path.parent} (or write to another disk) and run the command again"
         f"{'; the partial file was removed' if removed else ''}.", path.parent
     )

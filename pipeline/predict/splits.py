@@ -55,7 +55,7 @@ def check_same_oof_rows(models: Mapping[str, Sequence[Member]], ens: EnsembleSpe
     """
     if ens.combine == "weighted" and not submitted_rule(ens, metric).fitted:
         return
-    known = {g: rows for g, ms in models.items() if (rows := _model_rows(ms)) is not None}
+    known = {g: found for g, ms in models.items() if (found := _model_rows(ms)) is not None}
     if len(known) < 2:
         return
     (first, (base, base_splits)), *others = known.items()
