@@ -13,6 +13,7 @@ import errno
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.cli.errors import explain
@@ -31,7 +33,7 @@ from pipeline.member.predictions import write_predictions
 from tests.conftest import copy_members
 from tests.helpers import copy_competition, write_competition
 from tests.test_bad_inputs_config import cli, refused
-from tests.test_bad_inputs_predict import S0, snapshot
+from tests.test_bad_inputs_predict import S0, retrain_on_another_split, snapshot
 from tests.test_sweep import failure_message
 
 PREDICT = ["logger=none", "tta=none", "policies=[none]", "num_workers=0", "data.num_workers=0"]
@@ -243,3 +245,61 @@ def test_a_predict_rerun_on_a_full_disk_keeps_the_earlier_results_and_leaves_no_
     after = {k: v for k, v in snapshot(tmp_path).items() if "/.hydra/" not in k and not k.endswith(".log")}
     assert after == results  # the earlier results byte for byte; the stale file gone; nothing new
     assert not list(tmp_path.rglob("*.tmp")) and not list(out.glob(".staging-*"))
+
+
+# ----------------------------------------------------------------------------- bad data found before any prediction
+
+# Counts every module forward call of the command (a real hook on torch) into the file named by $PASSES at exit.
+COUNT_PASSES = """
+import atexit, os, torch
+_calls = [0]
+def _hook(*_):
+    _calls[0] += 1
+torch.nn.modules.module.register_module_forward_hook(_hook)
+atexit.register(lambda: open(os.environ['PASSES'], 'w').write(str(_calls[0])))
+"""
+
+
+def refused_before_any_prediction(args: list[str], tmp_path: Path, match: str) -> None:
+    """``pipeline-predict args`` exits 1 with one line matching ``match``, no forward pass, and no file written
+    outside the predict folder's own record of the command (``.hydra/``, ``predict.log``)."""
+    passes = tmp_path / "passes.txt"
+    before = snapshot(tmp_path)
+    os.environ["PASSES"] = str(passes)
+    try:
+        proc = cli("predict", args, tmp_path, COUNT_PASSES)
+    finally:
+        del os.environ["PASSES"]
+    assert proc.returncode == 1, failure_message(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout, failure_message(proc)
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("Error: ")]
+    assert len(errors) == 1 and re.search(match, errors[0]), failure_message(proc)
+    assert passes.read_text() == "0"
+    passes.unlink()
+    after = {k: v for k, v in snapshot(tmp_path).items() if "/.hydra/" not in k and not k.endswith("predict.log")}
+    assert after == before
+
+
+def test_an_unknown_label_in_the_solution_file_exits_before_any_prediction(tmp_path: Path, mixed_sweep: Path,
+                                                                             demo_slice: Path) -> None:
+    comp = copy_competition(demo_slice, tmp_path / "comp")
+    solution = comp / "solution.csv"
+    table = pd.read_csv(solution, dtype=str, keep_default_na=False)
+    table.loc[2, "label"] = "Ghost"
+    table.to_csv(solution, index=False)
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    refused_before_any_prediction(predict_args(members, comp, tmp_path / "p"), tmp_path,
+                                  rf"^Error: {solution} \(config key data.solution\): labels that are not classes in "
+                                  r"column 'label' in 1 row\(s\): lines \[4\] \(ids \['te00002'\], labels \['Ghost'\]\)")
+    assert no_outputs(tmp_path / "p")
+
+
+def test_members_of_different_splits_exit_before_any_prediction(tmp_path: Path, mixed_sweep: Path,
+                                                                demo_slice: Path) -> None:
+    members = copy_members(mixed_sweep, tmp_path / "members")
+    retrain_on_another_split(members, demo_slice, tmp_path)
+    refused_before_any_prediction([*predict_args(members, demo_slice, tmp_path / "p"), "ensemble=caruana"], tmp_path,
+                                  r"^Error: Models lenet5-s0 and lenet5-s1 were trained on different splits: .*seed=42; "
+                                  r"lenet5-s1-holdout: fold 0, stratified holdout fraction=0.2 seed=7\)\..*"
+                                  r"ensemble.weights=equal or given\.$")
+    assert no_outputs(tmp_path / "p")

@@ -225,21 +225,26 @@ def test_a_solution_file_without_a_sample_id_stops_the_run_before_any_prediction
     assert passes.calls == 0
 
 
-def test_members_of_different_splits_are_refused_before_any_prediction(case: Case) -> None:
-    """A member retrained with another data.split_seed covers other OOF rows: a fitted merge cannot use both."""
+def retrain_on_another_split(members: Path, data: Path, root: Path) -> None:
+    """Replace member S1 by the same model trained on another split (``data.split_seed=7``, the sweep's is 42)."""
     image, crop = MIXED_SIZES[S1]
     cfg = compose_train([
-        "trainer=cpu", "logger=none", "model=lenet5", f"data.root={case.comp}", "trainer.max_epochs=1",
+        "trainer=cpu", "logger=none", "model=lenet5", f"data.root={data}", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", "trainer.limit_train_batches=3", "data.num_workers=0",
-        "data.batch_size=32", f"paths.root={case.root}", "seed=1", f"data.image_size={image}",
+        "data.batch_size=32", f"paths.root={root}", "seed=1", f"data.image_size={image}",
         f"data.crop_size={crop}", "data.split_seed=7",
     ])
     with open_dict(cfg):
-        cfg.paths.output_dir = str(case.root / "other" / S1)
+        cfg.paths.output_dir = str(root / "other" / S1)
     train(cfg)
     GlobalHydra.instance().clear()
-    shutil.rmtree(case.members / S1)
-    shutil.move(case.root / "other" / S1, case.members / S1)
+    shutil.rmtree(members / S1)
+    shutil.move(root / "other" / S1, members / S1)
+
+
+def test_members_of_different_splits_are_refused_before_any_prediction(case: Case) -> None:
+    """A member retrained with another data.split_seed covers other OOF rows: a fitted merge cannot use both."""
+    retrain_on_another_split(case.members, case.comp, case.root)
     with ForwardCounter() as passes:
         expect(case, MemberError, r"^Models lenet5-s0 and lenet5-s1 were trained on different splits: their out-of-fold "
                                   r"rows differ \(\d+ validation ids only in lenet5-s0, e.g. .*from folds.csv: "
