@@ -256,6 +256,18 @@ def test_members_of_different_splits_are_refused_before_any_prediction(case: Cas
     assert case.run()["weights"]
 
 
+def test_fold_members_of_one_model_that_overlap_are_refused_before_any_prediction(case: Case) -> None:
+    """Two members of one model validating on the same rows (one fold twice, or folds of two splits)."""
+    case.manifest(S1, model_group="lenet5-s0")
+    case.ens = EnsembleSpec(weights="equal")  # checked for every merge: the model's OOF rows are put together
+    with ForwardCounter() as passes:
+        expect(case, MemberError, r"^Members lenet5-s0-holdout and lenet5-s1-holdout of model lenet5-s0 validate on 120 of "
+                                  r"the same rows \(e.g. \[.*\]; lenet5-s0-holdout: fold 0, stratified holdout "
+                                  r"fraction=0.2 seed=42; lenet5-s1-holdout: fold 0, .*\), so they are not distinct folds "
+                                  r"of one split.*leave one of them out of members.$")
+    assert passes.calls == 0
+
+
 def test_sample_ids_that_are_not_the_test_images(case: Case) -> None:
     comp = case.copy_comp()
     sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)

@@ -31,32 +31,46 @@ def validation_ids(member: Member) -> tuple[set[str], str] | None:
     return set(folds.loc[folds["fold"] == str(member.manifest.fold), "id"]), str(rule)
 
 
-def _model_rows(members: Sequence[Member]) -> tuple[frozenset[str], list[str]] | None:
-    """A model's OOF rows (its members' validation rows together) and how each member split; None if unknown."""
-    rows: set[str] = set()
-    splits = []
+_ONE_SPLIT = "the same data.n_folds, data.split_seed and data.fold_col"
+
+
+def _model_rows(model: str, members: Sequence[Member]) -> tuple[frozenset[str], list[str]] | None:
+    """A model's OOF rows (its members' validation rows together) and how each member split; None if unknown.
+
+    Raises:
+        MemberError: two of its members validate on the same rows (folds of different splits, or one fold twice).
+    """
+    rows: dict[str, str] = {}
+    splits: dict[str, str] = {}
     for m in members:
         found = validation_ids(m)
         if found is None:
             return None
-        rows |= found[0]
-        splits.append(f"{m.name}: fold {m.manifest.fold}, {found[1]}")
-    return frozenset(rows), splits
+        splits[m.name] = f"{m.name}: fold {m.manifest.fold}, {found[1]}"
+        if shared := sorted(i for i in found[0] if i in rows):
+            other = rows[shared[0]]
+            raise MemberError(
+                f"Members {other} and {m.name} of model {model} validate on {len(shared)} of the same rows (e.g. "
+                f"{examples(shared, 3)}; {splits[other]}; {splits[m.name]}), so they are not distinct folds of one split "
+                f"and their out-of-fold rows cannot be put together. Train every fold of a model with {_ONE_SPLIT}, or "
+                "leave one of them out of members."
+            )
+        rows |= dict.fromkeys(found[0], m.name)
+    return frozenset(rows), list(splits.values())
 
 
 def check_same_oof_rows(models: Mapping[str, Sequence[Member]], ens: EnsembleSpec, metric: str) -> None:
-    """Refuse models whose OOF rows differ when the ensemble fits on OOF rows; plain weighted merges need none.
+    """Refuse fold members of one model that overlap, and, when the ensemble fits on OOF rows, models whose OOF
+    rows differ (plain weighted merges average models of other splits).
 
     Members without a ``folds.csv`` are not compared here (the OOF files are compared once read).
 
     Raises:
-        MemberError: one line naming two models, the ids only one of them covers, each member's split, and
-            the settings that fix it.
+        MemberError: one line naming the two members or models, the ids only one covers (or both), each member's
+            split, and the settings that fix it.
     """
-    if ens.combine == "weighted" and not submitted_rule(ens, metric).fitted:
-        return
-    known = {g: found for g, ms in models.items() if (found := _model_rows(ms)) is not None}
-    if len(known) < 2:
+    known = {g: found for g, ms in models.items() if (found := _model_rows(g, ms)) is not None}
+    if len(known) < 2 or (ens.combine == "weighted" and not submitted_rule(ens, metric).fitted):
         return
     (first, (base, base_splits)), *others = known.items()
     for name, (rows, splits) in others:
@@ -68,6 +82,6 @@ def check_same_oof_rows(models: Mapping[str, Sequence[Member]], ens: EnsembleSpe
             f"({len(only_first)} validation ids only in {first}, e.g. {examples(only_first, 3)}; {len(only_other)} only "
             f"in {name}, e.g. {examples(only_other, 3)}; from folds.csv: {'; '.join([*base_splits, *splits])}). The "
             f"ensemble's merge ({rule_name(ens)}, ensemble.combine={ens.combine}) is fitted on rows every model "
-            "predicted. Predict members of one split (the same data.n_folds, data.split_seed and data.fold_col, every "
-            "fold trained), or merge without fitting: ensemble.combine=weighted with ensemble.weights=equal or given."
+            f"predicted. Predict members of one split ({_ONE_SPLIT}, every fold trained), or merge without fitting: "
+            "ensemble.combine=weighted with ensemble.weights=equal or given."
         )
