@@ -30,6 +30,9 @@ from pipeline.core.errors import OutputError
 from pipeline.core.io import _HOST, write_json
 from pipeline.member import predictions
 from pipeline.member.predictions import write_predictions
+from pipeline.submission import build
+from pipeline.submission.build import write_submission_from_predictions
+from pipeline.submission.format import format_from_config
 from tests.conftest import copy_members
 from tests.helpers import copy_competition, write_competition
 from tests.test_bad_inputs_config import cli, refused
@@ -169,6 +172,12 @@ class FullDisk:
         if self._full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fh, name)
 
@@ -193,6 +202,22 @@ def test_disk_full_while_writing_predictions_leaves_no_temporary_file(tmp_path: 
     with pytest.raises(OutputError, match=_disk_full_line(target)):
         write_predictions(target, [f"i{k}" for k in range(100)], np.full((100, 2), 0.5), ["a", "b"], np.zeros(100, int))
     assert snapshot(tmp_path) == before  # no .tmp left, the earlier file whole
+
+
+@pytest.mark.parametrize("room", [10, 10**9], ids=["a write fails, then closing fails again", "closing fails"])
+def test_disk_full_while_writing_the_submission_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         room: int) -> None:
+    ids, classes = [f"i{k}" for k in range(50)], ["a", "b"]
+    pred = write_predictions(tmp_path / "ensemble_test.csv", ids, np.full((50, 2), 0.5), classes)
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "submission.csv"
+    target.write_text("earlier\n")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(build, "open", full_disk("/out/", room), raising=False)
+    with pytest.raises(OutputError, match=_disk_full_line(target)):
+        write_submission_from_predictions(pred, target, format_from_config("label", "id", "label", "name", classes),
+                                          classes, ids)
+    assert snapshot(tmp_path) == before
 
 
 def test_disk_full_in_an_atomic_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
