@@ -85,9 +85,8 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full_error(path: str | Path, err: OSError, removed: bool = True) -> OutputError:
-    """The one-line error for writing ``path`` onto a full disk (``err.errno`` in :data:`DISK_FULL`).
-
-    ``removed``: the message says that the partial file was removed (this package's writers always do).
+    """The one-line error for writing ``path`` onto a full disk (``err.errno`` in :data:`DISK_FULL`); ``removed``:
+    the message says that the partial file was removed (this package's writers always do).
 
     >>> str(disk_full_error("out/a.csv", OSError(errno.ENOSPC, "No space left on device")))[:41]
     'Cannot write out/a.csv: disk full (ENOSPC'
@@ -140,16 +139,14 @@ class AtomicFile:
         """Drop the temporary file (a no-op after :meth:`commit`); never raises, so it cannot hide the first error."""
         try:
             self.tmp.unlink(missing_ok=True)
-        except OSError as err:  # left for clean_stale_temps: this process's pid marks it once the process is gone
+        except OSError as err:  # left for clean_stale_temps: its name holds this process's pid
             log.warning("Could not remove the temporary file %s: %s", self.tmp, err)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The temporary file is removed whatever happens in the block (a full disk included: then the error is an
-    :class:`~pipeline.core.errors.OutputError` naming ``path``, see :func:`disk_full_error`).
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds, else remove it
+    (a full disk is then an :class:`~pipeline.core.errors.OutputError` naming ``path``: :func:`disk_full_error`).
 
     >>> with atomic_path("out.csv") as tmp:
     ...     tmp.write_text("id,label\\n")  # doctest: +SKIP
