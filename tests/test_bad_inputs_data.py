@@ -8,6 +8,7 @@ checks (a) the exception type, (b) a message that names the file, column, rows, 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -22,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.errors import ConfigError, DataError, OutputError
 from pipeline.data.cache import cache_for_spec
 from pipeline.data.decode import verify_images
 from pipeline.data.folds import load_or_create_folds, split_indices
@@ -306,6 +307,10 @@ CASES = [
          reader="folds"),
     Case("fold_column_contradicts_n_folds", r"holds 3 folds \(0\.\.2\), but data\.n_folds=2\. Set data\.n_folds=3",
          column("kfold", lambda i: str(i % 3)), {"fold_col": "kfold", "n_folds": 2}, reader="folds"),
+    Case("fold_column_holding_a_whole_class", r"train\.csv: fold 0 of the fold column 'kfold' \(data\.fold_col\) holds "
+         r"every row of 1 class\(es\): 'Bag' \(8 rows\)\. Its member would train without them and never predict them"
+         r".*Spread each class over at least two folds", column("kfold", lambda i: "0" if i >= 16 else str(i % 2)),
+         {"fold_col": "kfold", "n_folds": 2}, reader="folds"),
     Case("group_values_empty", r"train\.csv: 2 row\(s\) have an empty group \('', 'nan'\) in column 'patient' "
          r"\(data\.group_col\): line 3 \(id 'tr0001'\), line 6 \(id 'tr0004'\)",
          column("patient", lambda i: {1: "", 4: "nan"}.get(i, f"p{i // 2}")), {"group_col": "patient", "n_folds": 2},
@@ -456,3 +461,20 @@ def test_reading_data_never_needs_write_access(tiny: Path, tmp_path: Path) -> No
     finally:
         for path in [root, *root.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def test_an_image_cache_on_a_full_disk_is_one_line_and_leaves_no_file(tiny: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing into a memmap on a full disk would kill the process (SIGBUS): the space is reserved first, and
+    a full disk is then an error naming the cache file, with nothing left in the cache folder."""
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    comp = copy_competition(tiny, tmp_path / "comp")
+    (tmp_path / "cache").mkdir()
+    before = files_under(tmp_path)
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(OutputError, match=rf"^Cannot write {tmp_path / 'cache'}/.*\.npy: disk full \(ENOSPC: No space "
+                                          r"left on device\)\. Free space .*; the partial file was removed\.$"):
+        run_cache(DataSpec(root=str(comp), in_chans=1, num_workers=0), tmp_path)
+    assert files_under(tmp_path) == before and not temp_files(tmp_path)

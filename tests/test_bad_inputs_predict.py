@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
 
 from pipeline.core.errors import ConfigError, DataError, MemberError
 from pipeline.data.spec import DataSpec
@@ -31,7 +33,9 @@ from pipeline.predict.tta import TTAPolicy, create_policy
 from pipeline.submission.format import SubmissionError
 from pipeline.submission.spec import SubmissionOptions
 from pipeline.submission.stage import submit
-from tests.conftest import copy_members
+from tests.conftest import MIXED_SIZES, compose_train, copy_members
+from tests.helpers import train
+from tests.test_cache_keys import ForwardCounter
 
 S0, S1 = "lenet5-s0-holdout", "lenet5-s1-holdout"  # 32/28 and 24/20
 
@@ -175,6 +179,93 @@ def test_probability_sample_with_a_class_absent_from_training(case: Case) -> Non
     sample.to_csv(comp / "sample_submission.csv", index=False)
     expect(case, SubmissionError, r"columns matching no class the members were trained on: \['Ghost'\]; classes without a "
                                   rf"column: \['{classes[-1]}'\]")
+
+
+def _solution(case: Case) -> tuple[Path, pd.DataFrame]:
+    path = case.copy_comp() / "solution.csv"
+    case.spec = replace(case.spec, solution="solution.csv")
+    return path, pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_an_unknown_label_in_the_solution_file_stops_the_run_before_any_prediction(case: Case) -> None:
+    path, solution = _solution(case)
+    solution.loc[3, "label"] = "Ghost"
+    solution.to_csv(path, index=False)
+    with ForwardCounter() as passes:
+        expect(case, DataError, rf"^{path} \(config key data.solution\): labels that are not classes in column 'label' "
+                                r"in 1 row\(s\): lines \[5\] \(ids \['te00003'\], labels \['Ghost'\]\); accepted: "
+                                r"\['Ankle boot', 'Bag', .*Fix those rows, or set data.solution=null to skip the leaderboard")
+    assert passes.calls == 0
+
+
+SOLUTIONS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str]] = {
+    "no label column": (lambda s: s.rename(columns={"label": "class"}),
+                        r"no column \['label'\]; found \['id', 'class'\]. Set data.id_col and data.label_col"),
+    "a repeated id": (lambda s: s.assign(id=[*s["id"][:-1], s["id"].iloc[0]]),
+                      r"ids \['te00000'\] occur more than once in column 'id'"),
+}
+
+
+@pytest.mark.parametrize("name", list(SOLUTIONS))
+def test_a_malformed_solution_file_stops_the_run_before_any_prediction(case: Case, name: str) -> None:
+    path, solution = _solution(case)
+    change, match = SOLUTIONS[name]
+    change(solution).to_csv(path, index=False)
+    with ForwardCounter() as passes:
+        expect(case, DataError, rf"{path} \(config key data.solution\): {match}")
+    assert passes.calls == 0
+
+
+def test_a_solution_file_without_a_sample_id_stops_the_run_before_any_prediction(case: Case) -> None:
+    path, solution = _solution(case)
+    solution.iloc[1:].to_csv(path, index=False)
+    with ForwardCounter() as passes:
+        expect(case, DataError, rf"{path} \(config key data.solution\): 1 submission id\(s\) have no row, e.g. "
+                                r"\['te00000'\]; a solution file holds every test id")
+    assert passes.calls == 0
+
+
+def retrain_on_another_split(members: Path, data: Path, root: Path) -> None:
+    """Replace member S1 by the same model trained on another split (``data.split_seed=7``, the sweep's is 42)."""
+    image, crop = MIXED_SIZES[S1]
+    cfg = compose_train([
+        "trainer=cpu", "logger=none", "model=lenet5", f"data.root={data}", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "trainer.limit_train_batches=3", "data.num_workers=0",
+        "data.batch_size=32", f"paths.root={root}", "seed=1", f"data.image_size={image}",
+        f"data.crop_size={crop}", "data.split_seed=7",
+    ])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "other" / S1)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    shutil.rmtree(members / S1)
+    shutil.move(root / "other" / S1, members / S1)
+
+
+def test_members_of_different_splits_are_refused_before_any_prediction(case: Case) -> None:
+    """A member retrained with another data.split_seed covers other OOF rows: a fitted merge cannot use both."""
+    retrain_on_another_split(case.members, case.comp, case.root)
+    with ForwardCounter() as passes:
+        expect(case, MemberError, r"^Models lenet5-s0 and lenet5-s1 were trained on different splits: their out-of-fold "
+                                  r"rows differ \(\d+ validation ids only in lenet5-s0, e.g. .*from folds.csv: "
+                                  r"lenet5-s0-holdout: fold 0, stratified holdout fraction=0.2 seed=42; lenet5-s1-holdout: "
+                                  r"fold 0, stratified holdout fraction=0.2 seed=7\). The ensemble's merge \(caruana, "
+                                  r"ensemble.combine=weighted\).*ensemble.weights=equal or given.$")
+    assert passes.calls == 0
+    case.ens = EnsembleSpec(weights="equal")  # nothing is fitted on OOF rows: other splits may be averaged
+    assert case.run()["weights"]
+
+
+def test_fold_members_of_one_model_that_overlap_are_refused_before_any_prediction(case: Case) -> None:
+    """Two members of one model validating on the same rows (one fold twice, or folds of two splits)."""
+    case.manifest(S1, model_group="lenet5-s0")
+    case.ens = EnsembleSpec(weights="equal")  # checked for every merge: the model's OOF rows are put together
+    with ForwardCounter() as passes:
+        expect(case, MemberError, r"^Members lenet5-s0-holdout and lenet5-s1-holdout of model lenet5-s0 validate on 120 of "
+                                  r"the same rows \(e.g. \[.*\]; lenet5-s0-holdout: fold 0, stratified holdout "
+                                  r"fraction=0.2 seed=42; lenet5-s1-holdout: fold 0, .*\), so they are not distinct folds "
+                                  r"of one split.*leave one of them out of members.$")
+    assert passes.calls == 0
 
 
 def test_sample_ids_that_are_not_the_test_images(case: Case) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.io import _HOST
 from pipeline.core.staging import discard, promote, staging_dir
 from pipeline.data.spec import DataSpec
 from pipeline.predict.spec import EnsembleSpec, PredictOptions
@@ -50,6 +52,18 @@ def test_a_staging_folder_of_a_dead_writer_is_removed_by_the_next_run(tmp_path: 
     (dead / "half.csv").write_text("half-written")
     fresh = staging_dir(out)
     assert not dead.exists() and fresh.is_dir()
+
+
+def test_temporary_files_of_dead_writers_in_the_folder_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A run killed (or, before the fix, one whose disk filled up) left ``oof/.*.tmp``; the next run removes it."""
+    out = tmp_path / "predict"
+    (out / "oof").mkdir(parents=True)
+    dead = out / "oof" / f".m__none.csv.{_HOST}.999999999.0a1b2c3d.tmp"  # no such process
+    live = out / "oof" / f".m__hflip.csv.{_HOST}.{os.getpid()}.0a1b2c3d.tmp"  # this process: a concurrent writer
+    for path in (dead, live):
+        path.write_text("id,label\n")
+    staging_dir(out)
+    assert not dead.exists() and live.exists()
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.errors import OutputError, PipelineError
-from pipeline.core.io import check_writable_dir
+from pipeline.core.io import DISK_FULL, check_writable_dir, disk_full_error
 
 __all__ = ["PipelineExit", "compact_errors", "explain", "CheckOutputs", "TRAIN_PATHS", "PREDICT_PATHS", "REPORT_PATHS"]
 
@@ -76,6 +76,13 @@ def explain(err: BaseException, cfg: Any = None, settings: Sequence[tuple[str, s
             if setting := _setting_for(err.path, cfg, settings):
                 message += f" The folder is set by {setting}."
         return message
+    if isinstance(err, OSError) and err.errno in DISK_FULL:  # written by a library (a checkpoint, a log)
+        setting = _setting_for(err.filename, cfg, settings)
+        if err.filename is None:
+            return (f"A write failed: disk full ({errno.errorcode[err.errno]}: {err.strerror}). Free space on the "
+                    "disk that holds the output folders (or write to another disk) and run the command again.")
+        message = str(disk_full_error(err.filename, err, removed=False))
+        return message + (f" It lies under {setting}." if setting else "")
     if isinstance(err, OSError) and err.errno in _NO_WRITE:
         where = err.filename or "a file"
         setting = _setting_for(err.filename, cfg, settings)

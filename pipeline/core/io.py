@@ -33,7 +33,7 @@ from pipeline.core.errors import DataError, OutputError, duplicates
 
 __all__ = [
     "AtomicFile", "atomic_path", "write_json", "read_json", "read_csv_as_text", "safe_name", "short_hash",
-    "clean_stale_temps", "ensure_writable_dir", "check_writable_dir", "STALE_TEMP_AGE_S",
+    "clean_stale_temps", "ensure_writable_dir", "check_writable_dir", "STALE_TEMP_AGE_S", "DISK_FULL", "disk_full_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,27 @@ def _cannot_write(path: Path, err: OSError) -> OutputError:
     return OutputError(f"Cannot write {path}: {err.strerror or err} ({err.filename or path}).", path)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""Write errors that mean no space is left: the disk is full (ENOSPC) or the user's quota is used up (EDQUOT)."""
+
+
+def disk_full_error(path: str | Path, err: OSError, removed: bool = True) -> OutputError:
+    """The one-line error for writing ``path`` onto a full disk (``err.errno`` in :data:`DISK_FULL`); ``removed``:
+    the message says that the partial file was removed (this package's writers always do).
+
+    >>> str(disk_full_error("out/a.csv", OSError(errno.ENOSPC, "No space left on device")))[:41]
+    'Cannot write out/a.csv: disk full (ENOSPC'
+    """
+    path = Path(path)
+    code = err.errno or errno.ENOSPC
+    what = "disk full" if code == errno.ENOSPC else "disk quota exceeded"
+    return OutputError(
+        f"Cannot write {path}: {what} ({errno.errorcode[code]}: {err.strerror or os.strerror(code)}). "
+        f"Free space on the disk that holds {path.parent} (or write to another disk) and run the command again"
+        f"{'; the partial file was removed' if removed else ''}.", path.parent
+    )
+
+
 class AtomicFile:
     """A temporary file beside ``path`` that replaces ``path`` on :meth:`commit`.
 
@@ -101,6 +122,8 @@ class AtomicFile:
             self.tmp = _new_temp(self.path)
             self.mode = stat.S_IMODE(self.tmp.stat().st_mode)  # 0666 less the umask, as the OS applied it
         except OSError as err:
+            if err.errno in DISK_FULL:
+                raise disk_full_error(self.path, err) from err
             if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             raise _cannot_write(self.path.parent, err) from err
@@ -113,13 +136,17 @@ class AtomicFile:
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary file (a no-op after :meth:`commit`)."""
-        self.tmp.unlink(missing_ok=True)
+        """Drop the temporary file (a no-op after :meth:`commit`); never raises, so it cannot hide the first error."""
+        try:
+            self.tmp.unlink(missing_ok=True)
+        except OSError as err:  # left for clean_stale_temps: its name holds this process's pid
+            log.warning("Could not remove the temporary file %s: %s", self.tmp, err)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds, else remove it
+    (a full disk is then an :class:`~pipeline.core.errors.OutputError` naming ``path``: :func:`disk_full_error`).
 
     >>> with atomic_path("out.csv") as tmp:
     ...     tmp.write_text("id,label\\n")  # doctest: +SKIP
@@ -128,6 +155,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield target.tmp
         target.commit()
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            raise disk_full_error(target.path, err) from err
+        raise
     finally:
         target.abort()
 

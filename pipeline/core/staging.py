@@ -21,6 +21,8 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.core.io import clean_stale_temps
+
 __all__ = ["discard", "promote", "staging_dir"]
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,14 @@ def _alive(pid: int) -> bool:
 
 
 def staging_dir(folder: str | Path) -> Path:
-    """A fresh, empty staging folder inside ``folder`` for this process; stale ones of dead writers are removed."""
+    """A fresh, empty staging folder inside ``folder`` for this process; stale ones of dead writers are removed.
+
+    So are the temporary files of dead writers anywhere in ``folder`` (a run killed, or one whose disk filled
+    up before this version removed them: :func:`pipeline.core.io.clean_stale_temps`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(folder, recursive=True)
     for old in folder.glob(".staging-*"):
         match = _STAGE.match(old.name)
         if match and match["host"] == _HOST and (int(match["pid"]) == os.getpid() or not _alive(int(match["pid"]))):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.core.io import atomic_path, read_json, short_hash, write_json
+from pipeline.core.io import DISK_FULL, atomic_path, clean_stale_temps, read_json, short_hash, write_json
 from pipeline.core.progress import progress
 from pipeline.data.augment import resize_image, resize_settings
 from pipeline.data.decode import load_image
@@ -124,6 +124,20 @@ def _as_is(item: Any) -> Any:
     return item
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the whole (sparse) memmap file now: on a full disk, writing into a memmap kills the process (SIGBUS);
+    here it raises ENOSPC, which :func:`~pipeline.core.io.atomic_path` reports in one line, removing the file."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise
+            # a file system that cannot reserve space: best effort only
+
+
 def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: int, workers: int,
            max_pixels: int | None, resize: dict[str, Any]) -> None:
     """Fill ``<stem>.npy`` in worker processes; rename it, then the index, into place."""
@@ -132,6 +146,7 @@ def _build(paths: list[str], ids: list[str], stem: Path, size: int, in_chans: in
                         collate_fn=_as_is)
     with atomic_path(stem.with_suffix(".npy")) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, in_chans))
+        _reserve(tmp)
         for i, image in progress(loader, len(paths), f"Caching {len(paths)} images at {size}×{size}", unit="img"):
             array[i] = image
         array.flush()
@@ -177,6 +192,7 @@ def open_cache(table: ImageTable, cache_dir: str | Path, size: int, in_chans: in
     stem = folder / f"{table_key}-{key}"
     if not (stem.with_suffix(".json").is_file() and stem.with_suffix(".npy").is_file()):
         folder.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(folder)  # a half-built cache of a killed or disk-full run
         _build(paths, list(table.ids), stem, size, in_chans, workers, table.max_pixels, resize)
         _remove_stale(folder, table_key, stem.name)
     index = read_json(stem.with_suffix(".json"))

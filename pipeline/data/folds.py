@@ -296,6 +296,20 @@ def _user_folds(table: ImageTable, spec: DataSpec, columns: pd.DataFrame, source
     return columns.loc[table.ids, "fold"].to_numpy()
 
 
+def _check_training_classes(folds: pd.DataFrame, spec: DataSpec, classes: Sequence[str], source: str) -> None:
+    """Your own folds must leave every class in the member's training rows: else it could never predict that class."""
+    in_fold = folds["fold"].to_numpy() == spec.fold
+    labels = folds["label"].to_numpy()
+    lost = sorted(set(labels[in_fold].tolist()) - set(labels[~in_fold].tolist()))
+    if lost:
+        named = ", ".join(f"{classes[c]!r} ({int((labels == c).sum())} rows)" for c in lost[:5])
+        raise DataError(
+            f"{source}: fold {spec.fold} of the fold column '{spec.fold_col}' (data.fold_col) holds every row of "
+            f"{len(lost)} class(es): {named}. Its member would train without them and never predict them (validation "
+            "accuracy 0 on those rows). Spread each class over at least two folds in that column, or drop its rows."
+        )
+
+
 def _wanted_folds(table: ImageTable, spec: DataSpec, source: str) -> pd.DataFrame:
     """The folds ``spec`` asks for, on the table's rows, with their ``rule`` column."""
     assert table.labels is not None
@@ -304,6 +318,8 @@ def _wanted_folds(table: ImageTable, spec: DataSpec, source: str) -> pd.DataFram
     if spec.fold_col and columns is not None:
         folds = pd.DataFrame({"id": table.ids, "label": fold_strata(table.task, table.labels, spec.n_folds),
                               "fold": _user_folds(table, spec, columns, source)})
+        if table.task is None or table.task.softmax:  # classes; other tasks have strata, not classes
+            _check_training_classes(folds, spec, table.classes, source)
         if groups is not None:
             folds["group"] = groups
             if straddle := straddling_groups(folds):

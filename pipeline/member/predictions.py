@@ -12,17 +12,18 @@ chunk into a temporary file and renames it into place only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import MemberError, examples
-from pipeline.core.io import AtomicFile, read_csv_as_text
+from pipeline.core.io import DISK_FULL, AtomicFile, disk_full_error, read_csv_as_text
 from pipeline.core.task import Task
 
 __all__ = ["PredictionWriter", "write_predictions", "read_predictions", "check_probabilities", "PROB_PREFIX",
@@ -58,10 +59,17 @@ class PredictionWriter:
         self.targets = None if targets is None else [TARGET_PREFIX + t for t in targets]
         self.rows = 0
         self._file = AtomicFile(self.path)
-        self._fh = open(self._file.tmp, "w", newline="")
+        try:
+            self._fh = open(self._file.tmp, "w", newline="")
+        except BaseException:
+            self._file.abort()
+            raise
         label_header = (self.targets or ["label"]) if with_labels else []
         header = ["id"] + label_header + [self.prefix + c for c in self.classes]
-        csv.writer(self._fh).writerow(header)
+        try:
+            csv.writer(self._fh).writerow(header)
+        except OSError as err:
+            self._fail(err)
 
     def write(self, ids: Sequence[str], probs: np.ndarray, labels: Sequence[int] | np.ndarray | None = None) -> None:
         """Append one chunk of rows."""
@@ -79,18 +87,34 @@ class PredictionWriter:
                 y = np.asarray(labels, dtype=np.float64).reshape(len(ids), -1)
                 for j, name in enumerate(self.targets):
                     frame.insert(1 + j, name, y[:, j])
-        frame.to_csv(self._fh, header=False, index=False, float_format="%.8g")
+        try:
+            frame.to_csv(self._fh, header=False, index=False, float_format="%.8g")
+        except OSError as err:
+            self._fail(err)
         self.rows += len(ids)
 
     def close(self) -> Path:
-        """Finish the file and move it into place."""
-        self._fh.close()
-        return self._file.commit()
+        """Finish the file and move it into place (on failure, the temporary file is removed)."""
+        try:
+            self._fh.close()  # flushes the last rows: a full disk shows here
+            return self._file.commit()
+        except OSError as err:
+            self._fail(err)
 
     def abort(self) -> None:
-        """Drop the partial file."""
-        self._fh.close()
-        self._file.abort()
+        """Drop the partial file; never raises (closing a file on a full disk fails again: it is removed anyway)."""
+        try:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+        finally:
+            self._file.abort()
+
+    def _fail(self, err: OSError) -> NoReturn:
+        """Remove the partial file and raise: one line naming the file for a full disk, ``err`` otherwise."""
+        self.abort()
+        if err.errno in DISK_FULL:
+            raise disk_full_error(self.path, err) from err
+        raise err
 
     def __enter__(self) -> PredictionWriter:
         return self

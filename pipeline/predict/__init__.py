@@ -26,6 +26,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ],
         "fitting": ["RULES", "Margin", "Rule", "beats", "cross_fit", "rule", "rule_name", "split", "submitted_rule"],
         "thresholds": ["DECISIONS", "Decision", "cross_fit_decision", "decision_kind", "fit_decision"],
+        "splits": ["check_same_oof_rows", "validation_ids"],
         "choose": ["candidate_policies", "choose_ensemble", "choose_policies", "flip_harms", "margin_of"],
         "budget": ["MAX_PLANS", "choose_plan", "plan_probs", "price", "probe_timings", "costs_of", "timings", "within"],
         "timed": ["kit_plans", "predict_within"],

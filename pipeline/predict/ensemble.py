@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
 from pipeline.core.reduce import REDUCTIONS, check_weights, from_space, merge_members, to_space
@@ -300,7 +300,7 @@ def model_oof(member_files: dict[str, Path], classes: Sequence[str], order: Sequ
         frames.append(frame)
     oof = pd.concat(frames)
     if oof["id"].duplicated().any():
-        raise ValueError(f"Members {list(member_files)} overlap in their validation rows; they are not folds of one model.")
+        raise MemberError(f"Members {list(member_files)} overlap in their validation rows; they are not folds of one model.")
     if order is None:
         return oof.sort_values("id", kind="stable").reset_index(drop=True)
     rank = {i: r for r, i in enumerate(order)}

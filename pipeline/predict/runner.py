@@ -122,11 +122,16 @@ def _stream(pending: list[MemberPlan], models: dict[str, nn.Module], table: Imag
                 for job in jobs:
                     _run_batch(job, images[job.group], index, sub, opts, device)
     except BaseException:
-        for job in jobs:
-            for w in job.writers.values():
-                w.abort()
+        _abort(jobs)
         raise
     return jobs
+
+
+def _abort(jobs: list[_Job]) -> None:
+    """Remove every writer's temporary file (a no-op for one already renamed into place)."""
+    for job in jobs:
+        for writer in job.writers.values():
+            writer.abort()
 
 
 def _finish(job: _Job, opts: PredictOptions, device: torch.device) -> None:
@@ -170,7 +175,12 @@ def predict_members(
     pending = [p for p in plans if p.todo]
     if pending:
         models = {p.member.name: load_member_model(p.member, opts, device) for p in pending}  # before any file opens
-        for job in _stream(pending, models, table, split, rows, opts, device):
-            _finish(job, opts, device)
+        jobs = _stream(pending, models, table, split, rows, opts, device)
+        try:
+            for job in jobs:
+                _finish(job, opts, device)
+        except BaseException:  # a full disk while closing one file: the others' temporary files go too
+            _abort(jobs)
+            raise
     return {(p.member.name, key): path for p in plans for key, path in p.files.items()}
 

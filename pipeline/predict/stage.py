@@ -57,6 +57,7 @@ from pipeline.predict.plan import eval_group, member_policy, policy_key, policy_
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import BudgetSpec, EnsembleSpec, PredictOptions, check_budget, check_margin
+from pipeline.predict.splits import check_same_oof_rows
 from pipeline.predict.targets import check_task_options, members_task, task_or_none
 from pipeline.predict.tta import TTAPolicy, canonical_policy, create_policy, views_per_image
 
@@ -297,6 +298,7 @@ def predict(
     check_member_chunk_sizes(opts, members)  # a misspelt member name would be ignored
     models = group_models(members)
     check_ensemble(ens, list(models), metric, task_or_none(task))
+    check_same_oof_rows(models, ens, metric)  # members of other splits, before any prediction
     check_margin("tta.margin", tta_margin)
     budget = budget if budget is not None and budget.active else None
     if budget is not None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.io import atomic_path, write_json
+from pipeline.core.io import atomic_path, clean_stale_temps, write_json
 from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
 from pipeline.core.tracking import LoggerSpec, init_wandb, log_files_artifact
 from pipeline.report.diagnostics import plot_diagnostics
@@ -146,6 +146,7 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
     """
     df, summary, pr = compute_report(predict_dir, metric, n_boot, seed)
     out = pr.path
+    clean_stale_temps(out)  # what a killed or disk-full report left
     plots = [plot_score_vs_cost(df, summary["metric"], out / "score_vs_cost.png")]
     final, title = df.attrs["final"]
     if pr.task is not None and not pr.task.softmax:  # the task's own plot (pipeline.report.targets)

@@ -18,7 +18,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "target_format": ["TARGET_KINDS", "LABEL_VALUES", "TargetFormat", "target_format"],
         "target_build": ["build_target_submission", "validate_target_submission", "write_target_submission",
                          "write_task_submission"],
-        "stage": ["submission_format", "solution_score", "submit"],
+        "stage": ["submission_format", "read_solution", "solution_score", "submit"],
         "api": ["write_submission_file"],
     },
 )

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from pipeline.core.errors import DataError, duplicates, examples
 from pipeline.core.io import read_csv_as_text
 from pipeline.core.metrics import get_metric
 from pipeline.core.staging import discard, promote
@@ -30,7 +32,7 @@ from pipeline.submission.format import SubmissionError, SubmissionFormat, format
 from pipeline.submission.spec import SubmissionOptions
 from pipeline.submission.task_stage import check_task_metric, decide, task_format, task_solution_score, write_task
 
-__all__ = ["submission_format", "solution_score", "submit", "default_metric"]
+__all__ = ["submission_format", "read_solution", "solution_score", "submit", "default_metric"]
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +89,67 @@ def _submitted_probs(path: Path, fmt: SubmissionFormat, classes: Sequence[str]) 
     return ids, out / out.sum(axis=1, keepdims=True)
 
 
-def solution_score(spec: DataSpec, submission: Path, fmt: SubmissionFormat, classes: Sequence[str],
-                   metric: str) -> dict[str, Any] | None:
-    """Leaderboard score of the submission file as written, against the competition's solution file (the demo).
+def read_solution(spec: DataSpec, classes: Sequence[str], fmt: SubmissionFormat | None = None) -> pd.Series | None:
+    """The solution file's labels by id (the demo's hidden answers), checked before any prediction is made.
 
-    It scores the file that is submitted, read back: labels one-hot (top-k by rank), probabilities as given.
+    None when ``data.solution`` is unset or names no file (no leaderboard score). With ``fmt`` and a sample
+    submission, the solution must also hold every id of the sample (the submission's rows).
+
+    Raises:
+        DataError: naming the file and ``data.solution``: a missing column, an empty or repeated id, labels that
+            are not classes of the members (with the rows, the labels and the accepted classes), or sample ids
+            it lacks.
     """
     if not spec.solution or not (spec.root_path / spec.solution).is_file():
         return None
     path = spec.root_path / spec.solution
-    sol = read_csv_as_text(path).set_index(spec.id_col)[spec.label_col]
+    where = f"{path} (config key data.solution)"
+    skip = "or set data.solution=null to skip the leaderboard score"
+    df = read_csv_as_text(path, key="data.solution", what="Solution file", require_rows=True)
+    if missing := [c for c in (spec.id_col, spec.label_col) if c not in df.columns]:
+        raise DataError(f"{where}: no column {missing}; found {list(df.columns)}. Set data.id_col and data.label_col, "
+                        f"{skip}.")
+    ids, labels = df[spec.id_col], df[spec.label_col]
+    if repeated := duplicates([i for i in ids if i.strip()]):
+        raise DataError(f"{where}: ids {examples(repeated)} occur more than once in column {spec.id_col!r}; fix them, "
+                        f"{skip}.")
+    for bad, what in ((ids.str.strip() == "", f"empty ids in column {spec.id_col!r}"),
+                      (~labels.isin(list(classes)), f"labels that are not classes in column {spec.label_col!r}")):
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())
+            raise DataError(
+                f"{where}: {what} in {len(rows)} row(s): lines {examples([int(r) + 2 for r in rows])} (ids "
+                f"{examples(ids.iloc[rows].tolist())}, labels {examples(sorted(set(labels.iloc[rows])))}); accepted: "
+                f"{examples(list(classes), 10)}. Fix those rows, {skip}.")
+    solution = pd.Series(labels.to_numpy(), index=ids.to_numpy())
+    sample = spec.root_path / spec.sample_submission if spec.sample_submission else None
+    if fmt is not None and sample is not None and sample.is_file():
+        _check_covers(solution, read_csv_as_text(sample)[fmt.id_column].tolist(), where)
+    return solution
+
+
+def _check_covers(solution: pd.Series, ids: Sequence[str], where: str) -> None:
+    if absent := [i for i in ids if i not in solution.index]:
+        raise DataError(f"{where}: {len(absent)} submission id(s) have no row, e.g. {examples(absent)}; a solution "
+                        "file holds every test id. Fix it, or set data.solution=null to skip the leaderboard score.")
+
+
+def solution_score(spec: DataSpec, submission: Path, fmt: SubmissionFormat, classes: Sequence[str],
+                   metric: str, solution: pd.Series | None = None) -> dict[str, Any] | None:
+    """Leaderboard score of the submission file as written, against the competition's solution file (the demo).
+
+    It scores the file that is submitted, read back: labels one-hot (top-k by rank), probabilities as given.
+    ``solution``: the file as :func:`read_solution` read and checked it (None: read it now).
+
+    Raises:
+        DataError: the solution file is unusable (see :func:`read_solution`) or lacks ids of the submission.
+    """
+    sol = solution if solution is not None else read_solution(spec, classes)
+    if sol is None:
+        return None
     ids, probs = _submitted_probs(submission, fmt, classes)
+    _check_covers(sol, ids, f"{spec.root_path / str(spec.solution)} (config key data.solution)")
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({str(sol[i]) for i in ids if sol[i] not in index})
-    if unknown:
-        raise SubmissionError(f"{path}: labels {unknown[:5]} in column {spec.label_col!r} are not classes; "
-                              f"accepted: {list(classes)[:10]}")
     labels = np.array([index[sol[i]] for i in ids])
     return {"metric": metric, "score": float(get_metric(metric)(labels, probs)), "rows": len(ids),
             "file": str(submission), "note": "leaderboard score of the submission file on the hidden solution, not "
@@ -138,6 +185,7 @@ def submit(
                             opts, ens, sub, metric, dist, tta_margin, run_info)
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
+    solution = read_solution(spec, classes, fmt)  # a bad solution file stops the run before any prediction
     metric, reason = (metric, "set by the metric setting") if metric else default_metric(fmt, spec.sample_submission)
     ens = replace(ens, fit_metric=ens.fit_metric or metric)
     log.info("Metric: %s (%s); ensemble weights fitted for %s.", metric, reason, ens.fit_metric)
@@ -151,7 +199,7 @@ def submit(
         staged = write_submission_from_predictions(result.ensemble_path, result.stage / sub.filename, fmt, classes,
                                                    expected, result.sample_ids)
         record.submission = str(Path(out_dir) / sub.filename)
-        record.leaderboard = solution_score(spec, staged, fmt, classes, metric)  # the demo's hidden answers
+        record.leaderboard = solution_score(spec, staged, fmt, classes, metric, solution)  # the demo's hidden answers
         if record.leaderboard:
             record.leaderboard["file"] = record.submission
         for key, value in (run_info or {}).items():  # what only the command line knows (W&B run, a user metric)
