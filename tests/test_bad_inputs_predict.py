@@ -116,7 +116,7 @@ SETTINGS: dict[str, tuple[Callable[[Case], None], type[BaseException], str]] = {
     "cuda:9 index": (lambda c: setattr(c.opts, "device", "cuda:9"), ConfigError, r"device='cuda:9'"),
     "unknown mode": (lambda c: setattr(c.opts, "mode", "train"), ConfigError, r"mode='train' is not one of \['full', 'submit'\]"),
     "batch size 0": (lambda c: setattr(c.opts, "batch_size", 0), ConfigError, r"batch_size must be a positive integer; got 0"),
-    "view reduction": (lambda c: setattr(c.opts, "view_reduce", "median"), ConfigError, r"tta.reduce='median'"),
+    "view reduction": (lambda c: setattr(c.opts, "view_reduce", "mode"), ConfigError, r"tta.reduce='mode'"),
     "chunk size": (lambda c: setattr(c.opts, "member_chunk_size", {S0: -1}), ConfigError, r"member_chunk_size.lenet5-s0-holdout"),
     "metric name": (lambda c: setattr(c, "metric", "auc2"), ConfigError, r"metric: unknown metric 'auc2'; accepted"),
     "fit metric": (lambda c: setattr(c.ens, "fit_metric", "nope"), ConfigError, r"ensemble.fit_metric: unknown metric 'nope'"),
@@ -422,3 +422,11 @@ def test_predict_cleans_the_temporary_files_a_killed_predict_left(case: Case) ->
     case.run()
     assert not stale.exists()
     assert (case.out / "submission.csv").is_file()
+
+
+def test_median_views_are_for_other_tasks_only() -> None:
+    from pipeline.core.task import Task
+    from pipeline.predict.targets import check_task_options
+
+    with pytest.raises(ConfigError, match="tta.reduce=median is for multi-label and value outputs"):
+        check_task_options(Task("multiclass", ("a", "b")), PredictOptions(view_reduce="median"))

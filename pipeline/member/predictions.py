@@ -185,7 +185,7 @@ def _labels(path: Path, df: pd.DataFrame) -> np.ndarray:
 def _header(path: Path) -> list[str]:
     """The file's column names (nothing when it can't be read: the full read then names the problem)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             return next(csv.reader(fh), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
