@@ -13,12 +13,13 @@ import torch
 import torchvision.transforms.functional as TF
 from omegaconf import open_dict
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, MemberError
 from pipeline.core.io import safe_name
 from pipeline.data.augment import normalize_batch, transform_from_dict
 from pipeline.data.dataset import ImageDataset
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_table, read_train_table
+from pipeline.member.export import export_ensemble
 from pipeline.member.folder import at_checkpoint, find_members
 from pipeline.member.manifest import read_manifest
 from pipeline.member.predictions import read_predictions
@@ -116,6 +117,14 @@ def test_last_predicts_oof_rows_and_test_with_last_ckpt(two_members: Path, demo_
         t_ids, t_probs, _ = read_predictions(tmp_path / "p" / "test" / f"{safe_name(model)}__{policy_key(NONE)}.csv")
         expect_test = _expected(folder, folder / "checkpoints" / "last.ckpt", test)
         np.testing.assert_allclose(t_probs, np.stack([expect_test[i] for i in t_ids]), atol=1e-5)
+
+
+def test_export_refuses_a_predict_folder_made_with_last(two_members: Path, demo_slice: Path, tmp_path: Path) -> None:
+    sw = copy_members(two_members, tmp_path / "sw")
+    _submit(sw, demo_slice, tmp_path / "p", checkpoint="last")
+    with pytest.raises(MemberError, match="checkpoint=last"):
+        export_ensemble(str(sw), tmp_path / "export", tmp_path / "p")
+    assert not (tmp_path / "export").exists() or not any((tmp_path / "export").iterdir())
 
 
 def test_best_is_unchanged_and_recorded(two_members: Path, demo_slice: Path, tmp_path: Path) -> None:
