@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_OFFLINE := 1
 export WANDB_SILENT := true
 
-.PHONY: demo test install install-dev demo-data train predict report lint bench uplift clean
+.PHONY: demo test install install-dev demo-data train predict report lint bench uplift bench-checkpoint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: install-dev
 ## 4 data sets × 3 seeds of real sweeps, members trained until their validation loss stops improving (hours on 2 cores).
 uplift: install-dev
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.run_all --only uplift,choice
+
+## How optimistic members' OOF rows are about their own best.ckpt: best vs last on OOF and hidden test rows, on the
+## uplift sweeps (run `make uplift` first) and on lenet5 members with a true last.ckpt (minutes on 2 cores).
+bench-checkpoint: install-dev
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python -m benchmarks.bench_checkpoint
 
 clean:
 	rm -rf outputs/* data/ multirun/

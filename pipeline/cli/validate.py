@@ -245,6 +245,8 @@ def _check_prediction(get: Getter) -> None:
     flips = get("tta.flips")
     if bad := [f for f in (flips if isinstance(flips, list) else []) if f not in FLIPS]:
         raise ConfigError(f"tta.flips has {bad}; each entry is one of {' | '.join(FLIPS)}.")
+    if (checkpoint := get("checkpoint")) is not _ABSENT and checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint={checkpoint!r}; accepted: best | last (the weights every member predicts with).")
     chunks = get("member_chunk_size")
     if chunks not in (None, _ABSENT) and not isinstance(chunks, Mapping):
         raise ConfigError(f"member_chunk_size={chunks!r}: give a mapping of member or model name to a chunk size, "

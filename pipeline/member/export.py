@@ -79,6 +79,12 @@ def _predict_record(predict_dir: Path, members: list[Member]) -> tuple[dict[str,
             f"{path} was made with members {sorted(info['members'])}, not the exported {names}; its weights "
             "would merge other models. Export the same members, or predict again."
         )
+    if info.get("checkpoint", "best") != "best":  # the export ships best's weights: last's fitted merge would not fit
+        raise MemberError(
+            f"{path} was made with checkpoint={info['checkpoint']}, but an export carries each member's best weights "
+            "(member.json's checkpoint); its merge was fitted on other predictions. Predict with checkpoint=best "
+            "before exporting with --predict-dir, or export without it."
+        )
     caches = {m: [Path(p) for p in dirs] for m, dirs in (info.get("prediction_cache") or {}).items()}
     record = {k: info[k] for k in _FROM_PREDICT}
     record["submission_policy_spec"] = info.get("submission_policy_spec")
@@ -151,7 +157,7 @@ def export_ensemble(members_spec: str | Path | list[str] | list[Path], out_dir: 
 
     Raises:
         MemberError: A member would be written outside ``out_dir`` or onto an existing non-export folder, or
-            ``predict_dir`` was made with other members.
+            ``predict_dir`` was made with other members or with ``checkpoint=last``.
     """
     members, skipped = find_members(members_spec)
     out = Path(out_dir)

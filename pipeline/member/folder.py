@@ -8,15 +8,26 @@ file read from the folder, the checkpoint named in ``member.json`` included, mus
 
 from __future__ import annotations
 
+import filecmp
 import glob
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.core.errors import MemberError
+from pipeline.core.errors import ConfigError, MemberError
 from pipeline.member.manifest import MANIFEST, MemberManifest, check_member_name, read_manifest
 
-__all__ = ["Member", "find_members", "inside"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CHECKPOINTS", "LAST_CHECKPOINT", "Member", "at_checkpoint", "find_members", "inside"]
+
+CHECKPOINTS = ("best", "last")
+"""The ``checkpoint`` setting of predict: ``best`` is the file ``member.json`` names (``checkpoints/best.ckpt``,
+chosen by the monitor on the member's own validation rows, or an export's ``model.safetensors``); ``last`` is
+the end of training (:data:`LAST_CHECKPOINT`), whose OOF rows did not choose it."""
+
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
 
 
 def inside(folder: Path, relative: str | Path, what: str) -> Path:
@@ -56,6 +67,35 @@ class Member:
     def file(self, name: str) -> Path:
         """A file of the member folder (``eval_transform.json``...), refused if a symlink leads outside it."""
         return inside(self.path, name, "file")
+
+
+def at_checkpoint(members: Sequence[Member], which: str) -> list[Member]:
+    """The members predicted with checkpoint ``which`` (:data:`CHECKPOINTS`): ``best`` leaves them as they are.
+
+    ``last`` points each member's manifest at ``checkpoints/last.ckpt``, so everything keyed by the weights
+    (the prediction cache's checkpoint hash, the model loaded with ``weights_only``) follows that file.
+
+    Raises:
+        ConfigError: ``which`` is not in :data:`CHECKPOINTS`, or a member has no ``checkpoints/last.ckpt``
+            (exports and kits carry only the best weights); checked for every member before returning.
+        MemberError: ``last.ckpt`` resolves outside its member folder.
+    """
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint={which!r}; accepted: {' | '.join(CHECKPOINTS)}.")
+    if which == "best":
+        return list(members)
+    out = []
+    for m in members:
+        chosen = Member(m.path, replace(m.manifest, checkpoint=LAST_CHECKPOINT))
+        if not chosen.checkpoint.is_file():
+            raise ConfigError(f"checkpoint=last: member {m.name} has no {chosen.checkpoint} (exported members and kits "
+                              "carry only their best weights); use checkpoint=best or the trained member folder.")
+        if m.checkpoint.is_file() and filecmp.cmp(m.checkpoint, chosen.checkpoint, shallow=False):
+            log.warning("Member %s: %s holds the same bytes as %s (Lightning 2.6 writes last.ckpt only when the "
+                        "monitor improves): checkpoint=last predicts it with its best weights.", m.name,
+                        chosen.checkpoint, m.checkpoint)
+        out.append(chosen)
+    return out
 
 
 def _expand(spec: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[str]]:

@@ -7,7 +7,8 @@ export, :mod:`pipeline.member.export`) already holds:
 1. a cached OOF prediction file of exactly this computation (policy, crop, eval transform, settings);
 2. else one of the same policy, crop and eval transform computed on another device or at another
    precision (for fitting weights that float-level difference does not matter; ``predict.json`` says so);
-3. for policy ``none`` at the member's recorded crop, the ``val_predictions.csv`` training wrote.
+3. for policy ``none`` at the member's recorded crop, the ``val_predictions.csv`` training wrote (the best
+   checkpoint's: never with ``checkpoint=last``).
 
 A policy enters the run's OOF only when every member has it.
 """
@@ -52,7 +53,8 @@ def cached_oof(member: Member, template: TTAPolicy, opts: PredictOptions, device
         if side.get("eval_group") == group.key and side.get("view_reduce") == opts.view_reduce:
             return path, "cache-other-settings"
     val = member.file(VAL_PREDICTIONS)
-    if policy.name == "none" and policy.crop_size == member.manifest.crop_size and val.is_file():
+    if opts.checkpoint == "best" and policy.name == "none" and policy.crop_size == member.manifest.crop_size \
+            and val.is_file():  # training wrote it with the best checkpoint: never last's OOF rows
         return val, VAL_PREDICTIONS
     return None
 

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.reduce import REDUCTIONS
-from pipeline.member.folder import Member
+from pipeline.member.folder import CHECKPOINTS, Member
 from pipeline.predict.spec import MODES, PredictOptions
 
 __all__ = ["PRECISIONS", "DEVICE_TYPES", "check_options", "check_member_chunk_sizes", "autocast"]
@@ -82,6 +82,8 @@ def check_options(opts: PredictOptions) -> torch.device:
     """
     if opts.mode not in MODES:
         raise ConfigError(f"mode={opts.mode!r} is not one of {list(MODES)}")
+    if opts.checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint={opts.checkpoint!r} is not one of {list(CHECKPOINTS)}")
     if opts.precision not in PRECISIONS:
         raise ConfigError(f"precision={opts.precision!r} is not one of {list(PRECISIONS)}")
     if opts.view_reduce not in REDUCTIONS:

@@ -70,6 +70,8 @@ class PredictRecord:
         task: The members' task (:class:`pipeline.core.task.Task` as a dict); None: one class per image.
         decision: Thresholds or cut points fitted on the OOF rows, with their in-sample and cross-fitted scores
             (:func:`pipeline.submission.task_stage.decide`), or None.
+        checkpoint: Which checkpoint file predicted every member, OOF rows and test alike: ``best`` (the one
+            the member's monitor chose, :data:`~pipeline.member.folder.CHECKPOINTS`) or ``last``.
     """
 
     members: dict[str, str]
@@ -107,6 +109,7 @@ class PredictRecord:
     wandb: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None
+    checkpoint: str = "best"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -148,6 +148,9 @@ class PredictOptions:
         image_cache_dir: The resized-image cache for prediction (``data.cache_dir`` of the predict config);
             the cache a member recorded at training time is never used.
         image_cache_size: Side of those cached images (``data.cache_size``); null: each member's image size.
+        checkpoint: Which weights predict every member, OOF rows and test alike: ``best`` (the file
+            ``member.json`` names, chosen by the monitor on the OOF rows themselves) or ``last``
+            (``checkpoints/last.ckpt``, the end of training; see :func:`pipeline.member.folder.at_checkpoint`).
     """
 
     device: str = "auto"
@@ -165,6 +168,7 @@ class PredictOptions:
     allow_crop_override: list[str] = field(default_factory=list)
     image_cache_dir: str | None = None
     image_cache_size: int | None = None
+    checkpoint: str = "best"
 
     def torch_device(self) -> Any:
         """The ``torch.device`` to run on (``auto``: CUDA when available, else the CPU)."""

@@ -43,7 +43,7 @@ from pipeline.data.fingerprint import table_fingerprint
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable, read_test_in_sample_order, read_train_table
 from pipeline.member.cache import cache_dirs
-from pipeline.member.folder import Member
+from pipeline.member.folder import Member, at_checkpoint
 from pipeline.member.predictions import file_layout, frame_labels, frame_outputs, write_predictions
 from pipeline.predict.budget import plan_spec, price, timings, within_frames
 from pipeline.predict.choose import METHODS_RULE, SINGLE, SINGLE_TTA, choose_ensemble, choose_tta, margin_of
@@ -291,6 +291,7 @@ def predict(
         MemberError: A member's eval transform contradicts its manifest, or its files are unusable.
     """
     out_dir = Path(out_dir)
+    members = at_checkpoint(members, opts.checkpoint)  # checkpoint=last: every member's last.ckpt, or an error
     task = members_task(members)
     classes = list(task.columns)
     check_options(opts)
@@ -402,7 +403,7 @@ def predict(
         policy_notes=_policy_notes([*policies, *candidates]), member_detail=detail, options=asdict(opts),
         prediction_cache={m.name: [str(d) for d in cache_dirs(m, opts.prediction_cache_dir, out_dir).read]
                           for m in members},
-        distributed=task_summary(tasks, dist) if tasks else None,
+        distributed=task_summary(tasks, dist) if tasks else None, checkpoint=opts.checkpoint,
     )
     merged = None
     if not task.softmax and fit_key is not None:  # the merge's OOF outputs: where decisions are fitted

@@ -239,7 +239,7 @@ def recipe_identity(spec: TrainSpec) -> dict[str, Any]:
     """What of the recipe changes a member's result beyond the hash's other keys, only where it differs from the
     default, so every member trained without it keeps its config hash."""
     extra: dict[str, Any] = {}
-    if spec.loss != "cross_entropy":
+    if spec.loss not in ("cross_entropy", "auto"):  # auto is resolved before training (the task's loss)
         extra["loss"] = spec.loss
     if spec.mixup is not None and spec.mixup.enabled:
         extra["mixup"] = dataclasses.asdict(spec.mixup)
