@@ -27,13 +27,14 @@ TINY = ("model=lenet5", "trainer.limit_train_batches=4", "trainer.limit_val_batc
 def test_default_group_instantiates_checkpoint_lr_monitor_and_progress_bar(train_cfg: Callable[..., DictConfig]) -> None:
     spec = train_spec(train_cfg("logger=csv", "trainer.enable_progress_bar=true", "early_stopping_patience=2"))
     names = [type(c).__name__ for c in member_callbacks(spec, has_logger=True)]
-    assert names == ["ProgressGuard", "ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "EarlyStopping"]
+    assert names == ["ProgressGuard", "LastCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "RichProgressBar",
+                     "EarlyStopping"]
     ckpt = next(c for c in spec.callbacks or [] if isinstance(c, ModelCheckpoint))
     assert Path(str(ckpt.dirpath)) == Path(spec.member_dir) / "checkpoints" and ckpt.monitor == "val/log_loss"
     # without a logger or a progress bar Lightning would refuse them: they are left out
     kept = member_callbacks(train_spec(train_cfg()), has_logger=False)
     assert not any(isinstance(c, LearningRateMonitor) for c in kept)
-    assert [type(c).__name__ for c in kept] == ["ProgressGuard", "ModelCheckpoint"]
+    assert [type(c).__name__ for c in kept] == ["ProgressGuard", "LastCheckpoint", "ModelCheckpoint"]
 
 
 def test_extra_and_disabled_callbacks(train_cfg: Callable[..., DictConfig]) -> None:
@@ -119,3 +120,14 @@ def test_averaging_changes_the_member_hash(train_cfg: Callable[..., DictConfig])
 def test_swa_start_beyond_the_run_is_refused(train_cfg: Callable[..., DictConfig]) -> None:
     with pytest.raises(ConfigError, match=r"callbacks.swa.start_epoch=5: the average would never be updated"):
         train(train_cfg(*TINY, "callbacks=[default,swa]", "callbacks.swa.start_epoch=5"))
+
+
+def test_last_checkpoint_is_the_last_epoch_not_a_copy_of_the_best(train_cfg: Callable[..., DictConfig]) -> None:
+    """Lightning 2.6 writes last.ckpt only with a new best.ckpt; the member folder's last.ckpt is the last epoch."""
+    cfg = train_cfg(*TINY, "trainer.max_epochs=3", "monitor_mode=max")  # the worst log loss: the first epoch
+    train(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    best, last = (torch.load(folder / f"{n}.ckpt", map_location="cpu", weights_only=True) for n in ("best", "last"))
+    assert last["epoch"] == 2 and best["epoch"] < last["epoch"]
+    assert not torch.equal(best["state_dict"][f"model.{KEY}"], last["state_dict"][f"model.{KEY}"])
+    assert not list(folder.glob(".*.tmp"))

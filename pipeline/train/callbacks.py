@@ -11,6 +11,7 @@ checkpoints (``snapshots``).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,33 @@ from pipeline.train.checks import ProgressGuard
 from pipeline.train.snapshots import SNAPSHOT_DIR, SnapshotCheckpoint, check_snapshots
 from pipeline.train.spec import TrainSpec
 
-__all__ = ["member_callbacks", "default_callbacks", "contract_checkpoint", "CHECKPOINT_KEY"]
+__all__ = ["member_callbacks", "default_callbacks", "contract_checkpoint", "CHECKPOINT_KEY", "LastCheckpoint"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "callbacks.model_checkpoint"
 """Where the checkpoint callback lives in the config, for messages."""
+
+
+class LastCheckpoint(Callback):
+    """Rewrites ``checkpoints/last.ckpt`` at the end of every training epoch (atomically), so it is the last epoch.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True, save_top_k=1)`` writes ``last.ckpt`` only in an epoch that
+    also writes ``best.ckpt``: ``last.ckpt`` was then a copy of the best epoch, so a resumed member restarted
+    from its best epoch and ``checkpoint=last`` predicted the best weights. Saved after validation and the other
+    callbacks (their states included), as Lightning's own end-of-epoch ``save_last`` is.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 def default_callbacks(spec: TrainSpec) -> list[Callback]:
@@ -85,7 +107,7 @@ def member_callbacks(spec: TrainSpec, has_logger: bool) -> list[Callback]:
         if not isinstance(cb, Callback):
             raise ConfigError(f"callbacks: {cb!r} is not a Lightning Callback (give each callbacks/ node a _target_).")
     contract_checkpoint(configured, Path(spec.member_dir))
-    callbacks: list[Callback] = [ProgressGuard()]
+    callbacks: list[Callback] = [ProgressGuard(), LastCheckpoint(Path(spec.member_dir) / "checkpoints" / "last.ckpt")]
     for cb in configured:
         if isinstance(cb, ProgressBar) and not spec.trainer_settings.get("enable_progress_bar", True):
             continue  # Lightning refuses a progress bar callback with enable_progress_bar=False
