@@ -34,7 +34,7 @@ from pipeline.core.metrics import Metric, get_metric
 from pipeline.core.task import Task
 from pipeline.member.predictions import frame_labels, frame_outputs
 from pipeline.predict.ensemble import SOFTMAX_ONLY
-from pipeline.predict.fitting import Margin, beats, cross_fit, rule
+from pipeline.predict.fitting import Margin, beats, cross_fit, rule, split_strata
 from pipeline.predict.merge import Combiner
 from pipeline.predict.plan import policy_names
 from pipeline.predict.spec import EnsembleSpec
@@ -221,9 +221,11 @@ def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.n
             if np.array_equal(probs[i], probs[j]):
                 notes.append(f"models {models[i]} and {models[j]} are identical (same OOF predictions): "
                              "merging them adds nothing")
-    smallest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min()) if len(labels) else 0
+    # the strata the cross-fitting split deals out (a multi-label row's rarest tag, a regression bin), not raw values
+    groups = split_strata(labels)
+    smallest = int(np.bincount(np.unique(groups, return_inverse=True)[1].ravel()).min()) if len(labels) else 0
     if len(labels) < 2 * parts or smallest < 2:
-        notes.append(f"{len(labels)} OOF rows (smallest class {smallest}): too few to cross-fit a merge over "
+        notes.append(f"{len(labels)} OOF rows (smallest stratum {smallest}): too few to cross-fit a merge over "
                      f"{parts} parts, so no method is compared")
     return notes
 
