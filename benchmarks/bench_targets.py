@@ -100,10 +100,11 @@ def predict_all(sweep: Path, comp: Path, task: str) -> Path:
 
 
 def sweep_paths(workdir: Path, task: str, seed: int, args: argparse.Namespace) -> tuple[Path, Path]:
-    """(competition folder, sweep folder) of one task and seed."""
+    """(competition folder, sweep folder) of one task and seed; the sweep's name holds everything it was trained with."""
     size = f"{task}-{args.n_train}-{args.n_test}"
+    models = "+".join(args.models.split(","))
     return (workdir / "targets" / f"{size}-d{seed}",
-            workdir / "targets" / f"{size}-e{args.epochs}-p{args.patience}-b{args.batch_size}" / f"seed{seed}")
+            workdir / "targets" / f"{size}-e{args.epochs}-p{args.patience}-b{args.batch_size}-{models}" / f"seed{seed}")
 
 
 def train_and_predict(task: str, seed: int, args: argparse.Namespace) -> tuple[Path, Path, list[dict[str, Any]]]:
@@ -185,11 +186,17 @@ def load_run(folder: Path, comp: Path) -> dict[str, Any]:
 
 
 def _decided(r: dict[str, Any], oof_out: np.ndarray, test_out: np.ndarray) -> np.ndarray:
-    """The test outputs as submitted: decided by the thresholds / cut points fitted on these OOF outputs."""
+    """The test outputs as submitted: decided by the thresholds / cut points fitted on these OOF outputs, and
+    values / grades clipped to the task's range (as ``pipeline.submission.target_build`` writes them)."""
     from pipeline.predict.thresholds import fit_decision
 
-    decision = fit_decision(r["task"], r["labels"], oof_out, r["metric"])
-    return test_out if decision is None else decision.apply(test_out)
+    task = r["task"]
+    decision = fit_decision(task, r["labels"], oof_out, r["metric"])
+    out = test_out if decision is None else decision.apply(test_out)
+    if task.is_value and task.low is not None and task.high is not None:
+        low, high = (task.low, task.high) if task.kind == "regression" else (round(task.low), round(task.high))
+        out = np.clip(out, low, high)
+    return out
 
 
 def _merge(r: dict[str, Any], method: str, key: str) -> np.ndarray:
