@@ -391,3 +391,46 @@ def test_bad_merge_settings_are_named_before_any_work(change: dict, match: str) 
 
     with pytest.raises(ConfigError, match=match):
         check_ensemble(EnsembleSpec(**change), ["a", "b"], "accuracy")
+
+
+def _task_members(kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Targets and two members of a regression or multi-label task: one close to the targets, one noise."""
+    rng = np.random.default_rng(0)
+    if kind == "regression":
+        y = rng.uniform(4, 12, 300)
+        return y, [(y + rng.normal(0, 0.5, 300))[:, None], rng.uniform(4, 12, (300, 1))]
+    y = (rng.random((300, 5)) < 0.3).astype(float)
+    return y, [np.clip(0.8 * y + 0.1 + rng.normal(0, 0.05, y.shape), 0, 1), rng.random(y.shape)]
+
+
+@pytest.mark.parametrize(("kind", "columns", "metric"), [
+    ("regression", ("target",), "rmse"), ("multilabel", tuple("abcde"), "f2_samples")])
+def test_optimize_weights_a_task_merge_towards_the_better_member(kind: str, columns: tuple[str, ...],
+                                                                 metric: str) -> None:
+    from pipeline.core.task import Task
+    from pipeline.predict.fitting import rule
+    from pipeline.predict.spec import EnsembleSpec
+
+    y, members = _task_members(kind)
+    task = Task(kind, columns, 4.0 if kind == "regression" else None, 12.0 if kind == "regression" else None)
+    combiner = rule("optimize", EnsembleSpec(), metric, task).fit(members, y)
+    assert combiner.weights[0] > 0.8, combiner.weights  # equal weights (the starting point) were kept before
+    smooth = get_metric(task.smooth_loss)
+    assert smooth(y, combiner.apply(members)) < smooth(y, 0.5 * (members[0] + members[1]))
+
+
+@pytest.mark.parametrize(("kind", "columns", "metric"), [
+    ("regression", ("target",), "rmse"), ("multilabel", tuple("abcde"), "f2_samples")])
+def test_auto_compares_merges_on_value_and_multilabel_targets(kind: str, columns: tuple[str, ...],
+                                                              metric: str) -> None:
+    from pipeline.core.task import Task
+    from pipeline.predict.choose import choose_ensemble
+    from pipeline.predict.spec import EnsembleSpec
+
+    y, members = _task_members(kind)
+    task = Task(kind, columns, 4.0 if kind == "regression" else None, 12.0 if kind == "regression" else None)
+    oof = {"good": members[0], "noise": members[1]}
+    _, record = choose_ensemble(oof, y, oof, EnsembleSpec(combine="auto"), metric, task=task)
+    # every value distinct is not "a class of one row": the merges are compared, not skipped as too few rows
+    assert not any("too few" in n for n in record["notes"]), record["notes"]
+    assert {"mean", "caruana", "optimize"} <= set(record["scores"]), record["scores"]

@@ -34,7 +34,7 @@ from pipeline.core.metrics import Metric, get_metric
 from pipeline.core.task import Task
 from pipeline.member.predictions import frame_labels, frame_outputs
 from pipeline.predict.ensemble import SOFTMAX_ONLY
-from pipeline.predict.fitting import Margin, beats, cross_fit, row_strata, rule
+from pipeline.predict.fitting import Margin, beats, cross_fit, rule, split_strata
 from pipeline.predict.merge import Combiner
 from pipeline.predict.plan import policy_names
 from pipeline.predict.spec import EnsembleSpec
@@ -221,7 +221,7 @@ def _data_notes(models: Sequence[str], probs: Sequence[np.ndarray], labels: np.n
                 notes.append(f"models {models[i]} and {models[j]} are identical (same OOF predictions): "
                              "merging them adds nothing")
     classes = np.asarray(labels).ndim == 1 and np.asarray(labels).dtype.kind in "iub"  # not tags, not values
-    smallest = int(np.bincount(np.unique(row_strata(labels), return_inverse=True)[1]).min()) if len(labels) else 0
+    smallest = int(np.bincount(np.unique(split_strata(labels), return_inverse=True)[1]).min()) if len(labels) else 0
     if len(labels) < 2 * parts or (classes and smallest < 2):
         where = f" (smallest class {smallest})" if classes else ""
         notes.append(f"{len(labels)} OOF rows{where}: too few to cross-fit a merge over {parts} parts, so no method "

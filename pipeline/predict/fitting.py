@@ -29,7 +29,8 @@ from pipeline.core.task import Task, strata
 from pipeline.predict.merge import Combiner, fit_combiner
 from pipeline.predict.spec import EnsembleSpec
 
-__all__ = ["RULES", "Margin", "Rule", "beats", "cross_fit", "row_strata", "rule", "rule_name", "split", "submitted_rule"]
+__all__ = ["RULES", "Margin", "Rule", "beats", "cross_fit", "rule", "rule_name", "split", "split_strata",
+           "submitted_rule"]
 
 RULES: dict[str, dict[str, Any]] = {
     "mean": {"combine": "weighted", "weights": "equal", "temperature": False},
@@ -113,8 +114,13 @@ def submitted_rule(spec: EnsembleSpec, metric: str, task: Task | None = None) ->
     return Rule(rule_name(spec), spec, metric, task)
 
 
-def row_strata(labels: np.ndarray) -> np.ndarray:
-    """The strata :func:`split` deals out, read off the labels (see :func:`split`)."""
+def split_strata(labels: np.ndarray) -> np.ndarray:
+    """The strata :func:`split` deals out, one per row: classes, or :func:`pipeline.core.task.strata` of
+    multi-label rows (``[N, L]``) and of values that are not whole numbers (regression bins).
+
+    >>> split_strata(np.array([[1, 0], [0, 1], [1, 1]])).tolist()
+    [0, 1, 0]
+    """
     labels = np.asarray(labels)
     if labels.ndim == 2:
         return strata("multilabel", labels)
@@ -136,10 +142,9 @@ def split(labels: np.ndarray, parts: int, seed: int) -> np.ndarray:
     >>> split(np.array([0, 0, 1, 1]), 2, seed=0).tolist().count(0)
     2
     """
-    labels = np.asarray(labels)
     if not isinstance(parts, int) or not 2 <= parts:
         raise ValueError(f"cross-fitting needs an integer of at least 2 parts; got {parts!r}")
-    labels = row_strata(labels)
+    labels = split_strata(labels)
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), np.int64)
     offset = 0

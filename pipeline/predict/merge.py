@@ -87,13 +87,13 @@ def _smooth_weights(probs: Sequence[np.ndarray], labels: np.ndarray, method: str
     """Weights on the simplex minimising the task's smooth loss (mean per-label BCE, or MSE) of the merge."""
     from scipy.optimize import minimize
 
-    arrays, loss_fn = _f32(probs), get_metric(task.smooth_loss)
+    space, loss_fn = [to_space(method, p) for p in _f32(probs)], get_metric(task.smooth_loss)
 
     def loss(z: np.ndarray) -> float:
-        w = np.exp(z - z.max())
-        return float(loss_fn(labels, _weighted(arrays, w / w.sum(), method, normalize=False).astype(np.float64)))
+        w = np.exp(z - z.max())  # merged in float64: in float32 the finite differences vanish and nothing moves
+        return float(loss_fn(labels, _merge_rows(space, w / w.sum(), method, slice(None), np.float64, normalize=False)))
 
-    res = minimize(loss, np.zeros(len(arrays)), method="L-BFGS-B")
+    res = minimize(loss, np.zeros(len(space)), method="L-BFGS-B")
     w = np.exp(res.x - res.x.max())
     return w / w.sum()
 
