@@ -54,7 +54,7 @@ class LastCheckpoint(Callback):
         if trainer.sanity_checking:
             return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes (False: no INFO line)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
