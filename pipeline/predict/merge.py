@@ -255,6 +255,13 @@ class Combiner:
         return _weighted(arrays, self.weights, self.method, self.normalize)
 
 
+def _best_single(arrays: Sequence[np.ndarray], labels: np.ndarray, metric: str) -> np.ndarray:
+    """One-hot weights of the best model by ``metric`` on these rows (ties: the first)."""
+    m = get_metric(metric)
+    scores = [m(labels, p) for p in arrays]
+    return np.eye(len(arrays))[int(np.argmax(scores) if m.greater_is_better else np.argmin(scores))]
+
+
 def fit_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: EnsembleSpec, metric: str,
                  kind: str | None = None, weights: str | None = None, task: Task | None = None) -> Combiner:
     """Fit a :class:`Combiner` on OOF rows: ``kind`` (default ``spec.combine``) with ``weights`` (default ``spec.weights``).
@@ -276,9 +283,7 @@ def fit_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: Ensemble
     if temps is not None:
         info["temperatures"] = temps.tolist()
     if kind == "single":
-        m = get_metric(metric)
-        scores = [m(labels, p) for p in arrays]
-        w = np.eye(len(arrays))[int(np.argmax(scores) if m.greater_is_better else np.argmin(scores))]
+        w = _best_single(arrays, labels, metric)
         return Combiner("single", w, spec.method, temps, None, info)
     if kind == "stack":
         meta = _fit_stack(arrays, labels, spec.stack_c)
@@ -312,9 +317,7 @@ def _fit_task_combiner(probs: Sequence[np.ndarray], labels: np.ndarray, spec: En
     arrays, labels = _f32(probs), np.asarray(labels)
     info: dict[str, Any] = {"kind": kind, "task": task.kind}
     if kind == "single":
-        m = get_metric(metric)
-        scores = [m(labels, p) for p in arrays]
-        w = np.eye(len(arrays))[int(np.argmax(scores) if m.greater_is_better else np.argmin(scores))]
+        w = _best_single(arrays, labels, metric)
         return Combiner("single", w, spec.method, None, None, info, normalize=False)
     if kind == "stack":
         meta = TaskStack(task, spec.stack_c).fit(arrays, labels)
