@@ -132,3 +132,11 @@ def test_ensemble_auto_for_values_compares_merges_on_the_tasks_smooth_loss() -> 
     same = {"a": a[:, None], "b": a[:, None]}
     _, record = choose_ensemble(same, y, same, spec, "rmse", task=VALUE)
     assert any("identical" in note for note in record["notes"])  # said; a ridge may still shrink the one model
+
+
+def test_a_time_budget_is_refused_for_other_tasks_naming_the_keys() -> None:
+    from pipeline.predict.spec import check_budget
+
+    with pytest.raises(ConfigError, match=r"budget.seconds / budget.per_1000: .* a regression task"):
+        check_budget(600, None, 32, VALUE)
+    check_budget(600, None, 32, Task("multiclass", ("a", "b")))  # class probabilities: planned as before

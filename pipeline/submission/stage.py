@@ -24,7 +24,7 @@ from pipeline.data.spec import DataSpec
 from pipeline.member.folder import find_members
 from pipeline.predict.distributed import DistributeSpec
 from pipeline.predict.spec import BudgetSpec, EnsembleSpec, PredictOptions
-from pipeline.predict.stage import predict
+from pipeline.predict.stage import PredictResult, predict
 from pipeline.predict.targets import members_task
 from pipeline.predict.tta import TTAPolicy
 from pipeline.submission.build import write_submission_from_predictions
@@ -182,7 +182,7 @@ def submit(
     task = members_task(members)
     if task.kind != "multiclass":
         return _submit_task(members, skipped, task, spec, (policies, submit_policy, candidates, max_passes), out_dir,
-                            opts, ens, sub, metric, dist, tta_margin, run_info)
+                            opts, ens, sub, metric, dist, tta_margin, run_info, budget)
     classes = members[0].manifest.classes
     fmt = submission_format(spec, sub, classes)
     solution = read_solution(spec, classes, fmt)  # a bad solution file stops the run before any prediction
@@ -198,25 +198,33 @@ def submit(
         # Streamed from the ensemble's file: memory holds one chunk of rows, never the N × K array.
         staged = write_submission_from_predictions(result.ensemble_path, result.stage / sub.filename, fmt, classes,
                                                    expected, result.sample_ids)
-        record.submission = str(Path(out_dir) / sub.filename)
-        record.leaderboard = solution_score(spec, staged, fmt, classes, metric, solution)  # the demo's hidden answers
-        if record.leaderboard:
-            record.leaderboard["file"] = record.submission
-        for key, value in (run_info or {}).items():  # what only the command line knows (W&B run, a user metric)
-            setattr(record, key, value)
-        record.write(result.stage)  # predict.json, written once
-        # Everything succeeded: swap the results in, predict.json last (a failed run leaves the previous ones whole).
-        promote(result.stage, out_dir, ["oof", "test", "ensemble_test.csv", sub.filename, "predict.json"])
-        return record.as_dict()
+        # the demo's hidden answers
+        return _land(result, out_dir, sub, solution_score(spec, staged, fmt, classes, metric, solution), run_info)
     except BaseException:
         discard(out_dir)  # the staged results of this failed run; the previous ones are untouched
         raise
 
 
+def _land(result: PredictResult, out_dir: Path, sub: SubmissionOptions, leaderboard: dict[str, Any] | None,
+          run_info: dict[str, Any] | None) -> dict[str, Any]:
+    """Complete ``predict.json`` (submission, leaderboard, what only the command line knows), write it once, and
+    swap the staged results in, ``predict.json`` last (a failed run leaves the previous ones whole)."""
+    record = result.record
+    record.submission = str(Path(out_dir) / sub.filename)
+    record.leaderboard = leaderboard
+    if record.leaderboard:
+        record.leaderboard["file"] = record.submission
+    for key, value in (run_info or {}).items():  # what only the command line knows (W&B run, a user metric)
+        setattr(record, key, value)
+    record.write(result.stage)  # predict.json, written once
+    promote(result.stage, out_dir, ["oof", "test", "ensemble_test.csv", sub.filename, "predict.json"])
+    return record.as_dict()
+
+
 def _submit_task(members: Any, skipped: dict[str, str], task: Task, spec: DataSpec, tta: tuple[Any, ...],
                  out_dir: Path, opts: PredictOptions, ens: EnsembleSpec, sub: SubmissionOptions, metric: str | None,
                  dist: DistributeSpec | None, tta_margin: float | None, run_info: dict[str, Any] | None,
-                 ) -> dict[str, Any]:
+                 budget: BudgetSpec | None) -> dict[str, Any]:
     """:func:`submit` for binary, multi-label, regression and ordinal members (:mod:`pipeline.submission.task_stage`)."""
     policies, submit_policy, candidates, max_passes = tta
     fmt = task_format(spec, sub, task)
@@ -224,21 +232,13 @@ def _submit_task(members: Any, skipped: dict[str, str], task: Task, spec: DataSp
     log.info("Task: %s (%s). Metric: %s (%s).", task.kind, task.reason or "recorded by the members", metric, reason)
     try:
         result = predict(members, skipped, spec, policies, submit_policy, out_dir, opts, ens, metric, candidates,
-                         max_passes, dist, tta_margin)
+                         max_passes, dist, tta_margin, budget)  # a budget is refused for these tasks, naming it
         record = result.record
         record.metric_reason = reason
         record.task = task.to_dict()
         decision, record.decision = decide(result, metric, ens)
         staged = write_task(result, fmt, decision, result.stage / sub.filename)
-        record.submission = str(Path(out_dir) / sub.filename)
-        record.leaderboard = task_solution_score(spec, staged, fmt, task, metric)
-        if record.leaderboard:
-            record.leaderboard["file"] = record.submission
-        for key, value in (run_info or {}).items():
-            setattr(record, key, value)
-        record.write(result.stage)
-        promote(result.stage, out_dir, ["oof", "test", "ensemble_test.csv", sub.filename, "predict.json"])
-        return record.as_dict()
+        return _land(result, out_dir, sub, task_solution_score(spec, staged, fmt, task, metric), run_info)
     except BaseException:
         discard(out_dir)
         raise
