@@ -35,7 +35,7 @@ def test_predict_and_report_refuse_a_sweep_before_hydra_creates_anything(tmp_pat
 
 READ = {
     "train": {"aug", "callbacks", "data", "experiment", "hparams_search", "launcher", "logger", "model", "optimizer",
-              "scheduler", "trainer"},
+              "scheduler", "teacher", "trainer"},
     "predict": {"data", "tta", "ensemble", "logger", "distribute", "experiment"},
     "report": {"experiment", "logger"},
 }

@@ -19,6 +19,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.io import safe_name
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
+from pipeline.member.teacher import TeacherSpec
 from pipeline.models.spec import ModelSpec
 from pipeline.predict.spec import EnsembleSpec, TTASpec
 
@@ -27,7 +28,7 @@ __all__ = ["SCHEMAS", "register", "to_dataclass", "to_container", "fold_tag", "m
 T = TypeVar("T")
 
 SCHEMAS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "logger": LoggerSpec, "tta": TTASpec,
-                            "ensemble": EnsembleSpec}
+                            "ensemble": EnsembleSpec, "teacher": TeacherSpec}
 """Config group → its schema, stored as ``<group>/base_<group>``."""
 
 _registered = False

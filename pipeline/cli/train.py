@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from pipeline.cli.validate import check_extras_or_exit, validate
 from pipeline.core.errors import ConfigError
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
+from pipeline.member.teacher import TeacherSpec
 from pipeline.models.spec import ModelSpec
 from pipeline.train.spec import MixupSpec, TrainSpec
 
@@ -65,6 +67,7 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         return instantiate(node.aug.train), instantiate(node.aug.eval)
 
     scheduler = cfg.get("scheduler")
+    teacher, builder = _teacher(cfg.get("teacher"))
     return TrainSpec(
         member_dir=Path(cfg.paths.output_dir), data=to_dataclass(DataSpec, cfg.data), model=to_dataclass(ModelSpec, cfg.model),
         transforms=transforms, optimizer=instantiate(cfg.optimizer),
@@ -77,7 +80,18 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         aug_std=to_container(cfg.aug.get("std")), name=str(cfg.member_name),
         sweep=f"{cfg.experiment_name}/{cfg.sweep_name}", config=to_container(cfg), relaunch=relaunch_as_this_member,
         callbacks=instantiate_callbacks(cfg.get("callbacks")), snapshots=int(cfg.get("snapshots") or 0),
+        teacher=teacher, teacher_builder=builder,
     )
+
+
+def _teacher(node: Any) -> tuple[TeacherSpec | None, Any]:
+    """The ``teacher`` group as a :class:`TeacherSpec` with its source's digest, and the inference-side builder."""
+    if not node or not node.get("kind"):
+        return None, None
+    from pipeline.predict.teacher import build_teacher_targets, source_digest
+
+    spec = to_dataclass(TeacherSpec, node)
+    return replace(spec, digest=source_digest(spec.source)), build_teacher_targets
 
 
 def monitored_value(metrics: dict[str, Any]) -> float | None:

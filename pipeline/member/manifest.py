@@ -58,6 +58,7 @@ class Recipe:
     accumulate_grad_batches: int = 1
     averaging: list[dict[str, Any]] = field(default_factory=list)  # EMA / SWA callbacks and their settings
     snapshots: int = 0
+    teacher: dict[str, Any] | None = None  # pseudo-labels or distillation: {kind, source, digest, settings}; None: none
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import PredictOptions
 from pipeline.predict.tta import TTAPolicy, create_policy
 
-__all__ = ["kit_plans", "predict_within"]
+__all__ = ["kit_plans", "predict_within", "predict_plan"]
 
 KitPlan = dict[str, Any]
 """``{keys: model → policy key, weights: model → weight, score: cross-fitted score or None, what: str}``."""
@@ -87,10 +87,10 @@ def predict_within(members_dir: Any, images: Any, ens: Mapping[str, Any], key: s
     text = (f"Time budget {seconds:g} s: {plan['what']}: "
             + ", ".join(f"{g} under {policies[k].name} (weight {plan['weights'][g]:.3f})" for g, k in plan["keys"].items())
             + f"; {spent:.3g} s ({where})" + (f"; left out: {', '.join(left)}" if left else ""))
-    return _predict_plan(models, table, plan, policies, options, method), text
+    return predict_plan(models, table, plan, policies, options, method), text
 
 
-def _predict_plan(models: Mapping[str, Sequence[Member]], table: Any, plan: KitPlan,
+def predict_plan(models: Mapping[str, Sequence[Member]], table: Any, plan: KitPlan,
                   policies: Mapping[str, TTAPolicy], options: PredictOptions, method: str) -> Prediction:
     """Each model under its policy (its folds averaged), merged with the plan's weights re-normalised."""
     preds = [predict_images(list(models[g]), table, policies[k], options=options, method=method)

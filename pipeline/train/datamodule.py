@@ -22,7 +22,9 @@ from pipeline.data.dataset import ImageDataset
 from pipeline.data.folds import split_indices
 from pipeline.data.spec import DataSpec
 from pipeline.data.tables import ImageTable
+from pipeline.member.teacher import TeacherSpec, TeacherTargets
 from pipeline.train.spec import TransformFactory
+from pipeline.train.teacher import TeacherDataset
 
 __all__ = ["MemberDataModule"]
 
@@ -54,6 +56,8 @@ class MemberDataModule(pl.LightningDataModule):
         mean: The model's normalisation mean.
         std: The model's normalisation std.
         seed: Seed of the training augmentation stream.
+        teacher: A teacher's settings and targets (:mod:`pipeline.train.teacher`): its test images join the
+            training rows, every training row carries its soft target; validation is unchanged.
 
     >>> dm = MemberDataModule(data, table, folds, transforms, mean, std, seed=0)  # doctest: +SKIP
     >>> dm.setup("fit"); trainer.fit(module, datamodule=dm)  # doctest: +SKIP
@@ -61,12 +65,13 @@ class MemberDataModule(pl.LightningDataModule):
 
     def __init__(
         self, data: DataSpec, table: ImageTable, folds: Any, transforms: TransformFactory,
-        mean: list[float], std: list[float], seed: int,
+        mean: list[float], std: list[float], seed: int, teacher: tuple[TeacherSpec, TeacherTargets] | None = None,
     ) -> None:
         super().__init__()
         self.data, self.table, self.folds = data, table, folds
         self.transforms, self.mean, self.std, self.seed = transforms, mean, std, int(seed)
-        self.train_set: ImageDataset | None = None
+        self.teacher = teacher
+        self.train_set: ImageDataset | TeacherDataset | None = None
         self.val_set: ImageDataset | None = None
 
     @property
@@ -86,12 +91,16 @@ class MemberDataModule(pl.LightningDataModule):
         cache = cache_for_spec(self.table, self.data, resize_settings(eval_tf))
         self.train_set = ImageDataset(self.table.subset(train_idx), train_tf, self.data.in_chans, cache)
         self.val_set = ImageDataset(self.table.subset(val_idx), eval_tf, self.data.in_chans, cache)
+        if self.teacher is not None:  # test images decode as they come (the cache holds the training table only)
+            spec, targets = self.teacher
+            test = ImageDataset(targets.test_table, train_tf, self.data.in_chans) if len(targets.test_table) else None
+            self.train_set = TeacherDataset(self.train_set, test, spec, targets, len(self.table.classes))
 
     def _loader_args(self) -> dict[str, Any]:
         workers = self.data.num_workers
         return dict(batch_size=self.data.batch_size, num_workers=workers, persistent_workers=workers > 0)
 
-    def _check(self, dataset: ImageDataset | None) -> ImageDataset:
+    def _check(self, dataset: Any) -> Any:
         if dataset is None:
             raise RuntimeError("MemberDataModule.setup() has not run yet.")
         return dataset

@@ -23,6 +23,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_path, check_writable_dir, clean_stale_temps, read_json, write_json
 from pipeline.core.task import Task
 from pipeline.core.tracking import init_wandb
@@ -34,6 +35,7 @@ from pipeline.data.tables import ImageTable, read_train_table
 from pipeline.member.lock import member_lock
 from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
+from pipeline.member.teacher import TeacherRequest, TeacherTargets, write_teacher_record
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
 from pipeline.models.heads import OutputHead, head_for
@@ -57,6 +59,7 @@ from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict, MemberPlan, clear_member, plan_member
 from pipeline.train.sweep import ARTIFACTS_KEY, RUNTIME, in_ray_task, limit_threads_to_assigned_cpus, runtime_info
 from pipeline.train.targets import resolve_task_recipe, val_scores
+from pipeline.train.teacher import check_teacher
 
 __all__ = ["train_member", "MemberConflict"]
 
@@ -140,6 +143,7 @@ def _build_module(spec: TrainSpec, num_classes: int, head: OutputHead | None = N
         head_lr=m.head_lr, layer_decay=m.layer_decay, loss=spec.loss,
         mixup=asdict(spec.mixup) if spec.mixup is not None else None,
         output=None if head is None else head.to_dict(),
+        teacher=None if spec.teacher is None else {"temperature": spec.teacher.tau},
     )
 
 
@@ -256,6 +260,11 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
         log.info("Task: %s (%s)", task.kind, task.reason or "one class per image")
     spec = resolve_task_recipe(spec, task)
     check_recipe(spec)
+    if spec.teacher is not None:
+        check_teacher(spec.teacher, task.softmax, spec.mixup is not None and spec.mixup.enabled, spec.loss)
+        if spec.teacher_builder is None:
+            raise ConfigError("TrainSpec.teacher needs TrainSpec.teacher_builder "
+                              "(pipeline.predict.teacher.build_teacher_targets).")
     callbacks = member_callbacks(spec, has_logger=spec.logger.kind != "none")
     module = _build_module(spec, task.n_outputs, head_for(task, spec.loss, table.labels))
     raw = _record(spec, module.mean, module.std)
@@ -270,8 +279,9 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     if spec.snapshots:
         check_snapshot_folders(member_dir, spec.member_name, spec.snapshots, digest, spec.overwrite)
     table, folds, new_folds = _prepare_data(spec.data, table, member_dir.parent)
-    train_rows = split_indices(folds, spec.data.fold, spec.data.n_folds)[0]
-    check_run_length(spec, len(train_rows))
+    train_rows, val_rows = split_indices(folds, spec.data.fold, spec.data.n_folds)
+    teacher = _teacher_targets(spec, table, train_rows, val_rows)
+    check_run_length(spec, len(train_rows) + (0 if teacher is None else len(teacher.test_probs)))
     if not task.softmax:  # a linear head standardises with its own training rows' targets only
         assert table.labels is not None
         module.set_head(head_for(task, spec.loss, table.labels[train_rows]))
@@ -279,13 +289,27 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:
         save_folds(member_dir.parent / "folds.csv", folds)
-    dm = MemberDataModule(spec.data, table, folds, spec.transforms, module.mean, module.std, int(spec.seed))
+    dm = MemberDataModule(spec.data, table, folds, spec.transforms, module.mean, module.std, int(spec.seed),
+                          None if teacher is None else (cast(Any, spec.teacher), teacher))
     dm.setup("fit")
     if is_zero:
         if plan.action == "train":
             clear_member(member_dir)
         _write_setup(member_dir, config, table, folds, dm)
+        if teacher is not None:
+            write_teacher_record(member_dir, cast(Any, spec.teacher), teacher, [table.ids[i] for i in train_rows],
+                                 list(table.classes))
     return _fit(spec, member_dir, module, config, manifest, plan, (dm, callbacks), start, is_zero)
+
+
+def _teacher_targets(spec: TrainSpec, table: ImageTable, train_rows: Any, val_rows: Any) -> TeacherTargets | None:
+    """The teacher's targets (every check of the source runs here, before the member writes anything)."""
+    if spec.teacher is None or spec.teacher_builder is None:
+        return None
+    targets = spec.teacher_builder(spec.teacher, TeacherRequest(spec.data, table, train_rows, val_rows))
+    log.info("Teacher (%s) from %s: %d training rows, %d test images (%s)", spec.teacher.kind, spec.teacher.source,
+             len(train_rows), len(targets.test_probs), ", ".join(targets.record.get("teacher_members", [])))
+    return targets
 
 
 def _fit(

@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.core.io import short_hash
 from pipeline.train.averaging import describe_averaging
-from pipeline.train.recipe import aug_identity, recipe_identity
+from pipeline.train.recipe import aug_identity, recipe_identity, teacher_identity
 from pipeline.train.spec import TrainSpec
 from pipeline.train.state import MemberConflict
 
@@ -82,4 +82,6 @@ def member_hash(spec: TrainSpec, config: dict[str, Any]) -> str:
     if spec.snapshots:
         record["snapshots"] = int(spec.snapshots)
     record.update(recipe_identity(spec))  # loss, Mixup/CutMix, accumulation: only when not the default
+    if spec.teacher is not None:  # the teacher's settings and its predict folder's contents
+        record["teacher"] = teacher_identity(spec.teacher)
     return short_hash(record, 16)

@@ -28,6 +28,7 @@ from pipeline.models.heads import OutputHead, task_loss
 from pipeline.train.loggers import log_sample_grid
 from pipeline.train.recipe import create_mixup, training_loss
 from pipeline.train.schedules import schedule_interval
+from pipeline.train.teacher import teacher_loss
 
 __all__ = ["ClassifierModule", "NonFiniteLossError", "optimizer_lr"]
 
@@ -65,6 +66,8 @@ class ClassifierModule(pl.LightningModule):
         scheduler: ``functools.partial`` of an LR scheduler (from ``conf/scheduler``), or None.
         head_lr: separate learning rate for the classifier head.
         layer_decay: layer-wise learning-rate decay (timm), instead of ``head_lr``.
+        teacher: ``{"temperature": T}`` when training from a teacher's soft targets (batches then carry ``soft``,
+            ``soft_w`` and ``hard_w``; :func:`pipeline.train.teacher.teacher_loss`); None: the labels alone.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class ClassifierModule(pl.LightningModule):
         loss: str = "cross_entropy",
         mixup: dict[str, Any] | None = None,
         output: dict[str, Any] | None = None,
+        teacher: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -114,6 +118,7 @@ class ClassifierModule(pl.LightningModule):
             self.val_quality = MeanMetric()  # per-label accuracy, or the mean absolute error
             self.val_rmse = MeanSquaredError(squared=False)
         self.mixup = create_mixup(mixup, float(label_smoothing), num_classes)
+        self.teacher_temperature = None if teacher is None else float(teacher["temperature"])
 
     def set_head(self, head: OutputHead) -> None:
         """Use another output head of the same kind (a linear head's standardisation from the training rows)."""
@@ -156,7 +161,10 @@ class ClassifierModule(pl.LightningModule):
             # once: the first batch the network trains on, after augmentation and mixing (W&B only)
             self.samples_logged = log_sample_grid(self.logger, images, self.mean, self.std, self.global_step)
         logits = self(images)
-        loss = self.criterion(logits, targets)
+        if self.teacher_temperature is not None:
+            loss = teacher_loss(logits, batch, self.teacher_temperature)
+        else:
+            loss = self.criterion(logits, targets)
         if not torch.isfinite(loss):
             # Training on from here would only produce garbage weights; stop this member now.
             raise NonFiniteLossError(
@@ -166,7 +174,8 @@ class ClassifierModule(pl.LightningModule):
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         if self.head.rows_sum_to_one:
-            self.train_acc(logits, batch["target"])
+            labelled = batch["target"] >= 0  # a teacher's test images have no label
+            self.train_acc(logits[labelled], batch["target"][labelled])
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(logits))
         return loss
 

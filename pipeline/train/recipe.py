@@ -32,6 +32,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from pipeline.core.errors import ConfigError
 from pipeline.member.manifest import Recipe
+from pipeline.member.teacher import TeacherSpec
 from pipeline.train.averaging import describe_averaging
 from pipeline.train.schedules import check_warmup, schedule_interval
 from pipeline.train.spec import LOSS_NAMES, MixupSpec, TrainSpec
@@ -232,6 +233,7 @@ def describe_recipe(spec: TrainSpec, scheduler: Any) -> Recipe:
         accumulate_grad_batches=int(settings.get("accumulate_grad_batches") or 1),
         averaging=[d for c in spec.callbacks or [] if (d := describe_averaging(c)) is not None],
         snapshots=int(spec.snapshots),
+        teacher=None if spec.teacher is None else dataclasses.asdict(spec.teacher),
     )
 
 
@@ -247,6 +249,16 @@ def recipe_identity(spec: TrainSpec) -> dict[str, Any]:
     if accumulate != 1:
         extra["accumulate_grad_batches"] = accumulate
     return extra
+
+
+def teacher_identity(spec: TeacherSpec) -> dict[str, object]:
+    """What of a teacher defines the member's result: its kind, source contents and the settings it uses."""
+    keep: dict[str, object] = {"kind": spec.kind, "digest": spec.digest, "threshold": float(spec.threshold)}
+    if spec.kind == "distill":
+        keep.update(temperature=float(spec.temperature), alpha=float(spec.alpha), test_rows=bool(spec.test_rows))
+    else:
+        keep["targets"] = spec.targets
+    return keep
 
 
 def aug_identity(aug: Any) -> Any:

@@ -15,11 +15,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.tracking import LoggerSpec
 from pipeline.data.spec import DataSpec
+from pipeline.member.teacher import TeacherSpec
 from pipeline.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from pipeline.member.teacher import TeacherBuilder
 
 __all__ = ["TrainSpec", "TransformFactory", "MixupSpec", "LOSS_NAMES"]
 
@@ -95,6 +99,10 @@ class TrainSpec:
         snapshots: Keep this many snapshot members from the run (0: none): the learning rate follows a
             cosine schedule with ``snapshots`` warm restarts, and each cycle's last weights become a sibling
             member folder ``<model>-s<seed>-snap<i>-<fold>`` (see :mod:`pipeline.train.snapshots`).
+        teacher: Train from a finished ensemble (pseudo-labels or distillation, :mod:`pipeline.train.teacher`);
+            None: from the labels alone.
+        teacher_builder: Builds the teacher's targets (the command line passes
+            :func:`pipeline.predict.teacher.build_teacher_targets`); needed with ``teacher``.
     """
 
     member_dir: Path
@@ -121,6 +129,8 @@ class TrainSpec:
     relaunch: Callable[[Path], AbstractContextManager[None]] | None = None
     callbacks: list[Any] | None = None
     snapshots: int = 0
+    teacher: TeacherSpec | None = None
+    teacher_builder: TeacherBuilder | None = None
 
     def __post_init__(self) -> None:
         # A fixed-input-size model (ViT...) is built for the member's crop size; the manifest records it too.
