@@ -209,3 +209,35 @@ def test_distilled_student_predicts_exports_and_runs_from_a_kit(
                     str(demo_slice / "sample_submission.csv"), "--out", str(tmp_path / "kit.csv"), "--device", "cpu",
                     "--num-workers", "0"], **run)  # type: ignore[call-overload]
     assert (tmp_path / "kit.csv").read_bytes() == (predict / "submission.csv").read_bytes()
+
+
+def test_report_puts_the_student_beside_the_ensemble_and_the_best_single_model(
+    teacher: tuple[Path, Path], demo_slice: Path
+) -> None:
+    from pipeline.report.build import build_report, compute_report
+
+    root, source = teacher
+    train(_member_cfg(root, demo_slice, "repstudent", "teacher=distill", f"teacher.source={source}"))
+    student = _predict(root, demo_slice, root / "repstudent", "tta=none", "ensemble=mean")
+    df = build_report(source, n_boot=200, compare=[student])
+    summary = json.loads((source / "report.json").read_text())
+    (row,) = summary["compared"]
+    assert row["kind"] == "student (distilled)" and row["forward_passes_per_image"] == 1
+    hit = df[df["kind"] == "student (distilled)"].iloc[0]
+    # the student's row is its own submission's OOF rows, paired with this report's baseline
+    from pipeline.member.predictions import read_predictions as rp
+
+    ids, probs, labels = rp(next((root / "repstudent").glob("lenet5-*")) / "val_predictions.csv")
+    order = {i: n for n, i in enumerate(ids)}
+    pr_ids = pd.read_csv(next((source / "oof").glob("*.csv")), dtype={"id": str})["id"]
+    acc = float((probs[[order[i] for i in pr_ids]].argmax(1) == labels[[order[i] for i in pr_ids]]).mean())
+    metric = summary["metric"]
+    if metric == "accuracy":
+        assert hit[metric] == pytest.approx(acc)
+    assert not hit["best"] and not hit["submitted"]
+    assert "Compared, student (distilled)" in summary["paragraph"]
+    assert "student (distilled)" in (source / "report.md").read_text()
+    with pytest.raises(ConfigError, match="the report's own predict folder"):
+        compute_report(source, n_boot=50, compare=[source])
+    with pytest.raises(ConfigError, match="No predict.json in"):
+        compute_report(source, n_boot=50, compare=[root])

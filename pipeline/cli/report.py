@@ -31,7 +31,8 @@ def run(cfg: DictConfig) -> Any:
     if (Path(cfg.predict_dir) / PREDICT_JSON).is_file() and (target := PredictRecord.read(cfg.predict_dir).metric_target):
         metric_name(target, "predict.json metric_target")  # the user's metric pipeline-predict used, imported again
     metric = metric_name(cfg.metric)
-    df = build_report(Path(cfg.predict_dir), metric, int(cfg.n_boot), int(cfg.seed), wandb_spec=spec)
+    compare = [str(c) for c in (cfg.get("compare") or [])]
+    df = build_report(Path(cfg.predict_dir), metric, int(cfg.n_boot), int(cfg.seed), wandb_spec=spec, compare=compare)
     print(f"Metric: {df.attrs['metric']} ({df.attrs['metric_reason']})")
     for warning in df.attrs["warnings"]:
         print(f"WARNING: {warning}")

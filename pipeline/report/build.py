@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import pandas as pd
 from pipeline.core.io import atomic_path, clean_stale_temps, write_json
 from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
 from pipeline.core.tracking import LoggerSpec, init_wandb, log_files_artifact
+from pipeline.report.compare import compare_rows, compared_sentences, compared_summary
 from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.groups import group_warnings
 from pipeline.report.load import PredictRun, load_predict_run
@@ -47,8 +49,11 @@ log = logging.getLogger(__name__)
 
 
 def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: int = 1000,
-                   seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any], PredictRun]:
+                   seed: int = 0, compare: Sequence[str | Path] = ()) -> tuple[pd.DataFrame, dict[str, Any], PredictRun]:
     """Score every row and summarise, writing nothing.
+
+    ``compare``: other predict folders on the same OOF rows (a distilled student, a pseudo-labelled
+    generation): one row each, after this report's own rows and never picked (:mod:`pipeline.report.compare`).
 
     Returns:
         The report frame (``attrs``: metric, baseline; ``best`` is the nested pick, ``in_sample_best``
@@ -85,7 +90,25 @@ def compute_report(predict_dir: str | Path, metric: str | None = None, n_boot: i
                                 pr.info.get("metric_reason") or "the metric pipeline-predict used")
     summary["warnings"] = group_warnings(pr)
     df.attrs.update(metric_reason=summary["metric_reason"], warnings=summary["warnings"])
+    if compare:
+        df = _with_compared(pr, df, summary, compare, m, (base, n_boot, seed))
     return df, summary, pr
+
+
+def _with_compared(pr: PredictRun, df: pd.DataFrame, summary: dict[str, Any], compare: Sequence[str | Path],
+                   m: Metric, scoring: tuple[Row, int, int]) -> pd.DataFrame:
+    """The compared runs' rows appended (paired with the same baseline), their figures in the summary and paragraph."""
+    base, n_boot, seed = scoring
+    extra = compare_rows(pr, compare, m)
+    more = score_rows(pr, extra, base, m, n_boot, seed)
+    more["submitted"] = more["best"] = more["in_sample_best"] = False
+    summary["compared"] = compared_summary(more, df.loc[df.attrs["baseline_index"]], summary["final_gain"], m)
+    sentences = compared_sentences(summary["compared"], summary["final_gain"], m.name)
+    summary["paragraph"] = " ".join([summary["paragraph"], *sentences])
+    attrs = dict(df.attrs)
+    out = pd.concat([df, more], ignore_index=True)
+    out.attrs.update(attrs, row_outputs=[*attrs["row_outputs"], *(r.probs for r in extra)])
+    return out
 
 
 def _savings(pr: PredictRun, df: pd.DataFrame, rows: list[Row], summary: dict[str, Any], m: Metric, n_boot: int,
@@ -130,7 +153,7 @@ def _final_probs(pr: PredictRun, df: pd.DataFrame, rows: list[Row]) -> tuple[np.
 
 
 def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int = 1000, seed: int = 0,
-                 wandb_spec: LoggerSpec | None = None) -> pd.DataFrame:
+                 wandb_spec: LoggerSpec | None = None, compare: Sequence[str | Path] = ()) -> pd.DataFrame:
     """Score the predict folder and write ``report.{md,csv,json}`` and the plots into it.
 
     Args:
@@ -140,11 +163,12 @@ def build_report(predict_dir: str | Path, metric: str | None = None, n_boot: int
         seed: Seed of the bootstrap and of the cross-fitting split.
         wandb_spec: When given (and ``predict.json`` records its W&B run under ``wandb``), the table, plots
             and gains are logged to a ``report`` run in the predict run's group.
+        compare: Other predict folders on the same OOF rows, one row each (:mod:`pipeline.report.compare`).
 
     Returns:
         The report frame, one row per (model or ensemble, policy).
     """
-    df, summary, pr = compute_report(predict_dir, metric, n_boot, seed)
+    df, summary, pr = compute_report(predict_dir, metric, n_boot, seed, compare)
     out = pr.path
     clean_stale_temps(out)  # what a killed or disk-full report left
     plots = [plot_score_vs_cost(df, summary["metric"], out / "score_vs_cost.png")]

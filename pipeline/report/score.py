@@ -58,6 +58,9 @@ class Row:
     weights: dict[str, float]
     rule: str = ""
     raw: np.ndarray | None = None  # a decided row's outputs before its thresholds or cut points (probs: decided)
+    label: str | None = None  # a compared run's row (pipeline.report.compare): its name, policy and cost as given
+    policy: str | None = None
+    cost: tuple[int, int, float] | None = None
 
 
 def kind_of(rule_name: str) -> str:
@@ -210,7 +213,7 @@ def score_rows(
     """Score each row with every metric and bootstrap its difference to the baseline."""
     records = []
     for r in progress(rows, len(rows), f"Bootstrapping {len(rows)} rows ({n_boot} resamples each)", unit="row"):
-        members, passes, seconds = _cost(pr, r)
+        members, passes, seconds = r.cost or _cost(pr, r)
         boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed,
                                 task=None if pr.task is None else pr.task.kind)
         names = task_metric_names(pr.task, metric.name)
@@ -218,8 +221,8 @@ def score_rows(
         scores[metric.name] = float(metric(pr.labels, r.probs))  # a decided row: on its decisions
         weights = ", ".join(f"{m}={w:.2f}" for m, w in r.weights.items() if w > 0)
         records.append({
-            "row": f"{r.model} / {pr.policy_names[r.key]}", "kind": r.kind, "rule": r.rule, "model": r.model,
-            "policy": pr.policy_names[r.key], "policy_key": r.key, "members": members, "weights": weights,
+            "row": r.label or f"{r.model} / {pr.policy_names[r.key]}", "kind": r.kind, "rule": r.rule, "model": r.model,
+            "policy": r.policy or pr.policy_names[r.key], "policy_key": r.key, "members": members, "weights": weights,
             **scores,
             "diff_vs_best_single": boot.diff, "ci_low": boot.low, "ci_high": boot.high,
             "forward_passes_per_image": passes, "sec_per_1000_images": seconds,
