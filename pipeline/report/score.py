@@ -36,7 +36,7 @@ from pipeline.report.load import AUTO, PredictRun
 from pipeline.report.targets import decided, needs_decision, task_metric_names
 
 __all__ = ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "ensemble_spec", "kind_of", "score_rows",
-           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies"]
+           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies", "row_cost"]
 
 KINDS = ("single", "ensemble-equal", "ensemble-fitted", "ensemble-given", "ensemble-bagged", "ensemble-optimize",
          "ensemble-rank", "ensemble-stack", "ensemble-temperature")
@@ -194,7 +194,7 @@ def baseline_row(pr: PredictRun, rows: list[Row], metric: Metric) -> Row:
     return singles[pick]
 
 
-def _cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
+def row_cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
     """Fold members, forward passes per image and seconds per 1,000 images of the models a row runs."""
     used = [m for m, w in row.weights.items() if w > 0]
     members = sum(len(pr.models[m]) for m in used)
@@ -210,7 +210,7 @@ def score_rows(
     """Score each row with every metric and bootstrap its difference to the baseline."""
     records = []
     for r in progress(rows, len(rows), f"Bootstrapping {len(rows)} rows ({n_boot} resamples each)", unit="row"):
-        members, passes, seconds = _cost(pr, r)
+        members, passes, seconds = row_cost(pr, r)
         boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed,
                                 task=None if pr.task is None else pr.task.kind)
         names = task_metric_names(pr.task, metric.name)
