@@ -34,7 +34,7 @@ from pipeline.core.metrics import Metric, get_metric, paired_bootstrap
 from pipeline.core.tracking import LoggerSpec, init_wandb, log_files_artifact
 from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.groups import group_warnings
-from pipeline.report.load import PredictRun, load_predict_run
+from pipeline.report.load import AUTO, PredictRun, load_predict_run
 from pipeline.report.members import describe_members, recipe_sentences
 from pipeline.report.nested import NESTED_PARTS, nested_pick
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost, save_figure
@@ -184,7 +184,7 @@ def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title
     best = (f"best single: {df.attrs['baseline']}", pr.oof[(str(base["model"]), str(base["policy_key"]))])
     submitted = (f"submission: {title}", final)
     key = pr.info["submission_policy"]
-    key = key if key in pr.policies else next(iter(pr.policies))
+    key = key if key in pr.policies or (key == AUTO and pr.mixed) else next(iter(pr.policies))
     (out / "member_correlation.png").unlink(missing_ok=True)  # a stale one from a run with more models
     return [save_figure(fig, path) for fig, path in plot_diagnostics(pr, key, best, submitted, out)]
 

@@ -213,10 +213,11 @@ def recipe_sentences(pr: PredictRun, row: Row, rows: list[dict[str, Any]], metri
     """Per recipe feature that differs between the models, what the models with the less common value bought."""
     known = [r for r in rows if r["features"] is not None]
     missing = [r["model"] for r in rows if r["features"] is None]
-    out = [f"No member.json records a recipe for {', '.join(missing)} (a member from an older version, or its "
-           "folder is gone), so recipes are compared without it."] if missing and len(known) > 1 else []
     if len(known) < 2:
-        return [*out, "Fewer than two models record their recipe in member.json, so recipes are not compared."]
+        return [f"{'Only 1' if known else 'None'} of the {len(rows)} models' member.json records a training recipe "
+                "(members from an older version, or folders that are gone), so recipes are not compared."]
+    out = [f"The member.json of {', '.join(missing)} records no training recipe (a member from an older version, "
+           "or its folder is gone), so recipes are compared without it."] if missing else []
     differ = [k for k in known[0]["features"] if len({r["features"][k] for r in known}) > 1]
     caveat = (f"with {len(known)} models this is an observation, not a proof, since each difference is "
               "confounded with the others and with the seeds")
