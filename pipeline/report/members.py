@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from pipeline.report.score import Row, row_cost
 
 __all__ = ["DIVERSITY_MARGIN", "recipe_features", "model_recipes", "describe_members", "recipe_sentences",
            "render_member_table"]
+
+T = TypeVar("T", str, tuple[str, ...])
 
 DIVERSITY_MARGIN = 0.05
 """A mean pairwise correlation lower by less than this is "about as correlated" (no diversity bought)."""
@@ -108,12 +110,12 @@ def model_recipes(pr: PredictRun) -> dict[str, dict[str, str] | None]:
     return out
 
 
-def _common(values: list[str], default: str | None) -> str:
+def _common(values: list[T], default: T | None) -> T:
     """The most common value; a tie goes to the default (so "with it" is the non-default side), else the first."""
     counts = Counter(values)
     top = max(counts.values())
     tied = [v for v in values if counts[v] == top]
-    return default if default in tied else tied[0]
+    return next((v for v in tied if v == default), tied[0])
 
 
 def describe_members(pr: PredictRun, row: Row, dropped: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,7 +164,7 @@ def _feature_sentence(features: list[str], rows: list[dict[str, Any]], pairs: di
                       metric: str) -> str:
     """One sentence for features that split the models the same way (they cannot be told apart)."""
     values = {r["model"]: tuple(r["features"][k] for k in features) for r in rows}
-    common = _common(list(values.values()), tuple(DEFAULTS.get(k) for k in features))
+    common = _common(list(values.values()), tuple(DEFAULTS.get(k, "") for k in features))
     side = [r for r in rows if values[r["model"]] != common]
     names = " and ".join(NAMES[k] for k in features)
     labels = "; ".join(f"{r['model']}: {', '.join(values[r['model']])}" for r in side)
@@ -240,7 +242,8 @@ def render_member_table(drop: dict[str, Any]) -> list[str]:
     lines = ["## What each model adds", "",
              f"Each model of the submitted ensemble ({drop['row']}); Δ is the score without it minus the score "
              "with it (95% paired bootstrap interval; negative for a higher-is-better metric means the model "
-             "helped); **bold** recipe items differ from the most common recipe.", "",
+             "helped); mean corr. = its mean correlation with the other models, as in the correlation plot; "
+             "**bold** recipe items differ from the most common recipe.", "",
              "| model | architecture | weight | recipe | mean corr. | Δ when left out [95% CI] | s/1000 img | "
              "free to drop |", "|---|---|--:|---|--:|--:|--:|:-:|"]
     for r in models:
