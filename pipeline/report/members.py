@@ -42,13 +42,14 @@ DIVERSITY_MARGIN = 0.05
 
 DEFAULTS = {"loss": "cross-entropy", "label_smoothing": "no label smoothing", "mixup": "no mixup",
             "cutmix": "no cutmix", "scheduler": "constant LR", "warmup": "no warmup", "precision": "32-true",
-            "accumulation": "no accumulation", "averaging": "no EMA/SWA", "snapshots": "no snapshots"}
+            "accumulation": "no accumulation", "averaging": "no EMA/SWA", "snapshots": "no snapshots",
+            "teacher": "no teacher"}
 """Each training-recipe feature and its label when the member used the default (what ``plain`` means)."""
 
 NAMES = {"architecture": "architecture", "loss": "loss", "label_smoothing": "label smoothing", "mixup": "Mixup",
          "cutmix": "CutMix", "scheduler": "LR scheduler", "warmup": "warmup", "precision": "precision",
          "accumulation": "gradient accumulation", "averaging": "weight averaging",
-         "snapshots": "snapshots"}
+         "snapshots": "snapshots", "teacher": "teacher (pseudo-labels or distillation)"}
 
 
 def _num(value: Any) -> str:
@@ -71,6 +72,7 @@ def recipe_features(manifest: MemberManifest) -> dict[str, str] | None:
     mix = r.mixup or {}
     on = float(mix.get("mixup_prob", 1.0)) > 0
     warm = r.warmup or {}
+    teacher = getattr(r, "teacher", None)  # recorded by members that trained on pseudo-labels or a teacher's outputs
     warmup = (f"warmup {_num(warm['steps'])} steps" if warm.get("steps") else
               f"warmup {_num(warm['epochs'])} epochs" if warm.get("epochs") else DEFAULTS["warmup"])
     averaging = [f"{name.lower()} {_num(s['decay'])}" if isinstance(s, dict) and "decay" in s else name.lower()
@@ -89,6 +91,7 @@ def recipe_features(manifest: MemberManifest) -> dict[str, str] | None:
                          DEFAULTS["accumulation"]),
         "averaging": " + ".join(averaging) or DEFAULTS["averaging"],
         "snapshots": f"{r.snapshots} snapshots" if r.snapshots else DEFAULTS["snapshots"],
+        "teacher": f"teacher {teacher.get('kind')}" if isinstance(teacher, dict) else DEFAULTS["teacher"],
     }
 
 
