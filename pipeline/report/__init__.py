@@ -14,6 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
                   "submitted_row"],
         "nested": ["NESTED_PARTS", "NestedPick", "nested_pick"],
         "savings": ["flip_effects", "redundant_policies", "droppable_models"],
+        "members": ["describe_members", "recipe_sentences", "recipe_features"],
         "text": ["relative_error_reduction", "summarize", "paragraph", "render_table", "markdown"],
         "plots": ["MOST_WRONG", "save_figure", "plot_score_vs_cost", "plot_confusion", "plot_most_wrong"],
         "diagnostics": ["member_correlation", "per_class_recall", "reliability_bins", "place_labels"],

@@ -13,7 +13,8 @@ Outputs, in the predict folder::
 
 The ★ row is the nested, cross-fitted pick (:mod:`pipeline.report.nested`); the naive in-sample best is
 kept as ``in_sample_best`` and labelled optimistic. The paragraph also says what could be dropped for
-free (:mod:`pipeline.report.savings`) and lists the choices ``pipeline-predict`` recorded
+free (:mod:`pipeline.report.savings`), which recipe differences between the models bought diversity or
+score (:mod:`pipeline.report.members`, with the "What each model adds" table) and lists the choices ``pipeline-predict`` recorded
 (``tta_choice``, ``ensemble_choice``) when there are any.
 """
 
@@ -35,7 +36,8 @@ from pipeline.core.tracking import LoggerSpec, init_wandb, log_files_artifact
 from pipeline.report.compare import compare_rows, compared_sentences, compared_summary
 from pipeline.report.diagnostics import plot_diagnostics
 from pipeline.report.groups import group_warnings
-from pipeline.report.load import PredictRun, load_predict_run
+from pipeline.report.load import AUTO, PredictRun, load_predict_run
+from pipeline.report.members import describe_members, recipe_sentences
 from pipeline.report.nested import NESTED_PARTS, nested_pick
 from pipeline.report.plots import plot_confusion, plot_most_wrong, plot_score_vs_cost, save_figure
 from pipeline.report.savings import droppable_models, flip_effects, redundant_policies
@@ -113,20 +115,24 @@ def _with_compared(pr: PredictRun, df: pd.DataFrame, summary: dict[str, Any], co
 
 def _savings(pr: PredictRun, df: pd.DataFrame, rows: list[Row], summary: dict[str, Any], m: Metric, n_boot: int,
              seed: int) -> dict[str, Any]:
-    """Flip effects, policies no better than cheaper ones, and members the submitted ensemble could drop.
+    """Flip effects, policies no better than cheaper ones, and what each member adds to the submitted ensemble.
 
     Tasks other than class probabilities: flips and policies are compared on the outputs as they are, so not
-    for a metric that needs fitted thresholds or cut points; dropping models is not computed for them yet.
+    for a metric that needs fitted thresholds or cut points; dropping a model is scored on decisions fitted the
+    way the rows' are (:func:`pipeline.report.savings.droppable_models`), for every task.
     """
-    task = pr.task
-    if needs_decision(task, m):
-        return {"flips": [], "redundant_policies": [], "note": f"not computed: {m.name} needs fitted decisions"}
-    out: dict[str, Any] = {"flips": flip_effects(pr, m, n_boot, seed),
-                           "redundant_policies": redundant_policies(pr, m, n_boot, seed)}
+    if needs_decision(pr.task, m):
+        out: dict[str, Any] = {"flips": [], "redundant_policies": [],
+                               "note": f"flips and policies not compared: {m.name} needs fitted decisions"}
+    else:
+        out = {"flips": flip_effects(pr, m, n_boot, seed),
+               "redundant_policies": redundant_policies(pr, m, n_boot, seed)}
     final = summary["final_gain"]
-    if final and len(pr.models) > 1 and (task is None or task.softmax):
-        index = int(df.index[df["row"] == final["row"]][0])
-        out["droppable"] = {"row": final["row"], "models": droppable_models(pr, rows[index], m, n_boot, seed)}
+    if final and len(pr.models) > 1:
+        row = rows[int(df.index[df["row"] == final["row"]][0])]
+        models = describe_members(pr, row, droppable_models(pr, row, m, n_boot, seed))
+        out["droppable"] = {"row": final["row"], "models": models,
+                            "recipes": " ".join(recipe_sentences(pr, row, models, m.name))}
     return out
 
 
@@ -202,7 +208,7 @@ def _diagnostic_plots(pr: PredictRun, df: pd.DataFrame, final: np.ndarray, title
     best = (f"best single: {df.attrs['baseline']}", pr.oof[(str(base["model"]), str(base["policy_key"]))])
     submitted = (f"submission: {title}", final)
     key = pr.info["submission_policy"]
-    key = key if key in pr.policies else next(iter(pr.policies))
+    key = key if key in pr.policies or (key == AUTO and pr.mixed) else next(iter(pr.policies))
     (out / "member_correlation.png").unlink(missing_ok=True)  # a stale one from a run with more models
     return [save_figure(fig, path) for fig, path in plot_diagnostics(pr, key, best, submitted, out)]
 

@@ -23,7 +23,7 @@ import pandas as pd
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import Metric
 from pipeline.report.load import PredictRun, load_predict_run
-from pipeline.report.score import Row, submitted_name, submitted_oof, submitted_policies
+from pipeline.report.score import Row, row_cost, submission_key, submitted_name, submitted_oof, submitted_policies
 from pipeline.report.text import relative_error_reduction
 
 __all__ = ["TAUGHT", "compare_rows", "compared_summary", "compared_sentences"]
@@ -48,17 +48,12 @@ def _kind(other: PredictRun) -> str:
 
 def _cost(other: PredictRun) -> tuple[int, int, float]:
     """Fold members, forward passes per image and seconds per 1,000 images of what the compared run submitted."""
-    keys = submitted_policies(other)
-    weights = other.weights(str(other.info["submission_policy"]))
+    key = submission_key(other)
     if submitted_name(other) in ("single", "single+tta") or len(other.models) < 2:
-        used = [next(iter((other.info.get("submitted") or {}).get("models") or other.models))]
+        used = {next(iter((other.info.get("submitted") or {}).get("models") or other.models)): 1.0}
     else:
-        used = [m for m in other.models if weights.get(m, 1.0) > 0] or list(other.models)
-    timings = other.info.get("timings") or {}
-    members = sum(len(other.models[m]) for m in used)
-    passes = sum(len(other.models[m]) * int(other.policies[keys[m]]["views"]) for m in used)
-    seconds = [timings.get(m, {}).get(keys[m], {}).get("seconds_per_1000") for m in used]
-    return members, passes, math.nan if None in seconds else float(sum(seconds))
+        used = {m: w for m, w in other.weights(str(other.info["submission_policy"])).items() if w > 0}
+    return row_cost(other, Row("compared", "", key, np.zeros(0), used or dict.fromkeys(other.models, 1.0)))
 
 
 def compare_rows(pr: PredictRun, folders: Sequence[str | Path], metric: Metric) -> list[Row]:

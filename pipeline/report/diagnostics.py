@@ -31,11 +31,19 @@ def member_correlation(pr: PredictRun, key: str) -> tuple[list[str], np.ndarray]
     """Models and the ``[M, M]`` correlation of their OOF true-class probabilities under policy ``key``.
 
     The rows of the matrix are ``np.corrcoef`` of the per-model vectors ``p[i, label_i]``; a model whose
-    vector is constant (correlation undefined) gets NaN off the diagonal.
+    vector is constant (correlation undefined) gets NaN off the diagonal. Under ``auto`` (``tta=auto`` gave
+    each model its own policy) each model's own policy is read. Tasks other than class probabilities
+    (multi-label, regression, ordinal) correlate the negated mean absolute error of each row instead, so that
+    models erring on the same rows are near 1 there too.
     """
     models = list(pr.models)
     rows = np.arange(len(pr.labels))
-    true = np.stack([pr.oof[(m, key)][rows, pr.labels] for m in models])
+    outputs = [pr.oof[(m, pr.model_key(m, key))] for m in models]
+    if pr.task is None or pr.task.softmax:
+        true = np.stack([p[rows, pr.labels] for p in outputs])
+    else:
+        target = np.asarray(pr.labels, dtype=float).reshape(len(rows), -1)
+        true = np.stack([-np.abs(p.reshape(len(rows), -1) - target).mean(axis=1) for p in outputs])
     with np.errstate(invalid="ignore", divide="ignore"):
         matrix = np.atleast_2d(np.corrcoef(true))
     return models, matrix

@@ -5,7 +5,8 @@
   not preserve every label (digits, text); the report says so when the OOF score fell.
 - **Redundant policies**: a policy that is not better, beyond noise, than one with fewer views, per model.
 - **Droppable members**: a model whose removal does not lower the submitted merge's score beyond noise
-  (the same rule re-fitted, cross-fitted, without it, for fitted rules).
+  (the same rule re-fitted, cross-fitted, without it, for fitted rules), for every task: a metric scored on
+  thresholds or cut points scores the merge without it on its own cross-fitted decisions, as the report's rows.
 
 "Beyond noise" means the 95% paired bootstrap interval of the difference excludes 0.
 """
@@ -21,6 +22,7 @@ from pipeline.core.reduce import merge_members
 from pipeline.predict.fitting import cross_fit
 from pipeline.report.load import PredictRun
 from pipeline.report.score import Row, ensemble_spec, pr_rule
+from pipeline.report.targets import decided, needs_decision
 
 __all__ = ["FLIP_OF", "flip_effects", "redundant_policies", "droppable_models", "points"]
 
@@ -51,7 +53,8 @@ def _counterpart(pr: PredictRun, key: str) -> str | None:
 
 
 def _compare(pr: PredictRun, a: np.ndarray, b: np.ndarray, metric: Metric, n_boot: int, seed: int) -> dict[str, Any]:
-    boot = paired_bootstrap(pr.labels, a, b, metric, n_boot=n_boot, seed=seed)
+    boot = paired_bootstrap(pr.labels, a, b, metric, n_boot=n_boot, seed=seed,
+                            task=None if pr.task is None else pr.task.kind)
     up, down = boot.low > 0, boot.high < 0  # the interval excludes 0 above / below
     gib = metric.greater_is_better
     return {"diff": boot.diff, "ci_low": boot.low, "ci_high": boot.high,
@@ -103,21 +106,29 @@ def _metric(pr: PredictRun) -> Metric:
     return get_metric(str(pr.info["metric"]))
 
 
-def _without(pr: PredictRun, row: Row, drop: str, seed: int) -> np.ndarray:
-    """The ensemble ``row`` with model ``drop`` removed, built the way ``row`` was."""
+def _without(pr: PredictRun, row: Row, drop: str, metric: Metric) -> np.ndarray:
+    """The ensemble ``row`` with model ``drop`` removed, built the way ``row`` was: the same merge (fitted rules
+    re-fitted, cross-fitted) and, for a metric scored on thresholds or cut points, decided the same way."""
     keep = [m for m in pr.models if m != drop]
     probs = [pr.oof[(m, pr.model_key(m, row.key))] for m in keep]
+    spec = ensemble_spec(pr)
     if len(keep) == 1:
-        return probs[0]
-    if row.rule and row.rule not in ("mean", "given", "single"):
-        r = pr_rule(pr, row.rule, ensemble_spec(pr), _metric(pr))
+        out = probs[0]
+    elif row.rule and row.rule not in ("mean", "given", "single"):
+        r = pr_rule(pr, row.rule, spec, _metric(pr))
         if r.scored_cross_fitted:
-            return cross_fit(r, probs, pr.labels, min(r.spec.cross_fit_parts, len(pr.labels)), r.spec.seed)
-        return r.fit(probs, pr.labels).apply(probs)
-    weights = [row.weights[m] for m in keep] if row.kind == "ensemble-given" else None
-    if weights is not None and sum(weights) <= 0:
-        weights = None
-    return merge_members(probs, weights=weights, method=pr.method).numpy()
+            out = cross_fit(r, probs, pr.labels, min(r.spec.cross_fit_parts, len(pr.labels)), r.spec.seed)
+        else:
+            out = r.fit(probs, pr.labels).apply(probs)
+    else:
+        weights = [row.weights[m] for m in keep] if row.kind == "ensemble-given" else None
+        if weights is not None and sum(weights) <= 0:
+            weights = None
+        softmax = pr.task is None or pr.task.softmax  # other tasks: weighted means, not renormalised
+        out = merge_members(probs, weights=weights, method=pr.method, normalize=softmax).numpy()
+    if pr.task is not None and needs_decision(pr.task, metric):
+        out = decided(pr.task, pr.labels, out, metric, min(spec.cross_fit_parts, len(pr.labels)), spec.seed)
+    return out
 
 
 def droppable_models(pr: PredictRun, row: Row, metric: Metric, n_boot: int, seed: int) -> list[dict[str, Any]]:
@@ -131,7 +142,7 @@ def droppable_models(pr: PredictRun, row: Row, metric: Metric, n_boot: int, seed
         if row.weights.get(model, 0.0) <= 0:
             out.append({"model": model, "diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "free": True, "unused": True})
             continue
-        c = _compare(pr, _without(pr, row, model, seed), row.probs, metric, n_boot, seed)
+        c = _compare(pr, _without(pr, row, model, metric), row.probs, metric, n_boot, seed)
         out.append({"model": model, **{k: c[k] for k in ("diff", "ci_low", "ci_high")}, "free": not c["worse"],
                     "unused": False})
     return out

@@ -36,7 +36,7 @@ from pipeline.report.load import AUTO, PredictRun
 from pipeline.report.targets import decided, needs_decision, task_metric_names
 
 __all__ = ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "ensemble_spec", "kind_of", "score_rows",
-           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies"]
+           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies", "row_cost", "submission_key"]
 
 KINDS = ("single", "ensemble-equal", "ensemble-fitted", "ensemble-given", "ensemble-bagged", "ensemble-optimize",
          "ensemble-rank", "ensemble-stack", "ensemble-temperature")
@@ -102,7 +102,7 @@ def candidate_rows(pr: PredictRun, metric: Metric, seed: int) -> list[Row]:
     keys = [*pr.policies, *([AUTO] if pr.mixed else [])]
     for base in ("mean", "caruana"):
         rows += [_merge_row(pr, rule(base, spec, metric.name, pr.task), key, models) for key in keys]
-    focus = list(dict.fromkeys(k for k in (_submit_key(pr), _base_key(pr)) if k in keys))
+    focus = list(dict.fromkeys(k for k in (submission_key(pr), _base_key(pr)) if k in keys))
     others = [n for n in (*OTHER_RULES, name) if n not in ("mean", "caruana", "given", "single", "single+tta")]
     if metric.name == "log_loss" and name != "rank":
         others = [n for n in others if n != "rank"]  # rank averages orders, not probabilities: no log loss
@@ -135,7 +135,7 @@ def pr_rule(pr: PredictRun, name: str, spec: EnsembleSpec, metric: Metric) -> Ru
     return rule(name, spec, metric.name, pr.task)
 
 
-def _submit_key(pr: PredictRun) -> str:
+def submission_key(pr: PredictRun) -> str:
     key = str(pr.info["submission_policy"])
     if key in pr.policies or key == AUTO:
         return key
@@ -150,7 +150,7 @@ def _base_key(pr: PredictRun) -> str:
 
 def submitted_row(pr: PredictRun, rows: list[Row]) -> int | None:
     """The index of the row that is what was submitted (its rule, under its policy), when the report has it."""
-    name, key = submitted_name(pr), _submit_key(pr)
+    name, key = submitted_name(pr), submission_key(pr)
     if name in ("single", "single+tta") or len(pr.models) < 2:
         model = next(iter((pr.info.get("submitted") or {}).get("models") or pr.models))
         hits = [i for i, r in enumerate(rows) if r.kind == "single" and r.model == model and r.key == key]
@@ -161,7 +161,7 @@ def submitted_row(pr: PredictRun, rows: list[Row]) -> int | None:
 
 def submitted_policies(pr: PredictRun) -> dict[str, str]:
     """Model → the policy key of its OOF rows in the submission (``tta=auto``: each model its own choice)."""
-    key = _submit_key(pr)
+    key = submission_key(pr)
     return {m: pr.model_key(m, key) for m in pr.models}
 
 
@@ -171,7 +171,7 @@ def submitted_oof(pr: PredictRun, metric: Metric) -> np.ndarray | None:
     Only that one row is built, for a caller that needs the submitted prediction without the whole report
     (the predict run's confusion matrix). None when the OOF files lack its policy (an inference-only run).
     """
-    name, key = submitted_name(pr), _submit_key(pr)
+    name, key = submitted_name(pr), submission_key(pr)
     models = list(pr.models)
     single = name in ("single", "single+tta") or len(models) < 2
     if single:
@@ -197,7 +197,7 @@ def baseline_row(pr: PredictRun, rows: list[Row], metric: Metric) -> Row:
     return singles[pick]
 
 
-def _cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
+def row_cost(pr: PredictRun, row: Row) -> tuple[int, int, float]:
     """Fold members, forward passes per image and seconds per 1,000 images of the models a row runs."""
     used = [m for m, w in row.weights.items() if w > 0]
     members = sum(len(pr.models[m]) for m in used)
@@ -213,7 +213,7 @@ def score_rows(
     """Score each row with every metric and bootstrap its difference to the baseline."""
     records = []
     for r in progress(rows, len(rows), f"Bootstrapping {len(rows)} rows ({n_boot} resamples each)", unit="row"):
-        members, passes, seconds = r.cost or _cost(pr, r)
+        members, passes, seconds = r.cost or row_cost(pr, r)
         boot = paired_bootstrap(pr.labels, r.probs, base.probs, metric, n_boot=n_boot, seed=seed,
                                 task=None if pr.task is None else pr.task.kind)
         names = task_metric_names(pr.task, metric.name)

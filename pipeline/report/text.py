@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline.core.metrics import BootstrapResult, Metric
 from pipeline.report.load import PredictRun
+from pipeline.report.members import render_member_table
 from pipeline.report.score import kind_of, submitted_name
 from pipeline.report.targets import needs_decision
 
@@ -179,6 +180,7 @@ def _savings_sentences(summary: dict[str, Any]) -> list[str]:
         out.append(f"Free to drop from {drop['row']}: {', '.join(free)} (leaving any one of them out does "
                    f"not lower {summary['metric']} beyond noise)." if free else
                    f"No member of {drop['row']} can be dropped without lowering {summary['metric']} beyond noise.")
+        out += [drop["recipes"]] if drop.get("recipes") else []
     groups: dict[tuple[str, str], list[str]] = {}
     for r in savings.get("redundant_policies", []):
         groups.setdefault((r["policy"], r["cheaper"]), []).append(r["model"])
@@ -295,6 +297,7 @@ def markdown(df: pd.DataFrame, summary: dict[str, Any], plots: list[str]) -> str
         "s/1000 img = seconds of model compute per 1,000 images, measured by pipeline-predict on the OOF rows "
         "(on the test set where a policy has no OOF timing; – where none was measured), summed over models.", "",
     ]
+    lines += render_member_table((summary.get("savings") or {}).get("droppable") or {})
     lines += _per_model_section(summary)
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
