@@ -26,7 +26,7 @@ from pipeline.report.load import PredictRun, load_predict_run
 from pipeline.report.score import Row, row_cost, submission_key, submitted_name, submitted_oof, submitted_policies
 from pipeline.report.text import relative_error_reduction
 
-__all__ = ["TAUGHT", "compare_rows", "compared_summary", "compared_sentences"]
+__all__ = ["TAUGHT", "submitted_cost", "compare_rows", "compared_summary", "compared_sentences"]
 
 TAUGHT = {"distill": "student (distilled)", "pseudo": "generation 2 (pseudo-labelled)"}
 """Row kinds of compared runs whose members were all taught the same way (``recipe.teacher.kind``)."""
@@ -46,7 +46,7 @@ def _kind(other: PredictRun) -> str:
     return TAUGHT.get(str(kind), "compared run")
 
 
-def _cost(other: PredictRun) -> tuple[int, int, float]:
+def submitted_cost(other: PredictRun) -> tuple[int, int, float]:
     """Fold members, forward passes per image and seconds per 1,000 images of what the compared run submitted."""
     key = submission_key(other)
     if submitted_name(other) in ("single", "single+tta") or len(other.models) < 2:
@@ -90,7 +90,7 @@ def compare_rows(pr: PredictRun, folders: Sequence[str | Path], metric: Metric) 
         kind = _kind(other)
         what = f"{kind}: {submitted_name(other)} of {', '.join(other.models)}"
         row = Row(kind, what, "", np.asarray(probs)[order], {}, submitted_name(other))
-        row.label, row.policy, row.cost = f"{what} / {policy}", policy, _cost(other)
+        row.label, row.policy, row.cost = f"{what} / {policy}", policy, submitted_cost(other)
         rows.append(row)
     return rows
 
