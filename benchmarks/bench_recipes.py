@@ -8,7 +8,9 @@ once per *arm*, an entry of :data:`ARMS` (name → extra Hydra overrides of ``co
 * ``mix+warmup``: ``aug.mixup=0.2 aug.cutmix=1.0`` (soft-target loss through ``loss=auto``) and
   ``scheduler=warmup_cosine`` with a warmup of one epoch (``scheduler.warmup_epochs``; a quarter of the run when
   that is shorter, as in the one-epoch smoke: the warmup must be shorter than the run);
-* ``ema``: plain plus ``callbacks=[default,ema]`` at the configured decay (``conf/callbacks/ema.yaml``).
+* ``ema``: plain plus ``callbacks=[default,ema]`` at the configured decay (``conf/callbacks/ema.yaml``);
+* ``ema@1epoch``: the same with a decay set before the run from its length, not tuned: a horizon
+  1/(1 − decay) of one epoch of optimiser steps (``{epoch_decay}`` = 1 − 1/steps per epoch of the plain arm).
 
 Each arm's sweep is predicted with ``ensemble=caruana tta=none policies=[none]`` (one view: the recipe is
 isolated from TTA). Per member: OOF (holdout rows) and test accuracy and log loss, and the OOF–test gap (OOF
@@ -18,7 +20,7 @@ against the ``plain`` arm's best single model (best OOF score, no TTA) of the sa
 1/(1 − decay) against the number of optimiser steps a member takes, and the share of the average still held
 by the weights of its first update (decay^(steps − 1)).
 
-An arm's overrides may name ``{warmup_epochs}``, ``{epochs}`` and folders of arms before it in the table:
+An arm's overrides may name ``{warmup_epochs}``, ``{epochs}``, ``{epoch_decay}`` and folders of arms before it in the table:
 ``{predict_<arm>}`` (its predict folder), ``{sweep_<arm>}`` (its sweep folder), ``<arm>`` with
 non-alphanumerics as ``_``; e.g. a pseudo-label arm
 ``"pseudo": ["teacher=pseudo", "teacher.source={predict_plain}"]`` after ``plain``.
@@ -48,6 +50,7 @@ ARMS: dict[str, list[str]] = {
     "plain": [],
     "mix+warmup": ["aug.mixup=0.2", "aug.cutmix=1.0", "scheduler=warmup_cosine", "scheduler.warmup_epochs={warmup_epochs}"],
     "ema": ["callbacks=[default,ema]"],
+    "ema@1epoch": ["callbacks=[default,ema]", "callbacks.ema.decay={epoch_decay}"],
 }
 """Arm name → Hydra overrides added to every member of its sweep; ``plain`` (the reference) comes first."""
 
@@ -176,16 +179,29 @@ def gap_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
                         "test log loss", "gap log loss"], "rows": rows}
 
 
-def ema_table(steps: dict[str, list[int]], decay: float | None) -> dict[str, Any]:
-    """The EMA decay's horizon 1/(1 − decay) against the optimiser steps of the runs it averaged."""
+def _decay(overrides: list[str], default: float | None) -> float | None:
+    """The EMA decay a list of overrides trains with; None without the EMA callback."""
+    if not any(o.startswith("callbacks=") and "ema" in o for o in overrides):
+        return None
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("callbacks.ema.decay=")]
+    return float(given[-1]) if given else default
+
+
+def ema_table(raw: dict[str, dict[int, dict[str, Any]]], default: float | None) -> dict[str, Any]:
+    """Per data set and EMA arm: the decay's horizon 1/(1 − decay) against the members' optimiser steps."""
     rows = []
-    for name, counts in steps.items():
-        lo, hi = min(counts), max(counts)
-        left = "–" if decay is None else f"{decay ** (hi - 1):.2f} to {decay ** (lo - 1):.2f}"
-        horizon = "–" if decay is None else f"{1 / (1 - decay):.0f}"
-        rows.append([name, decay, horizon, f"{lo} to {hi}", left])
+    for name, runs in raw.items():
+        for arm in runs[min(runs)]:
+            decays = {_decay(runs[s][arm]["overrides"], default) for s in runs}
+            if decays == {None}:
+                continue
+            steps = [m["steps"] for s in runs for m in runs[s][arm]["members"].values()]
+            lo, hi = min(steps), max(steps)
+            for d in sorted(x for x in decays if x is not None):
+                rows.append([name, arm, d, f"{1 / (1 - d):.0f}", f"{lo} to {hi}",
+                             f"{d ** (hi - 1):.2f} to {d ** (lo - 1):.2f}"])
     return {"title": "EMA decay against run length (optimiser steps per member)",
-            "columns": ["data set", "decay", "horizon 1/(1 − decay), steps", "steps per member",
+            "columns": ["data set", "arm", "decay", "horizon 1/(1 − decay), steps", "steps per member",
                         "share of the first update's weights left at the end, decay^(steps − 1)"], "rows": rows}
 
 
@@ -209,10 +225,13 @@ def run_seed(args: argparse.Namespace, comp: Path, root: Path, seed: int, models
     for arm in args.arms:
         sweep = root / slug(arm) / f"seed{seed}"
         start = time.perf_counter()
-        train_sweep(sweep, comp, members, args.epochs, args.batch_size, None, arm_overrides(arm, context))
+        overrides = arm_overrides(arm, context)
+        train_sweep(sweep, comp, members, args.epochs, args.batch_size, None, overrides)
         folder = predict_sweep(sweep, comp, "caruana", "none", ["none"])
         context.update({f"sweep_{slug(arm)}": str(sweep), f"predict_{slug(arm)}": str(folder)})
-        scored[arm] = score_arm(comp, sweep, folder, args.batch_size)
+        scored[arm] = {"overrides": overrides, **score_arm(comp, sweep, folder, args.batch_size)}
+        per_epoch = min(m["steps"] for m in scored[arm]["members"].values()) // args.epochs
+        context.setdefault("epoch_decay", f"{1 - 1 / max(per_epoch, 2):.4f}")
         log_progress(NAME, f"{comp.name} seed {seed} {arm}: {time.perf_counter() - start:.0f} s")
     add_rer(scored, args.n_boot, seed)
     for arm in scored.values():
@@ -223,17 +242,17 @@ def run_seed(args: argparse.Namespace, comp: Path, root: Path, seed: int, models
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every data set × seed × arm; the result JSON."""
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    tables, raw, steps, started = [], {}, {}, time.perf_counter()
+    tables, raw, started = [], {}, time.perf_counter()
     for name in args.datasets.split(","):
         comp = make_dataset(name, args.workdir / "recipes" / f"{name}-{args.n_train}-{args.n_test}", args.n_train,
                             args.n_test)
         root = args.workdir / "recipes" / f"{name}-{args.n_train}-{args.n_test}-e{args.epochs}-b{args.batch_size}"
         raw[name] = {seed: run_seed(args, comp, root, seed, models) for seed in range(args.seeds)}
         tables += [score_table(name, raw[name]), gap_table(name, raw[name])]
-        steps[name] = [m["steps"] for s in raw[name].values() for a in s.values() for m in a["members"].values()]
     decay = _ema_decay()
-    if "ema" in args.arms:
-        tables.append(ema_table(steps, decay))
+    if any(_decay(ARMS[a], decay) for a in args.arms):
+        tables.append(ema_table(raw, decay))
+
     minutes, machine = (time.perf_counter() - started) / 60, machine_info()
     return {
         "title": f"Training recipes against plain training, on hidden test labels ({machine['date']})",
