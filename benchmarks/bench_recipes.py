@@ -142,23 +142,25 @@ def _mean_sd(values: list[float], fmt: str) -> str:
     return format(statistics.mean(values), fmt) + (f" (sd {statistics.stdev(values):.1f})" if len(values) > 1 else "")
 
 
+def _position(model: str) -> str:
+    """A member's place in the sweep, the same across seeds: ``resnet10t-s101`` → ``resnet10t #1`` (seed 100·s + i)."""
+    match = re.fullmatch(r"(.+)-s(\d+)", model)
+    return f"{match[1]} #{int(match[2]) % 100}" if match else model
+
+
 def score_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Per arm and row (each member, the ensemble): test score / log loss; RER [CI] per seed; mean RER over seeds."""
     seeds, rows = sorted(runs), []
     for arm in runs[seeds[0]]:
-        for row in [*runs[seeds[0]][arm]["members"], "ensemble"]:
-            cells, rers = [], []
-            for s in seeds:
-                got = runs[s][arm]
-                hit = got["ensemble"] if row == "ensemble" else got["members"].get(row)
-                cells.append("–" if hit is None else _cell(hit))
-                if hit is not None and hit.get("rer") is not None:
-                    rers.append(100 * hit["rer"]["rer"])
-            label = "ensemble=caruana" if row == "ensemble" else row
-            rows.append([arm, label, *cells, _mean_sd(rers, "+.1f")])
+        per_seed = [{**{_position(m): r for m, r in runs[s][arm]["members"].items()},
+                     "ensemble=caruana": runs[s][arm]["ensemble"]} for s in seeds]
+        for row in dict.fromkeys(k for got in per_seed for k in got):
+            cells = ["–" if row not in got else _cell(got[row]) for got in per_seed]
+            rers = [100 * got[row]["rer"]["rer"] for got in per_seed if got.get(row, {}).get("rer") is not None]
+            rows.append([arm, row, *cells, _mean_sd(rers, "+.1f")])
     metric = runs[seeds[0]]["plain"]["metric"]
     return {"title": f"{name}: test {metric} / test log loss; RER of {metric} vs the plain arm's best single model "
-                     "[95% paired bootstrap CI], per seed",
+                     "(best OOF score; member seeds 100·seed + #) [95% paired bootstrap CI], per seed",
             "columns": ["arm", "row", *(f"seed {s}" for s in seeds), "mean RER % (sd over seeds)"], "rows": rows}
 
 
