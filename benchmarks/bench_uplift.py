@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ import pandas as pd
 
 from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
 
-__all__ = ["DATASETS", "run", "main", "make_digits", "make_shapes"]
+__all__ = ["DATASETS", "run", "main", "make_digits", "make_shapes", "make_dataset", "train_sweep", "predict_sweep",
+           "read_test_probs", "score_run"]
 
 NAME = "uplift"
 DATASETS = ("demo", "digits", "shapes", "photos")
@@ -185,11 +187,13 @@ def _compose(config: str, overrides: list[str]) -> Any:
 
 
 def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs: int, batch_size: int,
-                patience: int | None = None) -> None:
+                patience: int | None = None, overrides: Sequence[str] = ()) -> None:
     """One real member folder per (model, seed), as ``pipeline-train -m`` would (completed ones are kept).
 
     ``patience``: stop a member when its validation log loss has not improved for that many epochs
     (``early_stopping_patience``), ``epochs`` being the most it may train: members as users train them.
+    ``overrides``: more Hydra overrides of ``conf/train.yaml`` for every member (a recipe: ``aug.mixup=0.2``,
+    ``callbacks=[default,ema]``), applied after the benchmark's own.
     """
     from omegaconf import open_dict
 
@@ -202,7 +206,7 @@ def train_sweep(sweep: Path, comp: Path, members: list[tuple[str, int]], epochs:
             f"trainer.max_epochs={epochs}", f"data.batch_size={batch_size}", "trainer.enable_progress_bar=false",
             "data.num_workers=0",
             "data.check_images=false", f"paths.root={sweep}",
-            *([f"early_stopping_patience={patience}"] if patience else []),
+            *([f"early_stopping_patience={patience}"] if patience else []), *overrides,
         ])
         with open_dict(cfg):
             cfg.paths.output_dir = str(sweep / cfg.member_name)
@@ -236,6 +240,15 @@ def _test_labels(comp: Path, ids: list[str], classes: list[str]) -> np.ndarray:
     return np.array([index[solution[i]] for i in ids])
 
 
+def read_test_probs(folder: Path, name: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """The ids (sorted) and probabilities of one prediction file of a predict folder, rows in id order."""
+    from pipeline.member.predictions import read_predictions
+
+    ids, probs, _ = read_predictions(folder / name, classes)
+    order = np.argsort(ids)
+    return [ids[i] for i in order], probs[order]
+
+
 def _chosen_policy(pr: Any, model: str) -> tuple[str, str]:
     """The policy key used for the baseline model's TTA row, and how it was chosen."""
     from pipeline.core.metrics import get_metric
@@ -254,7 +267,6 @@ def _chosen_policy(pr: Any, model: str) -> tuple[str, str]:
 def score_run(comp: Path, dirs: dict[str, Path], n_boot: int, seed: int) -> list[dict[str, Any]]:
     """Test accuracy and RER [95% CI] over the best single model without TTA, for every row of one run."""
     from pipeline.core.metrics import get_metric, paired_bootstrap
-    from pipeline.member.predictions import read_predictions
     from pipeline.report.load import load_predict_run
     from pipeline.report.text import relative_error_reduction
 
@@ -266,9 +278,7 @@ def score_run(comp: Path, dirs: dict[str, Path], n_boot: int, seed: int) -> list
     base_model = max(scores, key=scores.__getitem__) if metric.greater_is_better else min(scores, key=scores.__getitem__)
 
     def test_probs(folder: Path, name: str) -> tuple[list[str], np.ndarray]:
-        ids, probs, _ = read_predictions(folder / name, pr.classes)
-        order = np.argsort(ids)
-        return [ids[i] for i in order], probs[order]
+        return read_test_probs(folder, name, pr.classes)
 
     from pipeline.core.io import safe_name
 
