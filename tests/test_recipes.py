@@ -24,7 +24,7 @@ from pipeline.member.manifest import MANIFEST, Recipe, read_manifest
 from pipeline.train.datamodule import MemberDataModule
 from pipeline.train.identity import member_hash
 from pipeline.train.module import ClassifierModule
-from pipeline.train.recipe import resolve_precision
+from pipeline.train.recipe import check_ema_horizon, resolve_precision
 from pipeline.train.schedules import WarmupCosine, warmup_cosine_factor
 from pipeline.train.spec import TrainSpec
 from tests.conftest import compose_train
@@ -126,7 +126,8 @@ def test_warmup_factor_and_schedule_check_the_exact_run_length() -> None:
 def test_recipe_is_recorded_in_member_json(train_cfg: Callable[..., DictConfig]) -> None:
     cfg = train_cfg(*TINY, *SOFT, "aug.mixup=0.4", "aug.cutmix=1.0", "aug.mixup_mode=elem", "label_smoothing=0.1",
                     "trainer.max_epochs=2", "scheduler=warmup_cosine", "scheduler.warmup_steps=1",
-                    "trainer.accumulate_grad_batches=2", "trainer.precision=auto-mixed", "callbacks=[default,ema]")
+                    "trainer.accumulate_grad_batches=2", "trainer.precision=auto-mixed", "callbacks=[default,ema]",
+                    "callbacks.ema.decay=0.4")
     metrics = train(cfg)
     assert math.isfinite(metrics["val_log_loss"])
     recipe = read_manifest(Path(cfg.paths.output_dir)).recipe
@@ -135,7 +136,7 @@ def test_recipe_is_recorded_in_member_json(train_cfg: Callable[..., DictConfig])
         mixup={"mixup": 0.4, "cutmix": 1.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "elem"},
         scheduler="pipeline.train.schedules.WarmupCosine", scheduler_interval="step", warmup={"steps": 1},
         precision="32-true",  # auto-mixed on the CPU
-        accumulate_grad_batches=2, averaging=[{"ema": {"decay": 0.999, "every": 1, "from_step": None}}], snapshots=0,
+        accumulate_grad_batches=2, averaging=[{"ema": {"decay": 0.4, "every": 1, "from_step": None}}], snapshots=0,
     )
 
 
@@ -216,3 +217,14 @@ def test_precision_auto_mixed_is_resolved_by_the_device() -> None:
 def test_trainer_presets(trainer: str, expected: dict[str, Any]) -> None:
     settings = compose_train([f"trainer={trainer}", "trainer.accumulate_grad_batches=1"]).trainer
     assert {k: settings[k] for k in expected} == expected
+
+
+def test_an_ema_longer_than_the_run_is_refused_before_training(train_cfg: Callable[..., DictConfig]) -> None:
+    cfg = train_cfg(*TINY, "callbacks=[default,ema]")  # decay 0.999 over a handful of steps
+    with pytest.raises(ConfigError, match=r"callbacks.ema.decay=0.999 averages over about 1000 updates .* Accepted for "
+                                          r"this run: decay ≤ 0\.\d+"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    check_ema_horizon(0.95, 1, 0, 80)  # 0.95^80 = 0.017: fits
+    with pytest.raises(ConfigError, match="an EMA that starts within the run"):
+        check_ema_horizon(0.9, 1, 100, 80)

@@ -39,7 +39,7 @@ from pipeline.train.spec import LOSS_NAMES, MixupSpec, TrainSpec
 
 __all__ = [
     "AUTO_MIXED", "MIXUP_KEYS", "SOFT_TARGET_LOSSES", "training_loss", "create_mixup", "resolve_precision",
-    "check_recipe", "check_run_length", "describe_recipe", "recipe_identity", "aug_identity",
+    "check_recipe", "check_run_length", "check_ema_horizon", "describe_recipe", "recipe_identity", "aug_identity",
 ]
 
 AUTO_MIXED = "auto-mixed"
@@ -200,12 +200,42 @@ def check_run_length(spec: TrainSpec, n_train: int) -> None:
     Raises:
         ConfigError: naming ``scheduler.warmup_steps`` (or ``warmup_epochs``) and the run's steps.
     """
-    warmup = _warmup_settings(spec)
-    if warmup is None:
-        return
     per_epoch, total = _steps(n_train, int(spec.data.batch_size), spec.trainer_settings)
-    if total is not None:
+    if total is None:
+        return
+    warmup = _warmup_settings(spec)
+    if warmup is not None:
         check_warmup(warmup["warmup_epochs"], warmup["warmup_steps"], total_steps=total, steps_per_epoch=per_epoch)
+    for callback in spec.callbacks or []:
+        ema = (describe_averaging(callback) or {}).get("ema")
+        if ema is not None:
+            check_ema_horizon(float(ema["decay"]), int(ema["every"] or 1), int(ema["from_step"] or 0), total)
+
+
+EMA_FIRST_WEIGHT = 0.05
+"""The largest share of an EMA that the first update's weights may still hold at the end of the run."""
+
+
+def check_ema_horizon(decay: float, every: int, from_step: int, total_steps: int) -> None:
+    """Refuse an EMA whose average, at the end of the run, would still be mostly the first update's weights.
+
+    After ``n`` updates the first one's weights hold ``decay ** n`` of the average: 0.999 over 80 steps
+    leaves 92 % of it, and validation, ``best.ckpt`` and the exported model would hold an untrained network
+    (benchmarks/RESULTS.md, recipes: test accuracy 0.10–0.40 instead of 0.96).
+
+    Raises:
+        ConfigError: naming ``callbacks.ema.decay``, the run's updates, and the largest decay that fits.
+    """
+    updates = max(0, total_steps - from_step) // max(1, every)
+    left = decay**updates
+    if left <= EMA_FIRST_WEIGHT:
+        return
+    fits = f"decay ≤ {EMA_FIRST_WEIGHT ** (1 / updates):.4f}" if updates else "an EMA that starts within the run"
+    raise ConfigError(
+        f"callbacks.ema.decay={decay} averages over about {1 / (1 - decay):.0f} updates (1/(1 − decay)), but this run "
+        f"makes {updates} ({total_steps} optimiser steps): at its end {left:.0%} of the average would still be the first "
+        f"update's weights, and validation, best.ckpt and the exported model hold the average. Accepted for this run: "
+        f"{fits} (decay^updates ≤ {EMA_FIRST_WEIGHT}), or a longer run.")
 
 
 def _target_name(factory: Any) -> str | None:
