@@ -241,3 +241,27 @@ def test_report_puts_the_student_beside_the_ensemble_and_the_best_single_model(
         compute_report(source, n_boot=50, compare=[source])
     with pytest.raises(ConfigError, match="No predict.json in"):
         compute_report(source, n_boot=50, compare=[root])
+
+
+def test_a_k_fold_teacher_teaches_fold_k_with_its_fold_k_members_only(tmp_path: Path, demo_slice: Path) -> None:
+    """The whole ensemble's test probabilities were made by fold 1's member too, which trained on fold 0's
+    validation rows: fold 0 of the new generation must take its targets from fold 0's member alone."""
+    from pipeline.member.folder import find_members
+    from pipeline.predict.api import predict_images
+    from pipeline.predict.tta import create_policy
+
+    folds = ("data.n_folds=2",)
+    for fold in (0, 1):
+        train(_member_cfg(tmp_path, demo_slice, "kf", *folds, f"data.fold={fold}"))
+    source = _predict(tmp_path, demo_slice, tmp_path / "kf", "tta=none", "ensemble=mean")
+    train(_member_cfg(tmp_path, demo_slice, "kf2", *folds, "data.fold=0", "teacher=pseudo", f"teacher.source={source}"))
+    member = next((tmp_path / "kf2").glob("lenet5-*-f0"))
+    record = json.loads((member / "teacher.json").read_text())
+    assert record["teacher_members"] == ["lenet5-s0-f0"] and record["test_targets"].startswith("the matched members")
+    targets = pd.read_csv(member / "teacher_targets.csv", dtype={"id": str})
+    test = targets[targets["source"] == "test"].set_index("id").iloc[:, 1:]
+    fold0 = [m for m in find_members(tmp_path / "kf")[0] if m.name.endswith("-f0")]
+    own = predict_images(fold0, demo_slice / "test", policy=create_policy("none"))
+    np.testing.assert_allclose(test.loc[own.ids].to_numpy(float), own.probs, atol=1e-6)
+    ids, whole, _ = read_predictions(source / "ensemble_test.csv")
+    assert not np.allclose(test.loc[ids].to_numpy(float), whole, atol=1e-3)  # not the leaky whole ensemble
