@@ -1,4 +1,4 @@
-"""Benchmark 11: training recipes (mixup/cutmix + warmup, EMA) against plain training, on hidden test labels.
+"""Benchmark 13: training recipes (mixup/cutmix + warmup, EMA) against plain training, on hidden test labels.
 
 Issue 21, "How we will judge it": for each data set and seed, the same sweep of members (``resnet10t`` twice and
 ``lenet5`` by default, member seeds 100·seed + i, a holdout split, a fixed number of epochs, batch 32) is trained
