@@ -18,14 +18,16 @@ minus test). Per arm: the Caruana ensemble's test score. Every row's relative er
 against the ``plain`` arm's best single model (best OOF score, no TTA) of the same data set and seed, with a
 95% paired bootstrap interval (test rows resampled). The EMA table sets the decay's effective horizon
 1/(1 − decay) against the number of optimiser steps a member takes, and the share of the average still held
-by the weights of its first update (decay^(steps − 1)).
+by the weights of its first update (decay^(steps − 1)). An arm the pipeline refuses before training (its
+``PipelineError``, e.g. an EMA decay too long for the run: ``check_ema_horizon``) gets no rows, and a note with
+the pipeline's message.
 
-An arm's overrides may name ``{warmup_epochs}``, ``{epochs}``, ``{epoch_decay}`` and folders of arms before it in the table:
-``{predict_<arm>}`` (its predict folder), ``{sweep_<arm>}`` (its sweep folder), ``<arm>`` with
+An arm's overrides may name ``{warmup_epochs}``, ``{epochs}``, ``{epoch_decay}`` and folders of arms before it
+in the table: ``{predict_<arm>}`` (its predict folder), ``{sweep_<arm>}`` (its sweep folder), ``<arm>`` with
 non-alphanumerics as ``_``; e.g. a pseudo-label arm
 ``"pseudo": ["teacher=pseudo", "teacher.source={predict_plain}"]`` after ``plain``.
 
-    python -m benchmarks.bench_recipes                  # digits, photos × 3 seeds, 4 epochs (≈ 20 min on 2 cores)
+    python -m benchmarks.bench_recipes                  # digits, photos × 3 seeds, 4 epochs (≈ 15 min on 2 cores)
     python -m benchmarks.bench_recipes --datasets digits --seeds 1 --epochs 1 --n-train 300 --n-test 150   # smoke
 """
 
@@ -151,9 +153,9 @@ def _position(model: str) -> str:
 def score_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Per arm and row (each member, the ensemble): test score / log loss; RER [CI] per seed; mean RER over seeds."""
     seeds, rows = sorted(runs), []
-    for arm in runs[seeds[0]]:
+    for arm in dict.fromkeys(a for s in seeds for a in runs[s]):
         per_seed = [{**{_position(m): r for m, r in runs[s][arm]["members"].items()},
-                     "ensemble=caruana": runs[s][arm]["ensemble"]} for s in seeds]
+                     "ensemble=caruana": runs[s][arm]["ensemble"]} if arm in runs[s] else {} for s in seeds]
         for row in dict.fromkeys(k for got in per_seed for k in got):
             cells = ["–" if row not in got else _cell(got[row]) for got in per_seed]
             rers = [100 * got[row]["rer"]["rer"] for got in per_seed if got.get(row, {}).get("rer") is not None]
@@ -167,8 +169,8 @@ def score_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
 def gap_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Per arm: the members' mean OOF score, test score and OOF − test gap (score and log loss), over members × seeds."""
     rows = []
-    for arm in runs[min(runs)]:
-        members = [m for s in runs for m in runs[s][arm]["members"].values()]
+    for arm in dict.fromkeys(a for s in runs for a in runs[s]):
+        members = [m for s in runs if arm in runs[s] for m in runs[s][arm]["members"].values()]
         mean = {k: statistics.mean(m[k] for m in members) for k in ("oof", "test", "gap", "oof_log_loss",
                                                                      "test_log_loss", "gap_log_loss")}
         gaps = [m["gap"] for m in members]
@@ -193,11 +195,11 @@ def ema_table(raw: dict[str, dict[int, dict[str, Any]]], default: float | None) 
     """Per data set and EMA arm: the decay's horizon 1/(1 − decay) against the members' optimiser steps."""
     rows = []
     for name, runs in raw.items():
-        for arm in runs[min(runs)]:
-            decays = {_decay(runs[s][arm]["overrides"], default) for s in runs}
+        for arm in dict.fromkeys(a for s in runs for a in runs[s]):
+            decays = {_decay(runs[s][arm]["overrides"], default) for s in runs if arm in runs[s]}
             if decays == {None}:
                 continue
-            steps = [m["steps"] for s in runs for m in runs[s][arm]["members"].values()]
+            steps = [m["steps"] for s in runs if arm in runs[s] for m in runs[s][arm]["members"].values()]
             lo, hi = min(steps), max(steps)
             for d in sorted(x for x in decays if x is not None):
                 rows.append([name, arm, d, f"{1 / (1 - d):.0f}", f"{lo} to {hi}",
@@ -219,8 +221,15 @@ def _ema_decay() -> float | None:
     return float(conf["ema"]["decay"]) if conf and "ema" in conf else None
 
 
-def run_seed(args: argparse.Namespace, comp: Path, root: Path, seed: int, models: list[str]) -> dict[str, Any]:
-    """Every arm on one data set and seed: train, predict (caruana, no TTA), score; RER vs plain's best single."""
+def run_seed(args: argparse.Namespace, comp: Path, root: Path, seed: int, models: list[str],
+             refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every arm on one data set and seed: train, predict (caruana, no TTA), score; RER vs plain's best single.
+
+    An arm the pipeline refuses before training (a ``PipelineError``, e.g. an EMA decay too long for the run) is
+    left out of the scores and appended to ``refused`` with the pipeline's message; a refused ``plain`` stops.
+    """
+    from pipeline.core.errors import PipelineError
+
     members = [(m, 100 * seed + i) for i, m in enumerate(models)]
     scored: dict[str, Any] = {}
     context = {"epochs": str(args.epochs), "warmup_epochs": f"{min(1.0, args.epochs / 4):g}"}
@@ -228,7 +237,14 @@ def run_seed(args: argparse.Namespace, comp: Path, root: Path, seed: int, models
         sweep = root / slug(arm) / f"seed{seed}"
         start = time.perf_counter()
         overrides = arm_overrides(arm, context)
-        train_sweep(sweep, comp, members, args.epochs, args.batch_size, None, overrides)
+        try:
+            train_sweep(sweep, comp, members, args.epochs, args.batch_size, None, overrides)
+        except PipelineError as err:
+            if arm == "plain":
+                raise
+            refused.append({"arm": arm, "dataset": comp.name, "seed": seed, "error": str(err)})
+            log_progress(NAME, f"{comp.name} seed {seed} {arm}: refused by the pipeline: {err}")
+            continue
         folder = predict_sweep(sweep, comp, "caruana", "none", ["none"])
         context.update({f"sweep_{slug(arm)}": str(sweep), f"predict_{slug(arm)}": str(folder)})
         scored[arm] = {"overrides": overrides, **score_arm(comp, sweep, folder, args.batch_size)}
@@ -241,20 +257,28 @@ def run_seed(args: argparse.Namespace, comp: Path, root: Path, seed: int, models
     return scored
 
 
+def _refusal_notes(refused: list[dict[str, Any]]) -> list[str]:
+    """One note per refused arm and data set: the seeds and the pipeline's message (the same for every seed)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in refused:
+        groups.setdefault((r["arm"], r["dataset"]), []).append(r)
+    return [f"Arm {arm} on {data} (seeds {', '.join(str(r['seed']) for r in rs)}) was refused by the pipeline before "
+            f"training, so it has no rows: {rs[0]['error']}" for (arm, data), rs in groups.items()]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every data set × seed × arm; the result JSON."""
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    tables, raw, started = [], {}, time.perf_counter()
+    tables, raw, refused, started = [], {}, [], time.perf_counter()
     for name in args.datasets.split(","):
         comp = make_dataset(name, args.workdir / "recipes" / f"{name}-{args.n_train}-{args.n_test}", args.n_train,
                             args.n_test)
         root = args.workdir / "recipes" / f"{name}-{args.n_train}-{args.n_test}-e{args.epochs}-b{args.batch_size}"
-        raw[name] = {seed: run_seed(args, comp, root, seed, models) for seed in range(args.seeds)}
+        raw[name] = {seed: run_seed(args, comp, root, seed, models, refused) for seed in range(args.seeds)}
         tables += [score_table(name, raw[name]), gap_table(name, raw[name])]
     decay = _ema_decay()
-    if any(_decay(ARMS[a], decay) for a in args.arms):
-        tables.append(ema_table(raw, decay))
-
+    if any(_decay(ARMS[a], decay) for a in args.arms) and (ema := ema_table(raw, decay))["rows"]:
+        tables.append(ema)
     minutes, machine = (time.perf_counter() - started) / 60, machine_info()
     return {
         "title": f"Training recipes against plain training, on hidden test labels ({machine['date']})",
@@ -271,8 +295,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "test set, the reference being the plain arm's best single model (chosen on OOF) of the same seed; "
                   "the interval is the paired bootstrap interval of the score difference divided by that error.",
                   "Members train a fixed number of epochs (no early stopping); each exports its best.ckpt by "
-                  "validation log loss. The gap is OOF minus test (positive: the OOF rows were optimistic)."],
-        "runs": raw,
+                  "validation log loss. The gap is OOF minus test (positive: the OOF rows were optimistic).",
+                  *_refusal_notes(refused)],
+        "runs": raw, "refused": refused,
     }
 
 
