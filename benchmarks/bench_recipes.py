@@ -50,7 +50,8 @@ __all__ = ["ARMS", "arm_overrides", "score_arm", "run", "main"]
 NAME = "recipes"
 ARMS: dict[str, list[str]] = {
     "plain": [],
-    "mix+warmup": ["aug.mixup=0.2", "aug.cutmix=1.0", "scheduler=warmup_cosine", "scheduler.warmup_epochs={warmup_epochs}"],
+    "mix+warmup": ["aug.mixup=0.2", "aug.cutmix=1.0", "scheduler=warmup_cosine",
+                   "scheduler.warmup_epochs={warmup_epochs}"],
     "ema": ["callbacks=[default,ema]"],
     "ema@1epoch": ["callbacks=[default,ema]", "callbacks.ema.decay={epoch_decay}"],
 }
@@ -103,7 +104,8 @@ def score_arm(comp: Path, sweep: Path, folder: Path, batch_size: int) -> dict[st
         row = {"oof": metric(pr.labels, oof), "test": metric(labels, probs[model]),
                "oof_log_loss": loss(pr.labels, oof), "test_log_loss": loss(labels, probs[model]),
                "steps": _train_steps(sweep, model, batch_size)}
-        members[model] = {**row, "gap": row["oof"] - row["test"], "gap_log_loss": row["oof_log_loss"] - row["test_log_loss"]}
+        members[model] = {**row, "gap": row["oof"] - row["test"],
+                          "gap_log_loss": row["oof_log_loss"] - row["test_log_loss"]}
     ens_ids, probs["ensemble"] = read_test_probs(folder, "ensemble_test.csv", pr.classes)
     if ens_ids != ids:
         raise SystemExit(f"bench_recipes: {folder}/ensemble_test.csv has other ids than the members' test files")
@@ -167,7 +169,7 @@ def score_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def gap_table(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Per arm: the members' mean OOF score, test score and OOF − test gap (score and log loss), over members × seeds."""
+    """Per arm: the members' mean OOF and test score and their gap (score and log loss), over members × seeds."""
     rows = []
     for arm in dict.fromkeys(a for s in runs for a in runs[s]):
         members = [m for s in runs if arm in runs[s] for m in runs[s][arm]["members"].values()]
