@@ -4,8 +4,14 @@ Both are Lightning's ``WeightAveraging`` callbacks (``torch.optim.swa_utils.Aver
 with two guarantees the member folder needs: until the average has had its first update, validation
 and checkpoints hold the model's own weights (never the untouched copy of the initial weights), and
 once it has, they hold the average, so ``checkpoints/best.ckpt`` (what the member exports) is the
-averaged model whenever its score was the averaged model's. Buffers (BatchNorm statistics) are averaged
-along with the weights (``use_buffers=True``), which stands in for a separate ``update_bn`` pass.
+averaged model whenever its score was the averaged model's.
+
+BatchNorm statistics are **recomputed** for the averaged weights before each validation: one forward
+pass over the training rows as validation sees images, in train mode, with cumulative averages (what
+``torch.optim.swa_utils.update_bn`` does). Validation, ``best.ckpt`` and the exported model hold those.
+Averaging the running statistics along with the weights (``use_buffers=True`` alone) does not stand in
+for it: on 80-step runs the resnets lost 0.13–0.25 accuracy that way, which the recomputation recovered
+(``benchmarks/ema_bn_check.py``; RESULTS.md, recipes). A network without BatchNorm skips the pass.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, WeightAveraging
+from torch import nn
 
 from pipeline.core.errors import ConfigError
 
-__all__ = ["EMA", "SWA", "AVERAGED_KEY", "describe_averaging"]
+__all__ = ["EMA", "SWA", "AVERAGED_KEY", "describe_averaging", "recompute_batchnorm"]
 
 AVERAGED_KEY = "averaging_state"
 """Key Lightning adds to a checkpoint whose ``state_dict`` holds averaged weights."""
@@ -36,6 +44,10 @@ class _Gated:
         self._swapped = self._has_average()
         if self._swapped:
             super().on_validation_epoch_start(trainer, pl_module)  # type: ignore[misc]
+            # the swap back at the epoch's end hands these statistics to the average (checkpoints, export)
+            datamodule = getattr(trainer, "datamodule", None)
+            loader = datamodule.batchnorm_loader() if hasattr(datamodule, "batchnorm_loader") else None
+            recompute_batchnorm(pl_module, loader)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if getattr(self, "_swapped", False):
@@ -102,13 +114,46 @@ class SWA(_Gated, WeightAveraging):
         return epoch_idx is not None and epoch_idx >= self._first
 
 
+@torch.no_grad()
+def recompute_batchnorm(module: pl.LightningModule, loader: Any) -> int:
+    """Reset every BatchNorm layer's running statistics and recompute them over ``loader`` (train mode).
+
+    The loader holds the training rows as validation sees images (``MemberDataModule.batchnorm_loader``:
+    ``uint8`` S×S, cropped and normalised on the device by ``eval_logits``); each layer averages over all of
+    them (``momentum=None``), as ``torch.optim.swa_utils.update_bn`` does. The random number generators are
+    left as they were (a dropout layer in train mode draws), so the run underneath is the same run.
+
+    Returns:
+        The number of BatchNorm layers recomputed (0: none, nothing ran).
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or loader is None:
+        return 0
+    momenta = {layer: layer.momentum for layer in layers}
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    was_training, device = module.training, next(module.parameters()).device
+    forward = getattr(module, "eval_logits", module)
+    module.train()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for batch in loader:
+                forward(batch["image"].to(device))
+    finally:
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
+        module.train(was_training)
+    return len(layers)
+
+
 def describe_averaging(callback: Any) -> dict[str, Any] | None:
     """What of a weight-averaging callback changes the member's result (for the config hash); None for others."""
     if isinstance(callback, EMA):
         return {"ema": {"decay": callback.decay, "every": callback.update_every_n_steps,
-                        "from_step": callback.update_starting_at_step}}
+                        "from_step": callback.update_starting_at_step, "batchnorm": "recomputed"}}
     if isinstance(callback, SWA):
-        return {"swa": {"start_epoch": callback.start_epoch}}
+        return {"swa": {"start_epoch": callback.start_epoch, "batchnorm": "recomputed"}}
     if isinstance(callback, WeightAveraging):  # another averaging callback: its class at least
         return {type(callback).__qualname__: {}}
     return None

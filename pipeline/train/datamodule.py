@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from pipeline.data.augment import resize_settings
 from pipeline.data.cache import cache_for_spec
@@ -110,6 +110,15 @@ class MemberDataModule(pl.LightningDataModule):
         init = _augmentation_worker_init if self.data.num_workers > 0 else None
         return DataLoader(self._check(self.train_set), shuffle=True, drop_last=True, worker_init_fn=init,
                           **self._loader_args())
+
+    def batchnorm_loader(self) -> DataLoader:
+        """The training rows (a teacher's test images included) as validation sees them (eval pipeline, in order):
+        what weight averaging recomputes BatchNorm statistics on (:func:`pipeline.train.averaging.recompute_batchnorm`)."""
+        train, val = self._check(self.train_set), self._check(self.val_set)
+        bases = [train.train, train.test] if isinstance(train, TeacherDataset) else [train]
+        sets = [ImageDataset(b.table, val.transform, self.data.in_chans, b.cache) for b in bases if b is not None]
+        return DataLoader(ConcatDataset(sets), shuffle=False, batch_size=self.data.batch_size,
+                          num_workers=self.data.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         """Every validation row in table order (the row index travels with each sample)."""
