@@ -33,21 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_uplift import make_dataset, predict_sweep, read_test_probs, train_sweep
+from benchmarks.bench_uplift import _cell, _test_labels, make_dataset, predict_sweep, read_test_probs, train_sweep
 from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
 
 __all__ = ["run", "main"]
 
 NAME = "teacher"
 DATASETS = ("digits", "photos", "demo", "shapes")
-
-
-def _test_labels(comp: Path, ids: list[str], classes: list[str]) -> np.ndarray:
-    import pandas as pd
-
-    solution = pd.read_csv(comp / "solution.csv", dtype=str).set_index("id")["label"]
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[solution[i]] for i in ids])
 
 
 def _seconds(folder: Path) -> float:
@@ -96,12 +88,6 @@ def score_seed(comp: Path, gen1: Path, gen2: Path, student: Path, twin: str, n_b
                     "oof_score": oof_score, "metric": metric.name, "n_test": len(labels),
                     "sec_per_1000": None if single and folder is not student else seconds[folder]})
     return out
-
-
-def _cell(r: dict[str, Any]) -> str:
-    rer = r["rer"]
-    tail = "" if rer is None else f", RER {100 * rer['rer']:+.1f}% [{100 * rer['low']:+.1f}, {100 * rer['high']:+.1f}]"
-    return f"{r['score']:.4f}{tail}"
 
 
 def _kind(row: str) -> str:
