@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.bench_uplift import _cell, _test_labels, make_dataset, predict_sweep, read_test_probs, train_sweep
 from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
 
