@@ -45,8 +45,8 @@ class _Gated:
         if self._swapped:
             super().on_validation_epoch_start(trainer, pl_module)  # type: ignore[misc]
             # the swap back at the epoch's end hands these statistics to the average (checkpoints, export)
-            datamodule = getattr(trainer, "datamodule", None)
-            loader = datamodule.batchnorm_loader() if hasattr(datamodule, "batchnorm_loader") else None
+            make_loader = getattr(getattr(trainer, "datamodule", None), "batchnorm_loader", None)
+            loader = make_loader() if callable(make_loader) else None
             recompute_batchnorm(pl_module, loader)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -115,7 +115,7 @@ class MemberDataModule(pl.LightningDataModule):
         """The training rows (a teacher's test images included) as validation sees them (eval pipeline, in order):
         what weight averaging recomputes BatchNorm statistics on (:func:`pipeline.train.averaging.recompute_batchnorm`)."""
         train, val = self._check(self.train_set), self._check(self.val_set)
-        bases = [train.train, train.test] if isinstance(train, TeacherDataset) else [train]
+        bases: list[Any] = [train.train, train.test] if isinstance(train, TeacherDataset) else [train]
         sets = [ImageDataset(b.table, val.transform, self.data.in_chans, b.cache) for b in bases if b is not None]
         return DataLoader(ConcatDataset(sets), shuffle=False, batch_size=self.data.batch_size,
                           num_workers=self.data.num_workers)
