@@ -97,6 +97,13 @@ def test_pseudo_labelled_generation_keeps_test_rows_out_of_its_oof_rows(
     np.testing.assert_allclose(test_rows.loc[ids].iloc[:, 1:].to_numpy(float), probs, atol=1e-6)
     manifest = json.loads((member / "member.json").read_text())
     assert manifest["recipe"]["teacher"]["kind"] == "pseudo"
+    # generation 1 vs generation 2 in the report: the new generation's submission as one compared row
+    from pipeline.report.build import compute_report
+
+    gen2 = _predict(root, demo_slice, root / "gen2", "tta=none", "ensemble=mean")
+    df, summary, _ = compute_report(source, n_boot=50, compare=[gen2])
+    assert summary["compared"][0]["kind"] == "generation 2 (pseudo-labelled)"
+    assert (df["kind"] == "generation 2 (pseudo-labelled)").sum() == 1
 
 
 def test_distilled_student_is_an_ordinary_member(teacher: tuple[Path, Path], demo_slice: Path) -> None:
