@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_OFFLINE := 1
 export WANDB_SILENT := true
 
-.PHONY: demo test install install-dev demo-data train predict report lint bench uplift bench-checkpoint bench-targets bench-recipes clean
+.PHONY: demo test install install-dev demo-data train predict report lint bench uplift bench-checkpoint bench-targets bench-recipes bench-teacher clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ bench-targets: install-dev
 ## (resnet10t ×2, lenet5; 4 epochs, 800 training images) on digits and photos × 3 seeds (about 20 min on 2 cores).
 bench-recipes: install-dev
 	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python -m benchmarks.run_all --only recipes
+
+## Pseudo-labels and distillation on hidden test labels (issue 21): generation 2 and a student vs generation 1
+bench-teacher: install-dev
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python -m benchmarks.run_all --only teacher
 
 clean:
 	rm -rf outputs/* data/ multirun/

@@ -19,7 +19,7 @@ bootstrap interval. The student's share of the ensemble's gain is its RER ÷ the
 1,000 images comes from each predict folder's own timings (``predict.json``), so it is only comparable
 within one run.
 
-    python -m benchmarks.bench_teacher                                        # digits, photos × 3 seeds
+    python -m benchmarks.bench_teacher --datasets digits,photos,demo          # 3 real data sets × 3 seeds
     python -m benchmarks.bench_teacher --datasets digits --seeds 1 --epochs 1 --n-train 300 --n-test 150   # smoke
 """
 
@@ -188,10 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
     parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused (seeds repeat here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     quiet()
     save_result(NAME, run(args), args.json)
 

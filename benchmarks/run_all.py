@@ -6,11 +6,11 @@
     python -m benchmarks.run_all --render-only   # re-render RESULTS.md from benchmarks/results/*.json
     python -m benchmarks.run_all --only uplift   # `make uplift`: ensembles and TTA vs the best single model (≈ 25 min)
 
-``uplift``, ``choice``, ``budget``, ``targets`` and ``recipes`` are not part of the default run (they train 36
-members until their validation loss stops improving, then replay the merges, choice rules and time budgets on their
-OOF and test files; ``recipes`` trains 54 short members, three per training recipe; ``make uplift``,
-``make bench-targets``, ``make bench-recipes``); their sections are rendered whenever
-``benchmarks/results/<name>.json`` exists.
+``uplift``, ``choice``, ``budget``, ``targets``, ``recipes`` and ``teacher`` are not part of the default run (they
+train 36 members until their validation loss stops improving, then replay the merges, choice rules and time budgets on
+their OOF and test files; ``recipes`` trains 54 short members, three per training recipe; ``teacher`` two generations
+and a student per seed; ``make uplift``, ``make bench-targets``, ``make bench-recipes``, ``make bench-teacher``); their
+sections are rendered whenever ``benchmarks/results/<name>.json`` exists.
 
 ``RESULTS.md`` is regenerated above the line ``<!-- analysis: kept by run_all -->``; the hand-written
 analysis below that line is kept as it is.
@@ -31,7 +31,7 @@ from benchmarks.common import DEFAULT_WORKDIR, RESULTS_DIR
 __all__ = ["BENCHMARKS", "OPTIONAL", "main", "render"]
 
 BENCHMARKS = ("tta", "ensemble", "train", "memory", "options", "cache", "cli", "predict_ray")
-OPTIONAL = ("uplift", "choice", "budget", "targets", "recipes")
+OPTIONAL = ("uplift", "choice", "budget", "targets", "recipes", "teacher")
 """Run only when named in ``--only``; rendered whenever their result JSON exists."""
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 MARKER = "<!-- analysis: kept by run_all -->"
