@@ -107,10 +107,15 @@ def select_test_rows(probs: np.ndarray, threshold: float, where: str) -> np.ndar
 
 def write_teacher_record(member_dir: Path, spec: TeacherSpec, targets: TeacherTargets, train_ids: list[str],
                          classes: list[str]) -> None:
-    """``teacher.json`` and ``teacher_targets.csv``: the rows the member trained on with the teacher's targets."""
+    """``teacher.json`` and ``teacher_targets.csv``: the rows the member trained on with the teacher's probabilities.
+
+    ``teacher_targets.csv`` has ``id``, ``source`` (``train`` or ``test``) and ``p:<class>`` columns: the
+    ensemble's probabilities as the teacher gave them (before the temperature; ``targets=hard`` trains on their
+    top class; a pseudo-labelled member's training rows keep their labels, so theirs are empty).
+    """
     n_train = len(train_ids)
     probs = targets.train_probs if targets.train_probs is not None else np.full((n_train, len(classes)), np.nan)
-    frame = pd.DataFrame(np.concatenate([probs, targets.test_probs]), columns=classes)
+    frame = pd.DataFrame(np.concatenate([probs, targets.test_probs]), columns=[f"p:{c}" for c in classes])
     frame.insert(0, "source", ["train"] * n_train + ["test"] * len(targets.test_probs))
     frame.insert(0, "id", [*train_ids, *targets.test_table.ids])
     with atomic_path(member_dir / "teacher_targets.csv") as tmp:
