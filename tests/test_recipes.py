@@ -136,7 +136,8 @@ def test_recipe_is_recorded_in_member_json(train_cfg: Callable[..., DictConfig])
         mixup={"mixup": 0.4, "cutmix": 1.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "elem"},
         scheduler="pipeline.train.schedules.WarmupCosine", scheduler_interval="step", warmup={"steps": 1},
         precision="32-true",  # auto-mixed on the CPU
-        accumulate_grad_batches=2, averaging=[{"ema": {"decay": 0.4, "every": 1, "from_step": None}}], snapshots=0,
+        accumulate_grad_batches=2, averaging=[{"ema": {"decay": 0.4, "every": 1, "from_step": None, "batchnorm": "recomputed"}}],
+        snapshots=0,
     )
 
 
