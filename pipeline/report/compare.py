@@ -11,7 +11,6 @@ teachers that never saw its validation rows (:mod:`pipeline.predict.teacher`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,17 @@ import pandas as pd
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import Metric
+from pipeline.member.manifest import read_manifest
 from pipeline.report.load import PredictRun, load_predict_run
-from pipeline.report.score import Row, row_cost, submission_key, submitted_name, submitted_oof, submitted_policies
+from pipeline.report.score import (
+    Row,
+    row_cost,
+    submission_key,
+    submitted_name,
+    submitted_oof,
+    submitted_policies,
+    submitted_single,
+)
 from pipeline.report.text import relative_error_reduction
 
 __all__ = ["TAUGHT", "submitted_cost", "compare_rows", "compared_summary", "compared_sentences"]
@@ -36,21 +44,20 @@ def _kind(other: PredictRun) -> str:
     """How the compared run's members were trained, read from its sweep folder (never a recorded path)."""
     kinds = set()
     for name in other.info["members"]:
-        manifest = other.path.parent / name / "member.json"
         try:
-            recipe = json.loads(manifest.read_text()).get("recipe") or {}
-        except (OSError, ValueError):
-            recipe = {}
-        kinds.add((recipe.get("teacher") or {}).get("kind"))
+            recipe = read_manifest(other.path.parent / name).recipe
+        except (OSError, ValueError):  # MemberError is a ValueError
+            recipe = None
+        kinds.add(((recipe.teacher if recipe is not None else None) or {}).get("kind"))
     (kind,) = kinds if len(kinds) == 1 else (None,)
     return TAUGHT.get(str(kind), "compared run")
 
 
 def submitted_cost(other: PredictRun) -> tuple[int, int, float]:
     """Fold members, forward passes per image and seconds per 1,000 images of what the compared run submitted."""
-    key = submission_key(other)
-    if submitted_name(other) in ("single", "single+tta") or len(other.models) < 2:
-        used = {next(iter((other.info.get("submitted") or {}).get("models") or other.models)): 1.0}
+    key, single = submission_key(other), submitted_single(other)
+    if single is not None:
+        used = {single: 1.0}
     else:
         used = {m: w for m, w in other.weights(str(other.info["submission_policy"])).items() if w > 0}
     return row_cost(other, Row("compared", "", key, np.zeros(0), used or dict.fromkeys(other.models, 1.0)))

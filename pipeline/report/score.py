@@ -36,7 +36,8 @@ from pipeline.report.load import AUTO, PredictRun
 from pipeline.report.targets import decided, needs_decision, task_metric_names
 
 __all__ = ["KINDS", "OTHER_RULES", "Row", "candidate_rows", "baseline_row", "ensemble_spec", "kind_of", "score_rows",
-           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies", "row_cost", "submission_key"]
+           "submitted_name", "submitted_row", "submitted_oof", "submitted_policies", "submitted_single", "row_cost",
+           "submission_key"]
 
 KINDS = ("single", "ensemble-equal", "ensemble-fitted", "ensemble-given", "ensemble-bagged", "ensemble-optimize",
          "ensemble-rank", "ensemble-stack", "ensemble-temperature")
@@ -148,11 +149,18 @@ def _base_key(pr: PredictRun) -> str:
     return keys[0] if keys else min(pr.policies, key=lambda k: int(pr.policies[k]["views"]))
 
 
+def submitted_single(pr: PredictRun) -> str | None:
+    """The model submitted alone (a single-model rule, or a run of one model); None when a merge was submitted."""
+    if submitted_name(pr) in ("single", "single+tta") or len(pr.models) < 2:
+        return str(next(iter((pr.info.get("submitted") or {}).get("models") or pr.models)))
+    return None
+
+
 def submitted_row(pr: PredictRun, rows: list[Row]) -> int | None:
     """The index of the row that is what was submitted (its rule, under its policy), when the report has it."""
     name, key = submitted_name(pr), submission_key(pr)
-    if name in ("single", "single+tta") or len(pr.models) < 2:
-        model = next(iter((pr.info.get("submitted") or {}).get("models") or pr.models))
+    model = submitted_single(pr)
+    if model is not None:
         hits = [i for i, r in enumerate(rows) if r.kind == "single" and r.model == model and r.key == key]
     else:
         hits = [i for i, r in enumerate(rows) if r.rule == name and r.key == key and r.kind != "single"]
@@ -172,14 +180,12 @@ def submitted_oof(pr: PredictRun, metric: Metric) -> np.ndarray | None:
     (the predict run's confusion matrix). None when the OOF files lack its policy (an inference-only run).
     """
     name, key = submitted_name(pr), submission_key(pr)
-    models = list(pr.models)
-    single = name in ("single", "single+tta") or len(models) < 2
-    if single:
-        models = [next(iter((pr.info.get("submitted") or {}).get("models") or pr.models))]
+    single = submitted_single(pr)
+    models = list(pr.models) if single is None else [single]
     if any((m, pr.model_key(m, key)) not in pr.oof for m in models):
         return None
-    if single:
-        return pr.oof[(models[0], pr.model_key(models[0], key))]
+    if single is not None:
+        return pr.oof[(single, pr.model_key(single, key))]
     spec = ensemble_spec(pr)
     r = rule(name, spec, metric.name, pr.task) if name in ("mean", "caruana", "given") else pr_rule(pr, name, spec, metric)
     return _merge_row(pr, r, key, models).probs
