@@ -28,12 +28,12 @@ from pipeline.data.augment import transform_from_dict
 from pipeline.member.cache import CacheDirs, cache_dirs, cache_name, checkpoint_hash, find_cached
 from pipeline.member.folder import Member
 from pipeline.predict.spec import PredictOptions, crop_override_allowed
-from pipeline.predict.tta import TTAPolicy
+from pipeline.predict.tta import TTAPolicy, create_policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVAL_TRANSFORM", "EvalGroup", "MemberPlan", "policy_key", "policy_names", "eval_group", "member_policy",
-           "settings_key", "plan_members"]
+__all__ = ["EVAL_TRANSFORM", "EvalGroup", "MemberPlan", "policy_key", "policy_names", "recorded_policies", "eval_group",
+           "member_policy", "settings_key", "plan_members"]
 
 EVAL_TRANSFORM = "eval_transform.json"
 
@@ -44,6 +44,12 @@ def policy_key(policy: TTAPolicy) -> str:
 
 
 _SHOWN_FIELDS = ("flip", "crop_size", "scales", "squares", "crops", "flips")
+
+
+def recorded_policies(policies: Mapping[str, Mapping[str, Any]]) -> dict[str, TTAPolicy]:
+    """The policies a record holds (``predict.json`` or ``ensemble.json`` ``policies``: key → settings with
+    ``views``), built again under the same keys."""
+    return {k: create_policy(**{f: v for f, v in p.items() if f != "views"}) for k, p in policies.items()}
 
 
 def policy_names(policies: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

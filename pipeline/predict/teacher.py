@@ -31,10 +31,10 @@ from pipeline.member.folder import Member, find_members
 from pipeline.member.predictions import read_predictions
 from pipeline.member.teacher import TeacherRequest, TeacherSpec, TeacherTargets, select_test_rows
 from pipeline.predict.ensemble import group_models
+from pipeline.predict.plan import recorded_policies
 from pipeline.predict.record import PredictRecord
 from pipeline.predict.spec import PredictOptions
 from pipeline.predict.timed import predict_plan
-from pipeline.predict.tta import create_policy
 
 __all__ = ["ENSEMBLE_TEST", "build_teacher_targets", "source_digest"]
 
@@ -135,14 +135,14 @@ def build_teacher_targets(spec: TeacherSpec, req: TeacherRequest) -> TeacherTarg
     probs = _test_targets(spec, folder, list(test.ids), classes)
     val_ids = {str(req.table.ids[i]) for i in req.val_idx}
     matched = _matched(spec, folder, pr, val_ids)
-    whole = {m.name for m in matched} == set(pr.members)
-    if not _plain(pr) and (not whole or spec.kind == "distill"):
+    whole, plain = {m.name for m in matched} == set(pr.members), _plain(pr)
+    if not plain and (not whole or spec.kind == "distill"):
         raise ConfigError(
             f"teacher.source={spec.source} submitted a {(pr.submitted or {}).get('combine', {}).get('kind')} merge, "
             "which cannot be applied to " + ("training rows" if whole else "part of its members") + "; predict the "
             "teacher with a weighted merge (ensemble=caruana, mean, optimize or weighted).")
-    models, plan = _plan(pr, matched) if _plain(pr) else ({}, {})
-    policies = {k: create_policy(**{f: v for f, v in p.items() if f != "views"}) for k, p in pr.policies.items()}
+    models, plan = _plan(pr, matched) if plain else ({}, {})
+    policies = recorded_policies(pr.policies)
     options = PredictOptions(view_reduce=str((pr.options or {}).get("view_reduce", "prob_mean")),
                              checkpoint=str(pr.checkpoint or "best"))
     method = str((pr.ensemble or {}).get("method", "prob_mean"))

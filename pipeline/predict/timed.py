@@ -23,9 +23,10 @@ from pipeline.member.folder import Member, find_members
 from pipeline.predict.api import Prediction, image_table, predict_images
 from pipeline.predict.budget import probe_timings
 from pipeline.predict.ensemble import group_models
+from pipeline.predict.plan import recorded_policies
 from pipeline.predict.runner import predict_members
 from pipeline.predict.spec import PredictOptions
-from pipeline.predict.tta import TTAPolicy, create_policy
+from pipeline.predict.tta import TTAPolicy
 
 __all__ = ["kit_plans", "predict_within", "predict_plan"]
 
@@ -52,8 +53,7 @@ def kit_plans(ens: Mapping[str, Any], key: str, weights: Mapping[str, float]) ->
 
 
 def _policies(ens: Mapping[str, Any], key: str, policy: TTAPolicy) -> dict[str, TTAPolicy]:
-    specs = {k: {f: v for f, v in p.items() if f != "views"} for k, p in (ens.get("policies") or {}).items()}
-    return {k: create_policy(**s) for k, s in specs.items()} | {key: policy}
+    return recorded_policies(ens.get("policies") or {}) | {key: policy}
 
 
 def predict_within(members_dir: Any, images: Any, ens: Mapping[str, Any], key: str, policy: TTAPolicy,
