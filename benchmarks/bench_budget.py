@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.bench_choice import _arrays
 from benchmarks.bench_uplift import DATASETS
-from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
+from benchmarks.common import add_sweep_flags, log_progress, machine_info, quiet, save_result
 
 __all__ = ["FRACTIONS", "evaluate_sweep", "main"]
 
@@ -134,13 +134,8 @@ def _table(name: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """CLI: replay every sweep's ``predict-all`` under the budgets; save ``benchmarks/results/budget.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    add_sweep_flags(parser)
     parser.add_argument("--size", default="1500-500-e40-p4-b32", help="the uplift sweeps' size tag")
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
     args = parser.parse_args(argv)
     import torch
 

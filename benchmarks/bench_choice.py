@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_uplift import DATASETS, _compose, _test_labels
-from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
+from benchmarks.common import add_sweep_flags, log_progress, machine_info, quiet, save_result
 
 __all__ = ["RULES", "evaluate_sweep", "main"]
 
@@ -176,13 +176,8 @@ def _table(name: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """CLI: predict and replay every sweep found; save ``benchmarks/results/choice.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    add_sweep_flags(parser)
     parser.add_argument("--size", default="1500-500-e40-p4-b32", help="the uplift sweeps' size tag")
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
     args = parser.parse_args(argv)
     import torch
 

@@ -43,7 +43,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.bench_uplift import DATASETS, _test_labels, make_dataset, predict_sweep, read_test_probs, train_sweep
-from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
+from benchmarks.common import add_sweep_flags, log_progress, machine_info, quiet, save_result
 
 __all__ = ["ARMS", "arm_overrides", "score_arm", "run", "main"]
 
@@ -314,12 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="data.batch_size (even: mixup pairs rows)")
     parser.add_argument("--n-train", type=int, default=800)
     parser.add_argument("--n-test", type=int, default=400)
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
-    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused (seeds repeat here)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_sweep_flags(parser)
     args = parser.parse_args(argv)
     chosen = {a.strip() for a in args.arms.split(",") if a.strip()}
     args.arms = [a for a in ARMS if a in chosen]  # table order: an arm may use the folders of those before it

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_uplift import _compose
-from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
+from benchmarks.common import add_sweep_flags, log_progress, machine_info, quiet, save_result
 
 __all__ = ["TASKS", "MODELS", "MERGES", "train_members", "predict_all", "solution_targets", "score_run", "task_table",
            "run", "main"]
@@ -383,12 +383,7 @@ def main(argv: list[str] | None = None) -> None:
                         "128 gives 3 optimiser steps per epoch on 480 training rows)")
     parser.add_argument("--n-train", type=int, default=600)
     parser.add_argument("--n-test", type=int, default=500, help="test rows (the multi-label demo takes at most 500)")
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused (seeds repeat here)")
-    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
+    add_sweep_flags(parser)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
     if unknown:

@@ -31,8 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_uplift import _cell, _test_labels, make_dataset, predict_sweep, read_test_probs, train_sweep
-from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
+from benchmarks.bench_uplift import (
+    _cell,
+    _test_labels,
+    make_dataset,
+    predict_sweep,
+    read_test_probs,
+    seed_rows,
+    train_sweep,
+)
+from benchmarks.common import add_sweep_flags, log_progress, machine_info, quiet, save_result
 
 __all__ = ["run", "main"]
 
@@ -40,42 +48,43 @@ NAME = "teacher"
 DATASETS = ("digits", "photos", "demo", "shapes")
 
 
-def _seconds(folder: Path) -> float:
-    """Seconds per 1,000 test images of what a predict folder submitted (its own timings, this machine)."""
-    from pipeline.report.compare import submitted_cost
-    from pipeline.report.load import load_predict_run
-
-    return submitted_cost(load_predict_run(folder))[2]
+def _best_by_oof(pr: Any, metric: Any, key: str) -> tuple[str, dict[str, float]]:
+    """The model with the best OOF score under policy ``key`` (the report's baseline rule), and every model's score."""
+    oof = {m: metric(pr.labels, pr.oof[(m, key)]) for m in pr.models}
+    pick = max if metric.greater_is_better else min
+    return pick(oof, key=oof.__getitem__), oof
 
 
 def score_seed(comp: Path, gen1: Path, gen2: Path, student: Path, twin: str, n_boot: int, seed: int) -> list[dict]:
     """Every row of one seed on the test labels, against generation 1's best single model (by OOF score)."""
     from pipeline.core.io import safe_name
     from pipeline.core.metrics import get_metric, paired_bootstrap
+    from pipeline.report.compare import submitted_cost
     from pipeline.report.load import load_predict_run
     from pipeline.report.text import relative_error_reduction
 
-    pr = load_predict_run(gen1)
+    runs = {folder: load_predict_run(folder) for folder in (gen1, gen2, student)}
+    pr = runs[gen1]
     metric = get_metric(pr.info["metric"])
     key = next(k for k, p in pr.policies.items() if p["name"] == "none")
-    oof = {m: metric(pr.labels, pr.oof[(m, key)]) for m in pr.models}
-    best = max(oof, key=oof.__getitem__) if metric.greater_is_better else min(oof, key=oof.__getitem__)
+    best, oof = _best_by_oof(pr, metric, key)
+    gen2_best, gen2_oof = _best_by_oof(runs[gen2], metric, key)
+
+    def test(folder: Path, name: str) -> Any:
+        return read_test_probs(folder, name, pr.classes)[1]
+
     ids, base = read_test_probs(gen1 / "test", f"{safe_name(best)}__{key}.csv", pr.classes)
     labels = _test_labels(comp, ids, pr.classes)
-    gen2_pr = load_predict_run(gen2)
-    gen2_oof = {m: metric(gen2_pr.labels, gen2_pr.oof[(m, key)]) for m in gen2_pr.models}
-    gen2_best = max(gen2_oof, key=gen2_oof.__getitem__) if metric.greater_is_better else min(gen2_oof, key=gen2_oof.__getitem__)
     rows = {
         f"best single, gen 1 ({best})": (base, gen1, oof[best]),
-        "ensemble, gen 1 (caruana)": (read_test_probs(gen1, "ensemble_test.csv", pr.classes)[1], gen1, None),
-        f"best single, gen 2 ({gen2_best})": (read_test_probs(gen2 / "test", f"{safe_name(gen2_best)}__{key}.csv",
-                                                              pr.classes)[1], gen2, gen2_oof[gen2_best]),
-        "ensemble, gen 2 (caruana)": (read_test_probs(gen2, "ensemble_test.csv", pr.classes)[1], gen2, None),
-        f"plain twin ({twin})": (read_test_probs(gen1 / "test", f"{safe_name(twin)}__{key}.csv", pr.classes)[1],
-                                 gen1, oof[twin]),
-        "student (distilled)": (read_test_probs(student, "ensemble_test.csv", pr.classes)[1], student, None),
+        "ensemble, gen 1 (caruana)": (test(gen1, "ensemble_test.csv"), gen1, None),
+        f"best single, gen 2 ({gen2_best})": (test(gen2 / "test", f"{safe_name(gen2_best)}__{key}.csv"), gen2,
+                                              gen2_oof[gen2_best]),
+        "ensemble, gen 2 (caruana)": (test(gen2, "ensemble_test.csv"), gen2, None),
+        f"plain twin ({twin})": (test(gen1 / "test", f"{safe_name(twin)}__{key}.csv"), gen1, oof[twin]),
+        "student (distilled)": (test(student, "ensemble_test.csv"), student, None),
     }
-    seconds = {gen1: _seconds(gen1), gen2: _seconds(gen2), student: _seconds(student)}
+    seconds = {folder: submitted_cost(run)[2] for folder, run in runs.items()}
     base_score = metric(labels, base)
     out = []
     for name, (probs, folder, oof_score) in rows.items():
@@ -95,18 +104,14 @@ def _kind(row: str) -> str:
 def dataset_table(name: str, runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """Each row's test score and RER [CI] per seed, the mean RER, and the student's share of the ensemble's gain."""
     seeds = sorted(runs)
-    kinds = list(dict.fromkeys(_kind(r["row"]) for s in seeds for r in runs[s]))
-    rows = []
-    for kind in kinds:
-        cells, rers = [], []
-        for s in seeds:
-            hit = next(r for r in runs[s] if _kind(r["row"]) == kind)
-            extra = f" ({hit['row'].split(' (', 1)[1]}" if " (" in hit["row"] and kind != hit["row"] else ""
-            cost = f", {hit['sec_per_1000']:.3g} s/1000" if hit["sec_per_1000"] is not None else ""
-            cells.append(_cell(hit) + extra + cost)
-            if hit["rer"] is not None:
-                rers.append(100 * hit["rer"]["rer"])
-        rows.append([kind, *cells, f"{statistics.mean(rers):+.1f}%" if rers else "–"])
+
+    def cell(hit: dict[str, Any], kind: str) -> str:
+        extra = f" ({hit['row'].split(' (', 1)[1]}" if " (" in hit["row"] and kind != hit["row"] else ""
+        cost = f", {hit['sec_per_1000']:.3g} s/1000" if hit["sec_per_1000"] is not None else ""
+        return _cell(hit) + extra + cost
+
+    rows = [[kind, *cells, f"{statistics.mean(rers):+.1f}%" if rers else "–"]
+            for kind, cells, rers in seed_rows(runs, _kind, cell)]
     shares = []
     for s in seeds:
         ens = next(r for r in runs[s] if r["row"].startswith("ensemble, gen 1"))["rer"]
@@ -183,12 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=0.0, help="teacher.threshold of generation 2")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.7)
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
-    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused (seeds repeat here)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_sweep_flags(parser)
     args = parser.parse_args(argv)
     import torch
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ import pandas as pd
 from benchmarks.common import DEFAULT_WORKDIR, log_progress, machine_info, quiet, save_result
 
 __all__ = ["DATASETS", "run", "main", "make_digits", "make_shapes", "make_dataset", "train_sweep", "predict_sweep",
-           "read_test_probs", "score_run"]
+           "read_test_probs", "score_run", "seed_rows"]
 
 NAME = "uplift"
 DATASETS = ("demo", "digits", "shapes", "photos")
@@ -326,18 +326,28 @@ def _detail(row: str) -> str:
     return f" ({row.split(' (', 1)[1]}" if " (" in row else ""
 
 
+def seed_rows(runs: dict[int, list[dict[str, Any]]], kind_of: Callable[[str], str],
+              cell: Callable[[dict[str, Any], str], str]) -> list[tuple[str, list[str], list[float]]]:
+    """Rows of one data set lined up across seeds: each row kind (``kind_of`` its name), its ``cell(row, kind)`` per
+    seed ("–" where a seed lacks it) and its RERs in percent."""
+    seeds = sorted(runs)
+    out = []
+    for kind in dict.fromkeys(kind_of(r["row"]) for s in seeds for r in runs[s]):
+        cells, rers = [], []
+        for s in seeds:
+            hit = next((r for r in runs[s] if kind_of(r["row"]) == kind), None)
+            cells.append("–" if hit is None else cell(hit, kind))
+            if hit is not None and hit["rer"] is not None:
+                rers.append(100 * hit["rer"]["rer"])
+        out.append((kind, cells, rers))
+    return out
+
+
 def dataset_table(name: str, runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     """One table per data set: each row's test score and RER [CI] per seed, then the mean and spread of the RER."""
     seeds = sorted(runs)
-    kinds = list(dict.fromkeys(_kind(r["row"]) for s in seeds for r in runs[s]))
     rows = []
-    for kind in kinds:
-        cells, rers = [], []
-        for s in seeds:
-            hit = next((r for r in runs[s] if _kind(r["row"]) == kind), None)
-            cells.append("–" if hit is None else _cell(hit) + _detail(hit["row"]))
-            if hit is not None and hit["rer"] is not None:
-                rers.append(100 * hit["rer"]["rer"])
+    for kind, cells, rers in seed_rows(runs, _kind, lambda hit, _: _cell(hit) + _detail(hit["row"])):
         mean = f"{statistics.mean(rers):+.1f}%" if rers else "–"
         spread = (f"sd {statistics.stdev(rers):.1f}, {min(rers):+.1f} to {max(rers):+.1f}" if len(rers) > 1 else "–")
         rows.append([kind, *cells, mean, spread])

@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_WORKDIR",
+    "add_sweep_flags",
     "RESULTS_DIR",
     "Elapsed",
     "bench_args",
@@ -57,6 +58,17 @@ DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "pipeline-bench"
 
 
 # --------------------------------------------------------------------------- command line and machine
+
+
+def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the benchmarks that train sweeps and score them on test labels: ``--n-boot``, ``--workdir``,
+    ``--json``, ``--threads``, and ``--large``/``--repeats``, which :mod:`benchmarks.run_all` passes to every one."""
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="generated data and members (reused)")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the result (default: results/<name>.json)")
+    parser.add_argument("--large", action="store_true", help="accepted for run_all; unused")
+    parser.add_argument("--repeats", type=int, default=5, help="accepted for run_all; unused (seeds repeat here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
 
 
 def bench_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
