@@ -1,4 +1,5 @@
-"""Reductions over probabilities: the one home of mean, geometric mean, logit mean and max.
+"""Reductions over probabilities: the one home of mean, geometric mean, logit mean and max (and of the temperature
+that softens or sharpens them).
 
 :func:`reduce_probs` is the one function that owns every reduction (TTA views and ensemble
 members alike). It works on probabilities, not logits, so it serves fresh softmax outputs and
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["REDUCTIONS", "check_weights", "from_space", "merge_members", "reduce_probs", "stack_members", "to_space"]
+__all__ = ["REDUCTIONS", "apply_temperature", "check_weights", "from_space", "merge_members", "reduce_probs",
+           "stack_members", "to_space"]
 
 REDUCTIONS = ("prob_mean", "logit_mean", "geo_mean", "max", "median")
 """Accepted ``method`` values (``tta.reduce``, ``ensemble.method``)."""
@@ -66,6 +68,18 @@ def from_space(method: str, values: np.ndarray) -> np.ndarray:
     if method == "logit_mean":
         return 1.0 / (1.0 + np.exp(-values))
     return values
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(p) / T)`` row by row, in float32: T > 1 softens, T < 1 sharpens, T = 1 is the identity.
+
+    The temperature merge calibrates models with it (:mod:`pipeline.predict.merge`); a distilled student's targets
+    are its teacher's probabilities softened with it (:mod:`pipeline.train.teacher`).
+    """
+    logits = np.log(np.maximum(np.asarray(probs, dtype=np.float32), 1e-7)) / np.float32(temperature)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
 
 
 def check_weights(weights: WeightsLike, n: int, what: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.metrics import get_metric, log_loss
-from pipeline.core.reduce import from_space, to_space
+from pipeline.core.reduce import apply_temperature, from_space, to_space
 from pipeline.core.task import Task
 from pipeline.predict.ensemble import caruana_bagged, resolve_weights
 from pipeline.predict.spec import COMBINES, EnsembleSpec
@@ -44,14 +44,6 @@ _CHUNK_ELEMS = 4_000_000
 
 def _f32(probs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(p, dtype=np.float32) for p in probs]
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log(p) / T)`` row by row, in float32: T > 1 softens, T < 1 sharpens, T = 1 is the identity."""
-    logits = np.log(np.maximum(np.asarray(probs, dtype=np.float32), _EPS)) / np.float32(temperature)
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.reduce import apply_temperature
 from pipeline.member.teacher import TEACHER_KINDS, TeacherSpec, TeacherTargets
 
 __all__ = ["TeacherDataset", "check_teacher", "teacher_loss"]
@@ -76,14 +77,6 @@ def check_teacher(spec: TeacherSpec, softmax: bool, mixing: bool, loss: str) -> 
                           "loss=auto or cross_entropy.")
 
 
-def _temper(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T): the ensemble's probabilities softened (T > 1) as its logits would be."""
-    logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logp -= logp.max(axis=1, keepdims=True)
-    out = np.exp(logp)
-    return out / out.sum(axis=1, keepdims=True)
-
-
 class TeacherDataset(Dataset):
     """Training rows plus test rows, each with a soft target and the weights of its soft and hard terms."""
 
@@ -93,11 +86,11 @@ class TeacherDataset(Dataset):
         n_train = len(train)  # type: ignore[arg-type]
         if spec.kind == "distill":
             assert targets.train_probs is not None
-            soft = _temper(targets.train_probs, spec.tau)
+            soft = apply_temperature(targets.train_probs, spec.tau)
             weights = (float(spec.alpha), 1.0 - float(spec.alpha))
         else:
             soft, weights = np.zeros((n_train, num_classes)), (0.0, 1.0)
-        test_soft = _temper(targets.test_probs, spec.tau) if test is not None else np.zeros((0, num_classes))
+        test_soft = apply_temperature(targets.test_probs, spec.tau) if test is not None else np.zeros((0, num_classes))
         if spec.kind == "pseudo" and spec.targets == "hard":
             test_soft = np.eye(num_classes)[test_soft.argmax(axis=1)]
         self.soft = torch.as_tensor(np.concatenate([soft, test_soft]), dtype=torch.float32)
