@@ -35,7 +35,7 @@ from pipeline.data.tables import ImageTable, read_train_table
 from pipeline.member.lock import member_lock
 from pipeline.member.manifest import MemberManifest, mark_failed, write_manifest
 from pipeline.member.predictions import write_predictions
-from pipeline.member.teacher import TeacherRequest, TeacherTargets, write_teacher_record
+from pipeline.member.teacher import TeacherRequest, TeacherSpec, TeacherTargets, write_teacher_record
 from pipeline.member.weights import export_member
 from pipeline.models.factory import check_input_size, create_model, model_data_config
 from pipeline.models.heads import OutputHead, head_for
@@ -281,7 +281,7 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     table, folds, new_folds = _prepare_data(spec.data, table, member_dir.parent)
     train_rows, val_rows = split_indices(folds, spec.data.fold, spec.data.n_folds)
     teacher = _teacher_targets(spec, table, train_rows, val_rows)
-    check_run_length(spec, len(train_rows) + (0 if teacher is None else len(teacher.test_probs)))
+    check_run_length(spec, len(train_rows) + (0 if teacher is None else len(teacher[1].test_probs)))
     if not task.softmax:  # a linear head standardises with its own training rows' targets only
         assert table.labels is not None
         module.set_head(head_for(task, spec.loss, table.labels[train_rows]))
@@ -289,27 +289,27 @@ def _train(spec: TrainSpec, member_dir: Path, start: float, is_zero: bool) -> di
     # Every check has passed: from here on files are written.
     if is_zero and new_folds:
         save_folds(member_dir.parent / "folds.csv", folds)
-    dm = MemberDataModule(spec.data, table, folds, spec.transforms, module.mean, module.std, int(spec.seed),
-                          None if teacher is None else (cast(Any, spec.teacher), teacher))
+    dm = MemberDataModule(spec.data, table, folds, spec.transforms, module.mean, module.std, int(spec.seed), teacher)
     dm.setup("fit")
     if is_zero:
         if plan.action == "train":
             clear_member(member_dir)
         _write_setup(member_dir, config, table, folds, dm)
         if teacher is not None:
-            write_teacher_record(member_dir, cast(Any, spec.teacher), teacher, [table.ids[i] for i in train_rows],
-                                 list(table.classes))
+            write_teacher_record(member_dir, *teacher, [table.ids[i] for i in train_rows], list(table.classes))
     return _fit(spec, member_dir, module, config, manifest, plan, (dm, callbacks), start, is_zero)
 
 
-def _teacher_targets(spec: TrainSpec, table: ImageTable, train_rows: Any, val_rows: Any) -> TeacherTargets | None:
-    """The teacher's targets (every check of the source runs here, before the member writes anything)."""
-    if spec.teacher is None or spec.teacher_builder is None:
+def _teacher_targets(spec: TrainSpec, table: ImageTable, train_rows: Any,
+                     val_rows: Any) -> tuple[TeacherSpec, TeacherTargets] | None:
+    """The teacher and its targets (every check of the source runs here, before the member writes anything)."""
+    teacher = spec.teacher
+    if teacher is None or spec.teacher_builder is None:
         return None
-    targets = spec.teacher_builder(spec.teacher, TeacherRequest(spec.data, table, train_rows, val_rows))
-    log.info("Teacher (%s) from %s: %d training rows, %d test images (%s)", spec.teacher.kind, spec.teacher.source,
+    targets = spec.teacher_builder(teacher, TeacherRequest(spec.data, table, train_rows, val_rows))
+    log.info("Teacher (%s) from %s: %d training rows, %d test images (%s)", teacher.kind, teacher.source,
              len(train_rows), len(targets.test_probs), ", ".join(targets.record.get("teacher_members", [])))
-    return targets
+    return teacher, targets
 
 
 def _fit(
